@@ -1,0 +1,17 @@
+//! Generates the protobuf messages in `proto/` with rust-protobuf's pure-Rust
+//! parser: no system `protoc` is needed. `bytes` fields become `bytes::Bytes`
+//! so weights decoded from a memory-mapped file are slices of it, not copies.
+
+fn main() {
+    let protos = ["proto/tensorflow/graph.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    protobuf_codegen::Codegen::new()
+        .pure()
+        .includes(["proto"])
+        .inputs(protos)
+        .customize(protobuf_codegen::Customize::default().tokio_bytes(true))
+        .cargo_out_dir("protos")
+        .run_from_script();
+}

@@ -1,0 +1,169 @@
+//! `faceall inspect MODEL.pb`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use faceall::error::Error;
+use faceall::frontend::tf;
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Frozen TensorFlow GraphDef (.pb)
+    model: PathBuf,
+    /// Shape for an input the graph leaves unknown: NAME=D0,D1,... (repeatable)
+    #[arg(long = "input-shape", value_parser = super::parse_input_shape)]
+    input_shape: Vec<(String, Vec<usize>)>,
+    /// Output tensor names (default: nodes nobody consumes)
+    #[arg(long = "output")]
+    output: Vec<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Value {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct UnsupportedNode {
+    node: String,
+    op: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    file: String,
+    file_bytes: u64,
+    nodes: usize,
+    /// TensorFlow op types as found in the file.
+    ops: BTreeMap<String, usize>,
+    inputs: Vec<Value>,
+    outputs: Vec<Value>,
+    parameters: usize,
+    /// Multiply-adds of Conv2D/MatMul counted as two, plus elementwise work.
+    flops: u64,
+    unsupported: Vec<UnsupportedNode>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let model = tf::read_graph_def(&a.model)?;
+    let mut ops = BTreeMap::new();
+    for n in &model.graph_def.node {
+        *ops.entry(n.op.clone()).or_insert(0) += 1;
+    }
+    let opts = tf::LoadOptions {
+        input_shapes: a.input_shape.into_iter().collect(),
+        outputs: a.output,
+    };
+    let mut report = Report {
+        file: a.model.display().to_string(),
+        file_bytes: model.file_size,
+        nodes: model.graph_def.node.len(),
+        ops,
+        inputs: vec![],
+        outputs: vec![],
+        parameters: 0,
+        flops: 0,
+        unsupported: vec![],
+    };
+    match tf::import(&model.graph_def, &opts) {
+        Ok(g) => {
+            let value = |w: faceall::ir::Wire| -> Result<Value> {
+                let f = g.fact(w)?;
+                Ok(Value {
+                    name: g.wire_name(w),
+                    dtype: f.dtype.name(),
+                    shape: f.shape.clone(),
+                })
+            };
+            report.inputs = g
+                .inputs
+                .iter()
+                .map(|&i| value(faceall::ir::Wire { node: i, slot: 0 }))
+                .collect::<Result<_>>()?;
+            report.outputs = g.outputs.iter().map(|&w| value(w)).collect::<Result<_>>()?;
+            let s = g.stats();
+            report.parameters = s.params;
+            report.flops = s.flops;
+        }
+        Err(Error::Unsupported(list)) => {
+            report.unsupported = list
+                .into_iter()
+                .map(|u| UnsupportedNode {
+                    node: u.node,
+                    op: u.op,
+                    reason: u.reason,
+                })
+                .collect();
+        }
+        Err(e) => return Err(e.in_file(&a.model).into()),
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    if report.unsupported.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let list: Vec<String> = report
+            .unsupported
+            .iter()
+            .map(|u| format!("node '{}' ({}): {}", u.node, u.op, u.reason))
+            .collect();
+        eprintln!(
+            "error: {}: {} unsupported node(s): {}",
+            report.file,
+            list.len(),
+            list.join("; ")
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn print_text(r: &Report) {
+    println!(
+        "model:      {} ({:.1} MB)",
+        r.file,
+        r.file_bytes as f64 / 1e6
+    );
+    println!("nodes:      {}", r.nodes);
+    for v in &r.inputs {
+        println!("input:      {} {} {:?}", v.name, v.dtype, v.shape);
+    }
+    for v in &r.outputs {
+        println!("output:     {} {} {:?}", v.name, v.dtype, v.shape);
+    }
+    if r.unsupported.is_empty() {
+        println!(
+            "parameters: {} ({:.2} M)",
+            r.parameters,
+            r.parameters as f64 / 1e6
+        );
+        println!(
+            "FLOPs:      {} ({:.2} G per run)",
+            r.flops,
+            r.flops as f64 / 1e9
+        );
+    }
+    println!("ops:");
+    let mut ops: Vec<_> = r.ops.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (op, n) in ops {
+        println!("  {op:<24} {n}");
+    }
+    if !r.unsupported.is_empty() {
+        println!("unsupported ({}):", r.unsupported.len());
+        for u in &r.unsupported {
+            println!("  {} ({}): {}", u.node, u.op, u.reason);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Readers of source models into the IR.
+
+pub mod tf;

@@ -1,0 +1,328 @@
+//! Inputs, constants, and shape manipulation. Shape, StridedSlice, Pack and
+//! Cast must fold to constants: faceall's IR has static shapes.
+
+use super::axis;
+use crate::error::Result;
+use crate::frontend::tf::{attrs, tensor, NodeCtx};
+use crate::ir::{numel, DType, Fact, Op, Tensor, Wire};
+
+pub fn placeholder(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    let dt = attrs::opt_type(n.node, "dtype")?.ok_or_else(|| n.err("missing attribute 'dtype'"))?;
+    let dtype =
+        tensor::dtype(dt).ok_or_else(|| n.err(format!("input dtype {dt:?} is not supported")))?;
+    let given = n.ctx.opts.input_shapes.get(&n.node.name).cloned();
+    let declared = attrs::opt_shape(n.node, "shape")?.and_then(tensor::shape_dims);
+    let shape = match (given, declared) {
+        (Some(s), Some(d)) => {
+            let fits =
+                s.len() == d.len() && s.iter().zip(&d).all(|(a, b)| b.is_none_or(|b| b == *a));
+            if !fits {
+                return Err(n.err(format!(
+                    "--input-shape {s:?} does not fit the declared shape {d:?}"
+                )));
+            }
+            s
+        }
+        (Some(s), None) => s,
+        (None, Some(d)) => d
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                n.err(format!(
+                    "input shape {} is not fully known; give it with --input-shape {}=D0,D1,...",
+                    fmt_dims(&d),
+                    n.node.name
+                ))
+            })?,
+        (None, None) => {
+            return Err(n.err(format!(
+                "input shape is unknown; give it with --input-shape {}=D0,D1,...",
+                n.node.name
+            )))
+        }
+    };
+    let id = n.ctx.graph.nodes.len();
+    n.ctx.graph.nodes.push(crate::ir::Node {
+        name: n.node.name.clone(),
+        source_op: n.node.op.clone(),
+        op: Op::Input,
+        inputs: vec![],
+        outputs: vec![Fact { dtype, shape }],
+    });
+    Ok(vec![Wire { node: id, slot: 0 }])
+}
+
+fn fmt_dims(d: &[Option<usize>]) -> String {
+    let v: Vec<String> = d
+        .iter()
+        .map(|x| x.map(|v| v.to_string()).unwrap_or_else(|| "?".into()))
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+pub fn constant(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    let proto = attrs::tensor(n.node, "value")?;
+    let t = tensor::decode(proto).map_err(|e| n.err(e.to_string()))?;
+    if let Some(dt) = attrs::opt_type(n.node, "dtype")? {
+        if tensor::dtype(dt) != Some(t.dtype()) {
+            return Err(n.err(format!(
+                "attribute dtype {dt:?} disagrees with the value's dtype"
+            )));
+        }
+    }
+    n.push_const(t)
+}
+
+pub fn concat(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    if n.inputs.len() < 2 {
+        return Err(n.err("needs at least one value and an axis"));
+    }
+    let (axis_i, data): (usize, Vec<Wire>) = if n.node.op == "Concat" {
+        (0, n.inputs[1..].to_vec())
+    } else {
+        (n.inputs.len() - 1, n.inputs[..n.inputs.len() - 1].to_vec())
+    };
+    let a = n.required_const(axis_i, "axis")?.to_i64_vec()?;
+    let &[a] = a.as_slice() else {
+        return Err(n.err("axis must be a scalar"));
+    };
+    let rank = n.ctx.graph.fact(data[0])?.shape.len();
+    let axis = axis(n, a, rank)?;
+    n.push(Op::Concat { axis }, data)
+}
+
+pub fn reshape(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let want = n.required_const(1, "shape")?.to_i64_vec()?;
+    let total = numel(&n.fact(0)?.shape);
+    let known: i64 = want.iter().filter(|&&d| d >= 0).product();
+    let unknown = want.iter().filter(|&&d| d == -1).count();
+    if unknown > 1 || want.iter().any(|&d| d < -1) {
+        return Err(n.err(format!("invalid target shape {want:?}")));
+    }
+    let shape = want
+        .iter()
+        .map(|&d| {
+            if d == -1 {
+                if known == 0 || total as i64 % known != 0 {
+                    Err(n.err(format!(
+                        "cannot reshape {:?} to {want:?}",
+                        n.fact(0).map(|f| f.shape.clone()).unwrap_or_default()
+                    )))
+                } else {
+                    Ok(total / known as usize)
+                }
+            } else {
+                Ok(d as usize)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(t) = n.const_input(0)? {
+        if t.dtype() != DType::F32 {
+            let t = t.reshaped(shape)?;
+            return n.push_const(t);
+        }
+    }
+    let x = n.input(0)?;
+    n.push(Op::Reshape { shape }, vec![x])
+}
+
+pub fn squeeze(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    let shape = n.fact(0)?.shape.clone();
+    let dims = attrs::opt_ints(n.node, "squeeze_dims")?
+        .or(attrs::opt_ints(n.node, "axis")?)
+        .unwrap_or_default();
+    let mut axes = if dims.is_empty() {
+        (0..shape.len()).filter(|&i| shape[i] == 1).collect()
+    } else {
+        dims.iter()
+            .map(|&a| axis(n, a, shape.len()))
+            .collect::<Result<Vec<_>>>()?
+    };
+    axes.sort_unstable();
+    axes.dedup();
+    let x = n.input(0)?;
+    n.push(Op::Squeeze { axes }, vec![x])
+}
+
+pub fn expand_dims(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let a = n.required_const(1, "dim")?.to_i64_vec()?;
+    let &[a] = a.as_slice() else {
+        return Err(n.err("dim must be a scalar"));
+    };
+    let rank = n.fact(0)?.shape.len();
+    let axis = axis(n, a, rank + 1)?;
+    let x = n.input(0)?;
+    n.push(Op::ExpandDims { axis }, vec![x])
+}
+
+pub fn pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    let rank = n.fact(0)?.shape.len();
+    let p = n.required_const(1, "paddings")?;
+    if p.shape() != [rank, 2] {
+        return Err(n.err(format!(
+            "paddings of shape {:?} for a rank-{rank} input",
+            p.shape()
+        )));
+    }
+    let v = p.to_i64_vec()?;
+    if v.iter().any(|&x| x < 0) {
+        return Err(n.err("negative paddings are not supported"));
+    }
+    let pads = v
+        .chunks_exact(2)
+        .map(|c| [c[0] as usize, c[1] as usize])
+        .collect();
+    let value = if n.node.op == "PadV2" {
+        n.expect_inputs(3)?;
+        let c = n.required_const(2, "constant_values")?.as_f32()?;
+        *c.first().ok_or_else(|| n.err("empty constant_values"))?
+    } else {
+        n.expect_inputs(2)?;
+        0.0
+    };
+    let x = n.input(0)?;
+    n.push(Op::Pad { pads, value }, vec![x])
+}
+
+pub fn shape(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    let s: Vec<i64> = n.fact(0)?.shape.iter().map(|&d| d as i64).collect();
+    let len = s.len();
+    let t = match attrs::opt_type(n.node, "out_type")?.and_then(tensor::dtype) {
+        Some(DType::I64) => Tensor::i64(vec![len], s)?,
+        _ => Tensor::i32(vec![len], s.iter().map(|&d| d as i32).collect())?,
+    };
+    n.push_const(t)
+}
+
+pub fn cast(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    let dt = attrs::opt_type(n.node, "DstT")?.ok_or_else(|| n.err("missing attribute 'DstT'"))?;
+    let to = tensor::dtype(dt).ok_or_else(|| n.err(format!("cast to {dt:?} is not supported")))?;
+    if n.fact(0)?.dtype == to {
+        let x = n.input(0)?;
+        return n.push(Op::Identity, vec![x]);
+    }
+    let t = n
+        .const_input(0)?
+        .ok_or_else(|| n.err("Cast of a non-constant value is not supported"))?;
+    let v = t.to_f64_vec()?;
+    let t = Tensor::from_f64(to, t.shape().to_vec(), &v)?;
+    n.push_const(t)
+}
+
+pub fn pack(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    if n.inputs.is_empty() {
+        return Err(n.err("Pack without inputs"));
+    }
+    let mut parts = vec![];
+    for i in 0..n.inputs.len() {
+        parts.push(n.required_const(i, "every packed value")?.clone());
+    }
+    let shape0 = parts[0].shape().to_vec();
+    if parts
+        .iter()
+        .any(|p| p.shape() != shape0 || p.dtype() != parts[0].dtype())
+    {
+        return Err(n.err("packed values differ in shape or dtype"));
+    }
+    let a = attrs::opt_i(n.node, "axis")?.unwrap_or(0);
+    let axis = axis(n, a, shape0.len() + 1)?;
+    let outer: usize = shape0[..axis].iter().product();
+    let inner: usize = shape0[axis..].iter().product();
+    let vals = parts
+        .iter()
+        .map(|p| p.to_f64_vec())
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(outer * inner * parts.len());
+    for o in 0..outer {
+        for v in &vals {
+            out.extend_from_slice(&v[o * inner..(o + 1) * inner]);
+        }
+    }
+    let mut shape = shape0;
+    shape.insert(axis, parts.len());
+    let t = Tensor::from_f64(parts[0].dtype(), shape, &out)?;
+    n.push_const(t)
+}
+
+/// StridedSlice of a constant (typically `tf.shape(x)[0]`).
+pub fn strided_slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(4)?;
+    let x = n
+        .const_input(0)?
+        .ok_or_else(|| n.err("StridedSlice of a non-constant value is not supported"))?
+        .clone();
+    if x.shape().len() != 1 {
+        return Err(n.err("StridedSlice is supported on 1-D constants only"));
+    }
+    let begin = n.required_const(1, "begin")?.to_i64_vec()?;
+    let end = n.required_const(2, "end")?.to_i64_vec()?;
+    let strides = n.required_const(3, "strides")?.to_i64_vec()?;
+    let mask = |name: &str| -> Result<i64> { Ok(attrs::opt_i(n.node, name)?.unwrap_or(0)) };
+    if mask("ellipsis_mask")? != 0 || mask("new_axis_mask")? != 0 {
+        return Err(n.err("ellipsis_mask and new_axis_mask are not supported"));
+    }
+    let (bm, em, sm) = (
+        mask("begin_mask")?,
+        mask("end_mask")?,
+        mask("shrink_axis_mask")?,
+    );
+    let (&[b], &[e], &[s]) = (begin.as_slice(), end.as_slice(), strides.as_slice()) else {
+        return Err(n.err("begin, end and strides must have one entry for a 1-D input"));
+    };
+    if s == 0 {
+        return Err(n.err("stride 0"));
+    }
+    let len = x.len() as i64;
+    let norm = |i: i64| if i < 0 { i + len } else { i };
+    let vals = x.to_f64_vec()?;
+    let out: Vec<f64> = if sm & 1 != 0 {
+        let i = norm(b);
+        if i < 0 || i >= len {
+            return Err(n.err(format!("index {b} out of range for {len} elements")));
+        }
+        vec![vals[i as usize]]
+    } else {
+        let (mut i, stop) = if s > 0 {
+            (
+                if bm & 1 != 0 {
+                    0
+                } else {
+                    norm(b).clamp(0, len)
+                },
+                if em & 1 != 0 {
+                    len
+                } else {
+                    norm(e).clamp(0, len)
+                },
+            )
+        } else {
+            (
+                if bm & 1 != 0 {
+                    len - 1
+                } else {
+                    norm(b).clamp(-1, len - 1)
+                },
+                if em & 1 != 0 {
+                    -1
+                } else {
+                    norm(e).clamp(-1, len - 1)
+                },
+            )
+        };
+        let mut v = vec![];
+        while (s > 0 && i < stop) || (s < 0 && i > stop) {
+            v.push(vals[i as usize]);
+            i += s;
+        }
+        v
+    };
+    let shape = if sm & 1 != 0 { vec![] } else { vec![out.len()] };
+    let t = Tensor::from_f64(x.dtype(), shape, &out)?;
+    n.push_const(t)
+}

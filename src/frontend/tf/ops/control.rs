@@ -1,0 +1,33 @@
+//! Identity and TF1 control flow (Switch/Merge).
+
+use crate::error::Result;
+use crate::frontend::tf::NodeCtx;
+use crate::ir::{Op, Wire};
+
+/// Identity, StopGradient, and PlaceholderWithDefault (read as its default:
+/// faceall converts graphs for inference, so `phase_train` stays false).
+pub fn identity(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    if let Some(t) = n.const_input(0)? {
+        if t.dtype() != crate::ir::DType::F32 {
+            let t = t.clone();
+            return n.push_const(t);
+        }
+    }
+    let x = n.input(0)?;
+    n.push(Op::Identity, vec![x])
+}
+
+pub fn switch(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let ins = n.inputs.clone();
+    n.push(Op::Switch, ins)
+}
+
+pub fn merge(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    let ins = n.inputs.clone();
+    if ins.is_empty() {
+        return Err(n.err("Merge without inputs"));
+    }
+    n.push(Op::Merge, ins)
+}

@@ -1,0 +1,119 @@
+//! Elementwise arithmetic, reductions and MatMul. Integer arithmetic on
+//! constants (shape computations) folds at import.
+
+use super::axis;
+use crate::error::Result;
+use crate::frontend::tf::{attrs, NodeCtx};
+use crate::ir::{broadcast_shapes, BinaryOp, DType, Op, ReduceOp, Tensor, UnaryOp, Wire};
+
+fn binary_op(op: &str) -> BinaryOp {
+    match op {
+        "Sub" => BinaryOp::Sub,
+        "Mul" => BinaryOp::Mul,
+        "RealDiv" => BinaryOp::Div,
+        "Maximum" => BinaryOp::Max,
+        "Minimum" => BinaryOp::Min,
+        _ => BinaryOp::Add,
+    }
+}
+
+pub fn apply_binary(op: BinaryOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min => a.min(b),
+    }
+}
+
+pub fn binary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let op = binary_op(&n.node.op);
+    if n.fact(0)?.dtype != n.fact(1)?.dtype {
+        return Err(n.err("inputs have different dtypes"));
+    }
+    if n.fact(0)?.dtype != DType::F32 {
+        // Integer shape arithmetic: fold now, or give up.
+        let (Some(a), Some(b)) = (n.const_input(0)?, n.const_input(1)?) else {
+            return Err(n.err("integer arithmetic on non-constant values is not supported"));
+        };
+        let shape = broadcast_shapes(a.shape(), b.shape()).map_err(|m| n.err(m))?;
+        if a.len() != b.len() && a.len() != 1 && b.len() != 1 {
+            return Err(n.err("folding integer broadcasts beyond scalars is not supported"));
+        }
+        let (av, bv) = (a.to_f64_vec()?, b.to_f64_vec()?);
+        let len = av.len().max(bv.len());
+        let v: Vec<f64> = (0..len)
+            .map(|i| {
+                let x = av[if av.len() == 1 { 0 } else { i }];
+                let y = bv[if bv.len() == 1 { 0 } else { i }];
+                if op == BinaryOp::Div {
+                    (x / y).trunc()
+                } else {
+                    apply_binary(op, x, y)
+                }
+            })
+            .collect();
+        let t = Tensor::from_f64(a.dtype(), shape, &v)?;
+        return n.push_const(t);
+    }
+    let ins = n.inputs.clone();
+    n.push(Op::Binary(op), ins)
+}
+
+pub fn unary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    if n.fact(0)?.dtype != DType::F32 {
+        return Err(n.err("only float32 is supported"));
+    }
+    let op = match n.node.op.as_str() {
+        "Square" => UnaryOp::Square,
+        "Sqrt" => UnaryOp::Sqrt,
+        _ => UnaryOp::Rsqrt,
+    };
+    let ins = n.inputs.clone();
+    n.push(Op::Unary(op), ins)
+}
+
+pub fn reduce(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let rank = n.fact(0)?.shape.len();
+    let raw = n.required_const(1, "reduction_indices")?.to_i64_vec()?;
+    let mut axes = raw
+        .iter()
+        .map(|&a| axis(n, a, rank))
+        .collect::<Result<Vec<_>>>()?;
+    axes.sort_unstable();
+    axes.dedup();
+    let keep_dims = attrs::opt_b(n.node, "keep_dims")?.unwrap_or(false);
+    let reduce = if n.node.op == "Sum" {
+        ReduceOp::Sum
+    } else {
+        ReduceOp::Mean
+    };
+    let x = n.input(0)?;
+    n.push(
+        Op::Reduce {
+            reduce,
+            axes,
+            keep_dims,
+        },
+        vec![x],
+    )
+}
+
+pub fn matmul(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let transpose_a = attrs::opt_b(n.node, "transpose_a")?.unwrap_or(false);
+    let transpose_b = attrs::opt_b(n.node, "transpose_b")?.unwrap_or(false);
+    let ins = n.inputs.clone();
+    n.push(
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        },
+        ins,
+    )
+}

@@ -1,0 +1,569 @@
+//! The closed set of operations of faceall's IR, with typed parameters and
+//! shape inference. Parameters that TensorFlow passes as constant inputs
+//! (axes, shapes, paddings) are resolved at import and live here.
+
+use serde::Serialize;
+
+use super::tensor::{DType, Tensor};
+
+/// Where the channel axis of a 4-D activation lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Layout {
+    Nhwc,
+    Nchw,
+}
+
+impl Layout {
+    /// Axes of (H, W, C) in a 4-D shape.
+    pub fn hwc(self) -> [usize; 3] {
+        match self {
+            Layout::Nhwc => [1, 2, 3],
+            Layout::Nchw => [2, 3, 1],
+        }
+    }
+    pub fn channel_axis(self) -> usize {
+        self.hwc()[2]
+    }
+}
+
+/// Spatial padding as TensorFlow states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Padding {
+    Same,
+    Valid,
+    /// [[top, bottom], [left, right]]
+    Explicit([[usize; 2]; 2]),
+}
+
+/// TF's SAME rule for one spatial axis: (output size, pad before, pad after).
+pub fn same_padding(
+    input: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+) -> (usize, usize, usize) {
+    let out = input.div_ceil(stride.max(1));
+    let eff_k = (k.max(1) - 1) * dilation + 1;
+    let total = ((out.saturating_sub(1)) * stride + eff_k).saturating_sub(input);
+    (out, total / 2, total - total / 2)
+}
+
+/// Resolve padding into output size and [before, after] for one axis.
+/// `None` when the window does not fit.
+pub fn resolve_axis(
+    padding: &Padding,
+    axis: usize,
+    input: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<(usize, [usize; 2])> {
+    let eff_k = (k.max(1) - 1) * dilation + 1;
+    let stride = stride.max(1);
+    match padding {
+        Padding::Same => {
+            let (o, b, a) = same_padding(input, k, stride, dilation);
+            Some((o, [b, a]))
+        }
+        Padding::Valid => {
+            if input < eff_k {
+                return None;
+            }
+            Some(((input - eff_k) / stride + 1, [0, 0]))
+        }
+        Padding::Explicit(p) => {
+            let pads = p[axis];
+            let padded = input + pads[0] + pads[1];
+            if padded < eff_k {
+                return None;
+            }
+            Some(((padded - eff_k) / stride + 1, pads))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Conv2d {
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    pub padding: Padding,
+    pub layout: Layout,
+    /// DepthwiseConv2dNative: filter [kh, kw, in, multiplier].
+    pub depthwise: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pool {
+    pub kind: PoolKind,
+    pub ksize: [usize; 2],
+    pub strides: [usize; 2],
+    pub padding: Padding,
+    pub layout: Layout,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchNorm {
+    pub epsilon: f32,
+    pub layout: Layout,
+    /// is_training: normalise with the batch's own statistics.
+    pub training: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    Elu,
+    Sigmoid,
+    Tanh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UnaryOp {
+    Square,
+    Sqrt,
+    Rsqrt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+}
+
+/// One IR operation. Inputs are wires on the node; see `Op::arity`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A graph input (TF Placeholder); its shape is the node's output fact.
+    Input,
+    #[serde(serialize_with = "ser_const")]
+    Const(Tensor),
+    /// Passes its input through (TF Identity, PlaceholderWithDefault).
+    Identity,
+    /// TF1 Switch: (data, pred) -> (output_false, output_true); one is dead.
+    Switch,
+    /// TF1 Merge: the one live input -> (output, value_index).
+    Merge,
+    /// (x, filter)
+    Conv2d(Conv2d),
+    /// (x, bias)
+    BiasAdd {
+        layout: Layout,
+    },
+    /// (x, gamma, beta, mean, variance)
+    BatchNorm(BatchNorm),
+    Activation(Activation),
+    /// Softmax over the last axis.
+    Softmax,
+    Pool(Pool),
+    Concat {
+        axis: usize,
+    },
+    Binary(BinaryOp),
+    Unary(UnaryOp),
+    Reduce {
+        reduce: ReduceOp,
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    /// (a, b)
+    MatMul {
+        transpose_a: bool,
+        transpose_b: bool,
+    },
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Squeeze {
+        axes: Vec<usize>,
+    },
+    ExpandDims {
+        axis: usize,
+    },
+    Pad {
+        pads: Vec<[usize; 2]>,
+        value: f32,
+    },
+}
+
+fn ser_const<S: serde::Serializer>(t: &Tensor, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Const", 2)?;
+    st.serialize_field("dtype", &t.dtype())?;
+    st.serialize_field("shape", t.shape())?;
+    st.end()
+}
+
+/// The type and shape of one value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fact {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl Fact {
+    pub fn f32(shape: Vec<usize>) -> Self {
+        Fact {
+            dtype: DType::F32,
+            shape,
+        }
+    }
+}
+
+/// Numpy/TF broadcasting of two shapes.
+pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        };
+    }
+    Ok(out)
+}
+
+impl Op {
+    /// TF-like name of the op kind, for messages and histograms.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Const(_) => "Const",
+            Op::Identity => "Identity",
+            Op::Switch => "Switch",
+            Op::Merge => "Merge",
+            Op::Conv2d(c) if c.depthwise => "DepthwiseConv2d",
+            Op::Conv2d(_) => "Conv2d",
+            Op::BiasAdd { .. } => "BiasAdd",
+            Op::BatchNorm(_) => "BatchNorm",
+            Op::Activation(a) => match a {
+                Activation::Relu => "Relu",
+                Activation::Relu6 => "Relu6",
+                Activation::Elu => "Elu",
+                Activation::Sigmoid => "Sigmoid",
+                Activation::Tanh => "Tanh",
+            },
+            Op::Softmax => "Softmax",
+            Op::Pool(p) => match p.kind {
+                PoolKind::Max => "MaxPool",
+                PoolKind::Avg => "AvgPool",
+            },
+            Op::Concat { .. } => "Concat",
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "Add",
+                BinaryOp::Sub => "Sub",
+                BinaryOp::Mul => "Mul",
+                BinaryOp::Div => "Div",
+                BinaryOp::Max => "Maximum",
+                BinaryOp::Min => "Minimum",
+            },
+            Op::Unary(u) => match u {
+                UnaryOp::Square => "Square",
+                UnaryOp::Sqrt => "Sqrt",
+                UnaryOp::Rsqrt => "Rsqrt",
+            },
+            Op::Reduce { reduce, .. } => match reduce {
+                ReduceOp::Sum => "Sum",
+                ReduceOp::Mean => "Mean",
+            },
+            Op::MatMul { .. } => "MatMul",
+            Op::Reshape { .. } => "Reshape",
+            Op::Squeeze { .. } => "Squeeze",
+            Op::ExpandDims { .. } => "ExpandDims",
+            Op::Pad { .. } => "Pad",
+        }
+    }
+
+    /// Allowed number of inputs: (min, max).
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Input | Op::Const(_) => (0, 0),
+            Op::Switch | Op::Conv2d(_) | Op::BiasAdd { .. } | Op::Binary(_) | Op::MatMul { .. } => {
+                (2, 2)
+            }
+            Op::BatchNorm(_) => (5, 5),
+            Op::Merge | Op::Concat { .. } => (1, usize::MAX),
+            _ => (1, 1),
+        }
+    }
+
+    /// Number of outputs.
+    pub fn num_outputs(&self) -> usize {
+        match self {
+            Op::Switch | Op::Merge => 2,
+            _ => 1,
+        }
+    }
+
+    /// Output facts from input facts. Errors are plain messages; the caller
+    /// adds the node name and op.
+    pub fn infer(&self, inputs: &[&Fact]) -> Result<Vec<Fact>, String> {
+        let (lo, hi) = self.arity();
+        if inputs.len() < lo || inputs.len() > hi {
+            return Err(format!(
+                "expects {} input(s), has {}",
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}..")
+                },
+                inputs.len()
+            ));
+        }
+        let x = inputs.first().map(|f| &f.shape);
+        let rank4 = |s: &Vec<usize>| -> Result<(), String> {
+            if s.len() != 4 {
+                Err(format!("needs a 4-D input, has shape {s:?}"))
+            } else {
+                Ok(())
+            }
+        };
+        let f32s = |shape: Vec<usize>| Ok(vec![Fact::f32(shape)]);
+        match self {
+            Op::Input => Err("an Input's fact is set by the frontend".into()),
+            Op::Const(t) => Ok(vec![Fact {
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+            }]),
+            Op::Identity => Ok(vec![inputs[0].clone()]),
+            Op::Switch => {
+                if inputs[1].dtype != DType::Bool || !inputs[1].shape.is_empty() {
+                    return Err("the predicate must be a scalar bool".into());
+                }
+                Ok(vec![inputs[0].clone(), inputs[0].clone()])
+            }
+            Op::Merge => {
+                let first = inputs[0];
+                if inputs.iter().any(|f| *f != first) {
+                    return Err("merged values have different shapes".into());
+                }
+                Ok(vec![
+                    first.clone(),
+                    Fact {
+                        dtype: DType::I32,
+                        shape: vec![],
+                    },
+                ])
+            }
+            Op::Conv2d(c) => {
+                let x = &inputs[0].shape;
+                let w = &inputs[1].shape;
+                rank4(x)?;
+                if w.len() != 4 {
+                    return Err(format!("filter must be 4-D, has shape {w:?}"));
+                }
+                let [ha, wa, ca] = c.layout.hwc();
+                if w[2] != x[ca] {
+                    return Err(format!(
+                        "filter {w:?} expects {} input channels, input {x:?} has {}",
+                        w[2], x[ca]
+                    ));
+                }
+                let mut out = x.clone();
+                for (i, (axis, k)) in [(ha, w[0]), (wa, w[1])].into_iter().enumerate() {
+                    let (o, _) =
+                        resolve_axis(&c.padding, i, x[axis], k, c.strides[i], c.dilations[i])
+                            .ok_or_else(|| format!("window {k} does not fit the input {x:?}"))?;
+                    out[axis] = o;
+                }
+                out[ca] = if c.depthwise { w[2] * w[3] } else { w[3] };
+                f32s(out)
+            }
+            Op::BiasAdd { layout } => {
+                let x = &inputs[0].shape;
+                let axis = if x.len() == 4 {
+                    layout.channel_axis()
+                } else {
+                    x.len().checked_sub(1).ok_or("BiasAdd needs rank >= 1")?
+                };
+                if inputs[1].shape != [x[axis]] {
+                    return Err(format!(
+                        "bias {:?} does not match {} channels",
+                        inputs[1].shape, x[axis]
+                    ));
+                }
+                f32s(x.clone())
+            }
+            Op::BatchNorm(bn) => {
+                let x = &inputs[0].shape;
+                rank4(x)?;
+                let c = x[bn.layout.channel_axis()];
+                for (i, name) in [(1, "scale"), (2, "offset"), (3, "mean"), (4, "variance")] {
+                    let s = &inputs[i].shape;
+                    let ok =
+                        s == &[c] || (bn.training && i >= 3 && s.iter().product::<usize>() == 0);
+                    if !ok {
+                        return Err(format!("{name} {s:?} does not match {c} channels"));
+                    }
+                }
+                f32s(x.clone())
+            }
+            Op::Activation(_) | Op::Softmax | Op::Unary(_) => Ok(vec![inputs[0].clone()]),
+            Op::Pool(p) => {
+                let x = &inputs[0].shape;
+                rank4(x)?;
+                let [ha, wa, _] = p.layout.hwc();
+                let mut out = x.clone();
+                for (i, axis) in [ha, wa].into_iter().enumerate() {
+                    let (o, _) = resolve_axis(&p.padding, i, x[axis], p.ksize[i], p.strides[i], 1)
+                        .ok_or_else(|| format!("window {:?} does not fit {x:?}", p.ksize))?;
+                    out[axis] = o;
+                }
+                f32s(out)
+            }
+            Op::Concat { axis } => {
+                let first = &inputs[0].shape;
+                if *axis >= first.len() {
+                    return Err(format!("axis {axis} out of range for {first:?}"));
+                }
+                let mut out = first.clone();
+                out[*axis] = 0;
+                for f in inputs {
+                    let s = &f.shape;
+                    let same = s.len() == first.len()
+                        && s.iter()
+                            .zip(first)
+                            .enumerate()
+                            .all(|(i, (a, b))| i == *axis || a == b);
+                    if !same || f.dtype != inputs[0].dtype {
+                        return Err(format!(
+                            "cannot concatenate {first:?} with {s:?} on axis {axis}"
+                        ));
+                    }
+                    out[*axis] += s[*axis];
+                }
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: out,
+                }])
+            }
+            Op::Binary(_) => {
+                let s = broadcast_shapes(&inputs[0].shape, &inputs[1].shape)?;
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: s,
+                }])
+            }
+            Op::Reduce {
+                axes, keep_dims, ..
+            } => {
+                let x = &inputs[0].shape;
+                if axes.iter().any(|&a| a >= x.len()) {
+                    return Err(format!("axes {axes:?} out of range for {x:?}"));
+                }
+                let out = x
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, &d)| match (axes.contains(&i), keep_dims) {
+                        (true, true) => Some(1),
+                        (true, false) => None,
+                        (false, _) => Some(d),
+                    })
+                    .collect();
+                f32s(out)
+            }
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            } => {
+                let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+                if a.len() != 2 || b.len() != 2 {
+                    return Err(format!("MatMul needs 2-D inputs, has {a:?} and {b:?}"));
+                }
+                let (m, ka) = if *transpose_a {
+                    (a[1], a[0])
+                } else {
+                    (a[0], a[1])
+                };
+                let (kb, n) = if *transpose_b {
+                    (b[1], b[0])
+                } else {
+                    (b[0], b[1])
+                };
+                if ka != kb {
+                    return Err(format!("inner dimensions differ: {a:?} x {b:?}"));
+                }
+                f32s(vec![m, n])
+            }
+            Op::Reshape { shape } => {
+                let n: usize = x.map(|s| s.iter().product()).unwrap_or(0);
+                if shape.iter().product::<usize>() != n {
+                    return Err(format!("cannot reshape {:?} to {shape:?}", x));
+                }
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: shape.clone(),
+                }])
+            }
+            Op::Squeeze { axes } => {
+                let x = &inputs[0].shape;
+                for &a in axes {
+                    if x.get(a) != Some(&1) {
+                        return Err(format!("cannot squeeze axis {a} of {x:?}"));
+                    }
+                }
+                let out = x
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect();
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: out,
+                }])
+            }
+            Op::ExpandDims { axis } => {
+                let mut out = inputs[0].shape.clone();
+                if *axis > out.len() {
+                    return Err(format!("axis {axis} out of range for {out:?}"));
+                }
+                out.insert(*axis, 1);
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: out,
+                }])
+            }
+            Op::Pad { pads, .. } => {
+                let x = &inputs[0].shape;
+                if pads.len() != x.len() {
+                    return Err(format!(
+                        "{} paddings for a rank-{} input",
+                        pads.len(),
+                        x.len()
+                    ));
+                }
+                f32s(x.iter().zip(pads).map(|(d, p)| d + p[0] + p[1]).collect())
+            }
+        }
+    }
+}

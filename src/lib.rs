@@ -1,0 +1,15 @@
+//! faceall: convert TensorFlow face-recognition graphs, prove the conversion
+//! numerically, and serve the result.
+//!
+//! Data flows `frontend` -> `ir` -> (passes) -> emitters; `runtime` executes
+//! the IR with TensorFlow's semantics so any intermediate value can be
+//! compared with a converted model.
+
+pub mod error;
+pub mod frontend;
+pub mod ir;
+pub mod npy;
+pub mod proto;
+pub mod runtime;
+
+pub use error::{Error, Result};

@@ -1,0 +1,155 @@
+//! Convolution and matrix multiply through im2col + SGEMM
+//! (`matrixmultiply`, which blocks and vectorises for the host CPU).
+
+/// Everything a 2-D convolution needs to know about sizes (NHWC, HWIO).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// Output channels (conv) or channel multiplier (depthwise).
+    pub co: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Padding before (top, left); what is after follows from the sizes.
+    pub pad: [usize; 2],
+}
+
+/// C[m,n] = A[m,k] * B[k,n] with arbitrary strides; sizes are the caller's
+/// responsibility, checked here before the unsafe call.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+) {
+    let last = |r: usize, rs: usize, cc: usize, cs: usize| {
+        if r == 0 || cc == 0 {
+            0
+        } else {
+            (r - 1) * rs + (cc - 1) * cs + 1
+        }
+    };
+    assert!(a.len() >= last(m, rsa, k, csa) && b.len() >= last(k, rsb, n, csb) && c.len() >= m * n);
+    // SAFETY: the asserted lengths cover every element the strides reach.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// [m,k] x [k,n] (each optionally stored transposed) -> [m,n].
+pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
+    sgemm(m, k, n, a, rsa, csa, b, rsb, csb, &mut c);
+    c
+}
+
+/// Conv2D, NHWC input, HWIO filter, zero padding.
+pub fn conv2d_nhwc(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let k = g.kh * g.kw * g.c;
+    let rows = g.oh * g.ow;
+    let mut out = vec![0.0; g.n * rows * g.co];
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0];
+    let mut col = if pointwise {
+        vec![]
+    } else {
+        vec![0.0; rows * k]
+    };
+    for b in 0..g.n {
+        let img = &x[b * g.h * g.w * g.c..(b + 1) * g.h * g.w * g.c];
+        let dst = &mut out[b * rows * g.co..(b + 1) * rows * g.co];
+        if pointwise {
+            sgemm(rows, k, g.co, img, k, 1, w, g.co, 1, dst);
+            continue;
+        }
+        im2col(img, g, &mut col);
+        sgemm(rows, k, g.co, &col, k, 1, w, g.co, 1, dst);
+    }
+    out
+}
+
+/// Rows of (oh, ow), columns of (kh, kw, c); zeros where the window is in padding.
+fn im2col(img: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+    let k = g.kh * g.kw * g.c;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = &mut col[(oy * g.ow + ox) * k..(oy * g.ow + ox + 1) * k];
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
+                for kx in 0..g.kw {
+                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad[1] as isize;
+                    let dst = &mut row[(ky * g.kw + kx) * g.c..(ky * g.kw + kx + 1) * g.c];
+                    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                        dst.fill(0.0);
+                    } else {
+                        let at = (iy as usize * g.w + ix as usize) * g.c;
+                        dst.copy_from_slice(&img[at..at + g.c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// DepthwiseConv2dNative, NHWC input, filter [kh, kw, c, multiplier];
+/// output channel c * multiplier + m.
+pub fn depthwise_nhwc(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let mult = g.co;
+    let oc = g.c * mult;
+    let mut out = vec![0.0; g.n * g.oh * g.ow * oc];
+    for b in 0..g.n {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let dst = &mut out[((b * g.oh + oy) * g.ow + ox) * oc..][..oc];
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        continue;
+                    }
+                    for kx in 0..g.kw {
+                        let ix =
+                            (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad[1] as isize;
+                        if ix < 0 || ix as usize >= g.w {
+                            continue;
+                        }
+                        let src = &x[((b * g.h + iy as usize) * g.w + ix as usize) * g.c..][..g.c];
+                        let wk = &w[(ky * g.kw + kx) * g.c * mult..][..g.c * mult];
+                        for (i, d) in dst.iter_mut().enumerate() {
+                            *d += src[i / mult] * wk[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}

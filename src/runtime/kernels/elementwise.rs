@@ -1,0 +1,185 @@
+//! Elementwise kernels: activations, unary math, broadcasting binary ops,
+//! per-channel bias and batch norm.
+
+use crate::ir::{Activation, BinaryOp, UnaryOp};
+
+pub fn activation(a: Activation, x: &mut [f32]) {
+    match a {
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Relu6 => x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        Activation::Elu => x.iter_mut().for_each(|v| {
+            if *v < 0.0 {
+                *v = v.exp_m1()
+            }
+        }),
+        Activation::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
+        Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
+    }
+}
+
+pub fn unary(u: UnaryOp, x: &mut [f32]) {
+    match u {
+        UnaryOp::Square => x.iter_mut().for_each(|v| *v *= *v),
+        UnaryOp::Sqrt => x.iter_mut().for_each(|v| *v = v.sqrt()),
+        UnaryOp::Rsqrt => x.iter_mut().for_each(|v| *v = 1.0 / v.sqrt()),
+    }
+}
+
+#[inline]
+fn apply(op: BinaryOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        // TF propagates NaN from either side.
+        BinaryOp::Max => {
+            if a.is_nan() || b.is_nan() {
+                f32::NAN
+            } else {
+                a.max(b)
+            }
+        }
+        BinaryOp::Min => {
+            if a.is_nan() || b.is_nan() {
+                f32::NAN
+            } else {
+                a.min(b)
+            }
+        }
+    }
+}
+
+/// Strides of `shape` right-aligned into `rank` dims, 0 where broadcast.
+fn bcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let rank = out.len();
+    let mut strides = vec![0; rank];
+    let mut s = 1;
+    for i in (0..shape.len()).rev() {
+        let o = rank - shape.len() + i;
+        strides[o] = if shape[i] == 1 { 0 } else { s };
+        s *= shape[i];
+    }
+    strides
+}
+
+/// Broadcasting binary op; `out_shape` must be the broadcast of both shapes.
+pub fn binary(
+    op: BinaryOp,
+    a: &[f32],
+    ash: &[usize],
+    b: &[f32],
+    bsh: &[usize],
+    out_shape: &[usize],
+) -> Vec<f32> {
+    let n: usize = out_shape.iter().product();
+    if a.len() == n && b.len() == n {
+        return a.iter().zip(b).map(|(&x, &y)| apply(op, x, y)).collect();
+    }
+    if a.len() == n && b.len() == 1 {
+        return a.iter().map(|&x| apply(op, x, b[0])).collect();
+    }
+    if b.len() == n && a.len() == 1 {
+        return b.iter().map(|&y| apply(op, a[0], y)).collect();
+    }
+    let inner = out_shape.last().copied().unwrap_or(1);
+    if a.len() == n && b.len() == inner && bsh.last() == Some(&inner) && inner > 0 {
+        let mut out = Vec::with_capacity(n);
+        for row in a.chunks_exact(inner) {
+            out.extend(row.iter().zip(b).map(|(&x, &y)| apply(op, x, y)));
+        }
+        return out;
+    }
+    let sa = bcast_strides(ash, out_shape);
+    let sb = bcast_strides(bsh, out_shape);
+    let rank = out_shape.len();
+    let mut idx = vec![0usize; rank];
+    let mut out = Vec::with_capacity(n);
+    let (mut ia, mut ib) = (0usize, 0usize);
+    for _ in 0..n {
+        out.push(apply(op, a[ia], b[ib]));
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            ia += sa[d];
+            ib += sb[d];
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            ia -= sa[d] * idx[d];
+            ib -= sb[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// x[..., c, inner...] + bias[c], where `inner` is the size after the channel axis.
+pub fn bias_add(x: &mut [f32], bias: &[f32], inner: usize) {
+    let c = bias.len();
+    for (i, chunk) in x.chunks_mut(inner.max(1)).enumerate() {
+        let b = bias[i % c];
+        chunk.iter_mut().for_each(|v| *v += b);
+    }
+}
+
+/// Inference batch norm per channel: y = (x - mean) * rsqrt(var + eps) * gamma + beta.
+/// With `training`, mean and (biased) variance come from x itself.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    x: &mut [f32],
+    c: usize,
+    inner: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+    training: bool,
+) {
+    let inner = inner.max(1);
+    let (mean, var) = if training {
+        let mut sum = vec![0.0f64; c];
+        let mut sq = vec![0.0f64; c];
+        let mut count = 0usize;
+        for (i, chunk) in x.chunks(inner).enumerate() {
+            let ch = i % c;
+            for &v in chunk {
+                sum[ch] += v as f64;
+                sq[ch] += (v as f64) * (v as f64);
+            }
+            if ch == 0 {
+                count += chunk.len();
+            }
+        }
+        let count = count.max(1) as f64;
+        let m: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+        let v: Vec<f32> = sq
+            .iter()
+            .zip(&sum)
+            .map(|(q, s)| ((q / count) - (s / count) * (s / count)).max(0.0) as f32)
+            .collect();
+        (m, v)
+    } else {
+        (mean.to_vec(), var.to_vec())
+    };
+    let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
+    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    for (i, chunk) in x.chunks_mut(inner).enumerate() {
+        let ch = i % c;
+        let (s, t) = (scale[ch], shift[ch]);
+        chunk.iter_mut().for_each(|v| *v = *v * s + t);
+    }
+}
+
+/// Softmax over the last axis of rows of length `n`.
+pub fn softmax_last(x: &mut [f32], n: usize) {
+    for row in x.chunks_mut(n.max(1)) {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut s = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+}

@@ -1,0 +1,13 @@
+//! CPU kernels with TensorFlow's semantics, on contiguous f32 buffers.
+//! Activations are NHWC here; callers transpose other layouts. Kept apart
+//! from the executor so a faster engine can replace them one by one.
+
+mod conv;
+mod elementwise;
+mod pool;
+mod shape;
+
+pub use conv::{conv2d_nhwc, depthwise_nhwc, matmul, ConvGeometry};
+pub use elementwise::{activation, batch_norm, bias_add, binary, softmax_last, unary};
+pub use pool::pool_nhwc;
+pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce};

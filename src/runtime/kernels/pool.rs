@@ -1,0 +1,54 @@
+//! Max and average pooling, NHWC. Average divides by the number of real
+//! (non-padding) pixels in the window, as TensorFlow does.
+
+use crate::ir::PoolKind;
+
+#[allow(clippy::too_many_arguments)]
+pub fn pool_nhwc(
+    x: &[f32],
+    [n, h, w, c]: [usize; 4],
+    kind: PoolKind,
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let mut out = vec![0.0; n * oh * ow * c];
+    let mut acc = vec![0.0f32; c];
+    for b in 0..n {
+        for oy in 0..oh {
+            let y0 = (oy * stride[0]) as isize - pad[0] as isize;
+            let ys = y0.max(0) as usize..((y0 + k[0] as isize).min(h as isize)).max(0) as usize;
+            for ox in 0..ow {
+                let x0 = (ox * stride[1]) as isize - pad[1] as isize;
+                let xs = x0.max(0) as usize..((x0 + k[1] as isize).min(w as isize)).max(0) as usize;
+                acc.fill(match kind {
+                    PoolKind::Max => f32::NEG_INFINITY,
+                    PoolKind::Avg => 0.0,
+                });
+                let mut count = 0usize;
+                for iy in ys.clone() {
+                    for ix in xs.clone() {
+                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
+                        count += 1;
+                        match kind {
+                            PoolKind::Max => {
+                                acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v))
+                            }
+                            PoolKind::Avg => acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v),
+                        }
+                    }
+                }
+                let dst = &mut out[((b * oh + oy) * ow + ox) * c..][..c];
+                match kind {
+                    PoolKind::Max => dst.copy_from_slice(&acc),
+                    PoolKind::Avg => {
+                        let count = count.max(1) as f32;
+                        dst.iter_mut().zip(&acc).for_each(|(d, &a)| *d = a / count);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,115 @@
+//! Data movement: concat, pad, reductions, layout transposes.
+
+use crate::ir::ReduceOp;
+
+/// Concatenate along `axis`; each part given with its shape.
+pub fn concat(parts: &[(&[f32], &[usize])], axis: usize) -> Vec<f32> {
+    let Some((_, s0)) = parts.first() else {
+        return vec![];
+    };
+    let outer: usize = s0[..axis].iter().product();
+    let total: usize = parts.iter().map(|(d, _)| d.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    for o in 0..outer {
+        for (d, s) in parts {
+            let inner: usize = s[axis..].iter().product();
+            out.extend_from_slice(&d[o * inner..(o + 1) * inner]);
+        }
+    }
+    out
+}
+
+/// Constant padding of any rank.
+pub fn pad(x: &[f32], shape: &[usize], pads: &[[usize; 2]], value: f32) -> Vec<f32> {
+    let out_shape: Vec<usize> = shape
+        .iter()
+        .zip(pads)
+        .map(|(d, p)| d + p[0] + p[1])
+        .collect();
+    let n: usize = out_shape.iter().product();
+    let mut out = vec![value; n];
+    let rank = shape.len();
+    if x.is_empty() || rank == 0 {
+        if rank == 0 {
+            out.copy_from_slice(x);
+        }
+        return out;
+    }
+    let mut ostrides = vec![1; rank];
+    for d in (0..rank.saturating_sub(1)).rev() {
+        ostrides[d] = ostrides[d + 1] * out_shape[d + 1];
+    }
+    let last = shape[rank - 1];
+    let mut idx = vec![0usize; rank];
+    for row in x.chunks_exact(last.max(1)) {
+        let at: usize = (0..rank).map(|d| (idx[d] + pads[d][0]) * ostrides[d]).sum();
+        out[at..at + last].copy_from_slice(row);
+        for d in (0..rank - 1).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// Sum or mean over `axes` (sorted); the output keeps the others in order.
+pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f32> {
+    let rank = shape.len();
+    let mut ostrides = vec![0usize; rank];
+    let mut s = 1;
+    for d in (0..rank).rev() {
+        if !axes.contains(&d) {
+            ostrides[d] = s;
+            s *= shape[d];
+        }
+    }
+    let mut acc = vec![0.0f64; s];
+    let mut idx = vec![0usize; rank];
+    let mut o = 0usize;
+    for &v in x {
+        acc[o] += v as f64;
+        for d in (0..rank).rev() {
+            idx[d] += 1;
+            o += ostrides[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            o -= ostrides[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    acc.iter()
+        .map(|&a| match op {
+            ReduceOp::Sum => a as f32,
+            ReduceOp::Mean => (a / count.max(1) as f64) as f32,
+        })
+        .collect()
+}
+
+pub fn nchw_to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for i in 0..h * w {
+                out[(b * h * w + i) * c + ch] = x[(b * c + ch) * h * w + i];
+            }
+        }
+    }
+    out
+}
+
+pub fn nhwc_to_nchw(x: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for i in 0..h * w {
+            for ch in 0..c {
+                out[(b * c + ch) * h * w + i] = x[(b * h * w + i) * c + ch];
+            }
+        }
+    }
+    out
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod frontend;
 pub mod ir;
 pub mod npy;
+pub mod parity;
 pub mod proto;
 pub mod runtime;
 

@@ -20,7 +20,11 @@ fn read_inner(path: &Path) -> Result<Tensor> {
         ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let ty = npy.dtype().descr();
+    let ty = npy
+        .dtype()
+        .descr()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_string();
     let data: Vec<f32> = match ty.as_str() {
         "<f4" => npy.into_vec::<f32>(),
         "<f8" => npy

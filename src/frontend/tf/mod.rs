@@ -321,6 +321,8 @@ pub fn import(g: &GraphDef, opts: &LoadOptions) -> Result<Graph> {
             .filter(|n| !matches!(n.op.as_str(), "Const" | "NoOp" | "Placeholder" | "Assert"))
             .filter_map(|n| ctx.map.get(&(n.name.as_str(), 0)).copied())
             .filter(|w| !matches!(graph.nodes[w.node].op, Op::Const(_)))
+            // Bool pivots of tf.cond and other non-float leftovers are not outputs.
+            .filter(|w| graph.nodes[w.node].outputs[w.slot].dtype == crate::ir::DType::F32)
             .collect()
     } else {
         opts.outputs

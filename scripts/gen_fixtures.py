@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Generate faceall's test fixtures with real TensorFlow.
+
+Each case is a small frozen GraphDef built TF1-style with seeded numpy
+weights, plus reference inputs and TensorFlow's values for the outputs and
+chosen intermediate tensors, written to fixtures/<case>/.
+
+    python scripts/gen_fixtures.py            # (re)write fixtures/
+    python scripts/gen_fixtures.py --check    # regenerate in a temp dir and
+                                              # compare with the committed files
+
+Pinned: see scripts/requirements.txt (TensorFlow 2.21.0). Seeds are fixed per case.
+"""
+import argparse
+import filecmp
+import math
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tfref import tf, write_case  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Builder:
+    """Constants from a seeded RNG, TF-slim style layers."""
+
+    def __init__(self, seed, bn="switch", bn_op="FusedBatchNorm"):
+        self.rng = np.random.default_rng(seed)
+        self.bn_mode = bn  # "switch" | "fused" | "decomposed"
+        self.bn_op = bn_op
+        self.phase_train = None
+
+    def const(self, value, name):
+        return tf.constant(np.asarray(value, dtype=np.float32), name=name)
+
+    def weights(self, shape, name):
+        fan_in = int(np.prod(shape[:-1]))
+        return self.const(self.rng.normal(0.0, math.sqrt(1.0 / fan_in), shape), name)
+
+    def batch_norm(self, x, scope, eps=0.001):
+        c = int(x.shape[-1])
+        with tf.name_scope(scope):
+            beta = self.const(self.rng.normal(0.0, 0.1, c), "beta")
+            mean = self.const(self.rng.normal(0.0, 0.1, c), "moving_mean")
+            var = self.const(self.rng.uniform(0.3, 0.8, c), "moving_variance")
+            if self.bn_mode == "decomposed":
+                gamma = self.const(self.rng.uniform(0.8, 1.2, c), "gamma")
+                return tf.nn.batch_normalization(x, mean, var, beta, gamma, eps)
+            # TF-slim with scale=False feeds a constant 1 as gamma.
+            gamma = tf.constant(1.0, shape=[c], name="Const")
+            op = getattr(tf.raw_ops, self.bn_op)
+            if self.bn_mode == "fused":
+                return op(x=x, scale=gamma, offset=beta, mean=mean, variance=var,
+                          epsilon=eps, is_training=False, name=self.bn_op)[0]
+            empty = tf.constant([], dtype=tf.float32)
+
+            def train():
+                return op(x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+                          epsilon=eps, is_training=True, name=self.bn_op)[0]
+
+            def infer():
+                return op(x=x, scale=gamma, offset=beta, mean=mean, variance=var,
+                          epsilon=eps, is_training=False, name=self.bn_op + "_1")[0]
+
+            return tf.compat.v1.cond(self.phase_train, train, infer, name="cond")
+
+    def conv(self, x, cout, k, scope, stride=1, padding="SAME", bn=True, act=True):
+        kh, kw = (k, k) if isinstance(k, int) else k
+        cin = int(x.shape[-1])
+        with tf.name_scope(scope):
+            w = self.weights([kh, kw, cin, cout], "weights")
+            y = tf.nn.conv2d(x, w, strides=[1, stride, stride, 1], padding=padding, name="Conv2D")
+            if bn:
+                y = self.batch_norm(y, "BatchNorm")
+            else:
+                b = self.const(self.rng.normal(0.0, 0.1, cout), "biases")
+                y = tf.nn.bias_add(y, b, name="BiasAdd")
+            if act:
+                y = tf.nn.relu(y, name="Relu")
+        return y
+
+
+def maxpool(x, k, s, padding, name):
+    return tf.nn.max_pool2d(x, k, s, padding, name=name)
+
+
+def inception_resnet_v1(b, x, w):
+    """The InceptionResNetV1 topology of FaceNet with widths divided (w = dict of widths)."""
+    def block(net, scope, scale, branches, act=True):
+        with tf.name_scope(scope):
+            outs = [fn(net) for fn in branches]
+            mixed = tf.concat(outs, 3, name="concat")
+            up = b.conv(mixed, int(net.shape[-1]), 1, "Conv2d_1x1", bn=False, act=False)
+            net = tf.add(net, tf.multiply(up, tf.constant(scale, tf.float32), name="mul"), name="add")
+            if act:
+                net = tf.nn.relu(net, name="Relu")
+        return net
+
+    with tf.name_scope("InceptionResnetV1"):
+        net = b.conv(x, w["s1"], 3, "Conv2d_1a_3x3", stride=2, padding="VALID")
+        net = b.conv(net, w["s1"], 3, "Conv2d_2a_3x3", padding="VALID")
+        net = b.conv(net, w["s2"], 3, "Conv2d_2b_3x3")
+        net = maxpool(net, 3, 2, "VALID", "MaxPool_3a_3x3")
+        net = b.conv(net, w["s3"], 1, "Conv2d_3b_1x1", padding="VALID")
+        net = b.conv(net, w["s4"], 3, "Conv2d_4a_3x3", padding="VALID")
+        net = b.conv(net, w["s5"], 3, "Conv2d_4b_3x3", stride=2, padding="VALID")
+        c = w["b35"]
+        for i in range(1, 6):
+            net = block(net, f"Repeat/block35_{i}", 0.17, [
+                lambda n: b.conv(n, c, 1, "Branch_0/Conv2d_1x1"),
+                lambda n: b.conv(b.conv(n, c, 1, "Branch_1/Conv2d_0a_1x1"), c, 3, "Branch_1/Conv2d_0b_3x3"),
+                lambda n: b.conv(b.conv(b.conv(n, c, 1, "Branch_2/Conv2d_0a_1x1"), c, 3, "Branch_2/Conv2d_0b_3x3"),
+                                 c, 3, "Branch_2/Conv2d_0c_3x3"),
+            ])
+        with tf.name_scope("Mixed_6a"):
+            k, l_, m, n_ = w["ra"]
+            b0 = b.conv(net, n_, 3, "Branch_0/Conv2d_1a_3x3", stride=2, padding="VALID")
+            b1 = b.conv(net, k, 1, "Branch_1/Conv2d_0a_1x1")
+            b1 = b.conv(b1, l_, 3, "Branch_1/Conv2d_0b_3x3")
+            b1 = b.conv(b1, m, 3, "Branch_1/Conv2d_1a_3x3", stride=2, padding="VALID")
+            b2 = maxpool(net, 3, 2, "VALID", "Branch_2/MaxPool_1a_3x3")
+            net = tf.concat([b0, b1, b2], 3, name="concat")
+        c = w["b17"]
+        for i in range(1, 11):
+            net = block(net, f"Repeat_1/block17_{i}", 0.10, [
+                lambda n: b.conv(n, c, 1, "Branch_0/Conv2d_1x1"),
+                lambda n: b.conv(b.conv(b.conv(n, c, 1, "Branch_1/Conv2d_0a_1x1"), c, [1, 7], "Branch_1/Conv2d_0b_1x7"),
+                                 c, [7, 1], "Branch_1/Conv2d_0c_7x1"),
+            ])
+        with tf.name_scope("Mixed_7a"):
+            r = w["rb"]
+            b0 = b.conv(b.conv(net, r[0], 1, "Branch_0/Conv2d_0a_1x1"), r[1], 3, "Branch_0/Conv2d_1a_3x3", stride=2, padding="VALID")
+            b1 = b.conv(b.conv(net, r[0], 1, "Branch_1/Conv2d_0a_1x1"), r[2], 3, "Branch_1/Conv2d_1a_3x3", stride=2, padding="VALID")
+            b2 = b.conv(net, r[0], 1, "Branch_2/Conv2d_0a_1x1")
+            b2 = b.conv(b2, r[2], 3, "Branch_2/Conv2d_0b_3x3")
+            b2 = b.conv(b2, r[2], 3, "Branch_2/Conv2d_1a_3x3", stride=2, padding="VALID")
+            b3 = maxpool(net, 3, 2, "VALID", "Branch_3/MaxPool_1a_3x3")
+            net = tf.concat([b0, b1, b2, b3], 3, name="concat")
+        c = w["b8"]
+        for i in range(1, 7):
+            net = block(net, f"Repeat_2/block8_{i}" if i < 6 else "Block8", 0.20, [
+                lambda n: b.conv(n, c, 1, "Branch_0/Conv2d_1x1"),
+                lambda n: b.conv(b.conv(b.conv(n, c, 1, "Branch_1/Conv2d_0a_1x1"), c, [1, 3], "Branch_1/Conv2d_0b_1x3"),
+                                 c, [3, 1], "Branch_1/Conv2d_0c_3x1"),
+            ], act=i < 6)
+        with tf.name_scope("Logits"):
+            k = [int(net.shape[1]), int(net.shape[2])]
+            net = tf.nn.avg_pool2d(net, k, 1, "VALID", name="AvgPool_1a_8x8")
+            # slim.flatten: the batch size comes from Shape/StridedSlice/Pack.
+            with tf.name_scope("Flatten/flatten"):
+                batch = tf.shape(net)[0]
+                net = tf.reshape(net, tf.stack([batch, -1]), name="Reshape")
+        with tf.name_scope("Bottleneck"):
+            wt = b.weights([int(net.shape[-1]), w["emb"]], "weights")
+            net = tf.matmul(net, wt, name="MatMul")
+            # slim's fused batch norm on a 2-D input reshapes to 4-D and back.
+            net4 = tf.reshape(net, [-1, 1, 1, w["emb"]], name="Reshape")
+            net4 = b.batch_norm(net4, "BatchNorm")
+            net = tf.reshape(net4, [-1, w["emb"]], name="Reshape_1")
+    return tf.math.l2_normalize(net, 1, 1e-10, name="embeddings")
+
+
+NARROW = dict(s1=4, s2=8, s3=10, s4=24, s5=32, b35=4, ra=(16, 16, 24, 40), b17=12, rb=(24, 40, 24), b8=16, emb=32)
+
+INCEPTION_TENSORS = [
+    "InceptionResnetV1/Conv2d_1a_3x3/Relu",
+    "InceptionResnetV1/Conv2d_2b_3x3/Relu",
+    "InceptionResnetV1/Conv2d_4b_3x3/Relu",
+    "InceptionResnetV1/Repeat/block35_1/Relu",
+    "InceptionResnetV1/Repeat/block35_5/Relu",
+    "InceptionResnetV1/Mixed_6a/concat",
+    "InceptionResnetV1/Repeat_1/block17_10/Relu",
+    "InceptionResnetV1/Mixed_7a/Branch_3/MaxPool_1a_3x3",
+    "InceptionResnetV1/Mixed_7a/concat",
+    "InceptionResnetV1/Block8/add",
+    "InceptionResnetV1/Logits/AvgPool_1a_8x8",
+    "InceptionResnetV1/Bottleneck/MatMul",
+    "InceptionResnetV1/Bottleneck/Reshape_1",
+    "embeddings",
+]
+
+
+def case_inception(bn_mode, bn_op, seed):
+    def build():
+        b = Builder(seed, bn=bn_mode, bn_op=bn_op)
+        x = tf.compat.v1.placeholder(tf.float32, [1, 160, 160, 3], name="input")
+        if bn_mode == "switch":
+            b.phase_train = tf.compat.v1.placeholder_with_default(False, [], name="phase_train")
+        inception_resnet_v1(b, x, NARROW)
+        return {"input": np.random.default_rng(seed + 1).normal(0, 1, [1, 160, 160, 3])}
+    return build, INCEPTION_TENSORS, ["embeddings"]
+
+
+def case_decomposed_bn(seed):
+    def build():
+        b = Builder(seed, bn="decomposed")
+        x = tf.compat.v1.placeholder(tf.float32, [2, 12, 12, 3], name="input")
+        y = b.conv(x, 8, 3, "conv1")
+        y = b.conv(y, 6, 3, "conv2", stride=2)
+        tf.identity(y, name="output")
+        return {"input": np.random.default_rng(seed + 1).normal(0, 1, [2, 12, 12, 3])}
+    return build, ["conv1/Conv2D", "conv1/BatchNorm/batchnorm/add_1", "conv1/Relu", "output"], ["output"]
+
+
+def case_same_stride2(seed):
+    def build():
+        rng = np.random.default_rng(seed)
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8, 8, 3], name="input")
+        w = tf.constant(rng.normal(0, 0.5, [3, 3, 3, 5]).astype(np.float32), name="weights")
+        y = tf.nn.conv2d(x, w, [1, 2, 2, 1], "SAME", name="Conv2D")
+        bias = tf.constant(rng.normal(0, 0.1, [5]).astype(np.float32), name="biases")
+        y = tf.nn.bias_add(y, bias, name="BiasAdd")
+        w2 = tf.constant(rng.normal(0, 0.5, [2, 2, 5, 4]).astype(np.float32), name="weights2")
+        y = tf.nn.conv2d(y, w2, [1, 2, 2, 1], "SAME", name="Conv2D_1")
+        tf.nn.relu(y, name="output")
+        return {"input": rng.normal(0, 1, [1, 8, 8, 3])}
+    return build, ["Conv2D", "BiasAdd", "Conv2D_1", "output"], ["output"]
+
+
+def case_depthwise_relu6(seed):
+    def build():
+        rng = np.random.default_rng(seed)
+        x = tf.compat.v1.placeholder(tf.float32, [1, 10, 10, 4], name="input")
+        dw = tf.constant(rng.normal(0, 0.5, [3, 3, 4, 2]).astype(np.float32), name="depthwise_weights")
+        y = tf.nn.depthwise_conv2d(x, dw, [1, 1, 1, 1], "SAME", name="depthwise")
+        bias = tf.constant(rng.normal(0, 0.5, [8]).astype(np.float32), name="biases")
+        y = tf.nn.relu6(tf.nn.bias_add(y, bias, name="BiasAdd"), name="Relu6")
+        dw2 = tf.constant(rng.normal(0, 0.5, [3, 3, 8, 1]).astype(np.float32), name="depthwise_weights2")
+        y = tf.nn.depthwise_conv2d(y, dw2, [1, 2, 2, 1], "SAME", name="depthwise_s2")
+        pw = tf.constant(rng.normal(0, 0.5, [1, 1, 8, 6]).astype(np.float32), name="pointwise_weights")
+        y = tf.nn.conv2d(y, pw, [1, 1, 1, 1], "VALID", name="pointwise")
+        tf.nn.relu6(y, name="output")
+        return {"input": rng.normal(0, 2, [1, 10, 10, 4])}
+    return build, ["depthwise", "Relu6", "depthwise_s2", "output"], ["output"]
+
+
+def case_matmul_bn(seed):
+    def build():
+        rng = np.random.default_rng(seed)
+        x = tf.compat.v1.placeholder(tf.float32, [3, 20], name="input")
+        w = tf.constant(rng.normal(0, 0.3, [20, 16]).astype(np.float32), name="weights")
+        y = tf.matmul(x, w, name="MatMul")
+        y4 = tf.reshape(y, [-1, 1, 1, 16], name="Reshape")
+        args = {k: tf.constant(v.astype(np.float32), name=k) for k, v in dict(
+            gamma=rng.uniform(0.5, 1.5, 16), beta=rng.normal(0, 0.1, 16),
+            mean=rng.normal(0, 0.5, 16), var=rng.uniform(0.5, 2.0, 16)).items()}
+        y4 = tf.raw_ops.FusedBatchNormV2(x=y4, scale=args["gamma"], offset=args["beta"], mean=args["mean"],
+                                         variance=args["var"], epsilon=0.001, is_training=False,
+                                         name="BatchNorm")[0]
+        y = tf.reshape(y4, [-1, 16], name="Reshape_1")
+        w2 = tf.constant(rng.normal(0, 0.3, [16, 8]).astype(np.float32), name="weights2")
+        y = tf.matmul(y, w2, name="MatMul_1")
+        y = tf.nn.batch_normalization(y, tf.constant(rng.normal(0, 0.5, 8).astype(np.float32)),
+                                      tf.constant(rng.uniform(0.5, 2.0, 8).astype(np.float32)),
+                                      tf.constant(rng.normal(0, 0.1, 8).astype(np.float32)),
+                                      tf.constant(rng.uniform(0.5, 1.5, 8).astype(np.float32)), 0.001, name="bn2")
+        tf.nn.softmax(y, name="output")
+        return {"input": rng.normal(0, 1, [3, 20])}
+    return build, ["MatMul", "BatchNorm", "Reshape_1", "MatMul_1", "bn2/add_1", "output"], ["output"]
+
+
+def case_pool_floor(seed):
+    def build():
+        rng = np.random.default_rng(seed)
+        x = tf.compat.v1.placeholder(tf.float32, [2, 8, 8, 4], name="input")
+        a = tf.nn.max_pool2d(x, 3, 2, "VALID", name="MaxPool")          # 8x8 -> 3x3 (Caffe would give 4x4)
+        b = tf.nn.avg_pool2d(x, 3, 2, "VALID", name="AvgPool")          # same rounding
+        c = tf.nn.avg_pool2d(x, 3, 2, "SAME", name="AvgPool_same")      # 4x4, divides by real pixels
+        d = tf.nn.max_pool2d(x, 2, 3, "SAME", name="MaxPool_same")      # 3x3
+        tf.concat([a, b, d], 3, name="concat")
+        tf.identity(c, name="avg_same")
+        return {"input": rng.normal(0, 1, [2, 8, 8, 4])}
+    return build, ["MaxPool", "AvgPool", "AvgPool_same", "MaxPool_same", "concat"], ["concat", "avg_same"]
+
+
+def case_misc_ops(seed):
+    """Everything else the frontend reads, one op at a time."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 3], name="input")
+        w = c(rng.normal(0, 0.5, [3, 3, 3, 4]), "dil_weights")
+        y = tf.nn.conv2d(x, w, [1, 1, 1, 1], "SAME", dilations=[1, 2, 2, 1], name="dilated")
+        y = tf.nn.elu(y, name="Elu")
+        p = tf.pad(y, [[0, 0], [1, 2], [2, 1], [0, 0]], name="Pad")
+        s = tf.nn.sigmoid(p, name="Sigmoid")
+        t = tf.nn.tanh(tf.subtract(s, c(0.5, "half"), name="Sub"), name="Tanh")
+        m = tf.reduce_mean(t, axis=[1, 2], keepdims=True, name="Mean")
+        q = tf.math.sqrt(tf.add(tf.square(m, name="Square"), c(1.0, "one"), name="AddV2"), name="Sqrt")
+        d = tf.math.truediv(t, q, name="RealDiv")
+        d = tf.minimum(d, c(0.4, "cap"), name="Minimum")
+        d = tf.maximum(d, c(-0.4, "floor"), name="Maximum")
+        r = tf.reduce_sum(d, axis=3, keepdims=False, name="Sum")
+        sq = tf.squeeze(tf.reshape(r, [1, 9, 9, 1]), axis=[3], name="Squeeze")
+        e = tf.expand_dims(sq, -1, name="ExpandDims")
+        ew = c(rng.normal(0, 0.5, [2, 2, 1, 3]), "explicit_weights")
+        e = tf.nn.conv2d(e, ew, [1, 2, 2, 1], [[0, 0], [1, 0], [0, 1], [0, 0]], name="explicit")
+        f = tf.reshape(e, [1, -1], name="flat")
+        fw = c(rng.normal(0, 0.5, [5, int(f.shape[1])]), "fc_weights")
+        f = tf.matmul(f, fw, transpose_b=True, name="MatMul_tb")
+        tf.nn.softmax(f, name="output")
+        return {"input": rng.normal(0, 1, [1, 6, 6, 3])}
+    return build, ["dilated", "Elu", "Pad", "Tanh", "Mean", "RealDiv", "Maximum", "Sum", "ExpandDims",
+                   "explicit", "MatMul_tb", "output"], ["output"]
+
+
+CASES = {
+    "inception_resnet_v1_switch": (case_inception("switch", "FusedBatchNorm", 101),
+                                   "Narrow InceptionResNetV1 (FaceNet topology), TF-slim unfolded FusedBatchNorm "
+                                   "(no gamma, eps 0.001) behind phase_train Switch/Merge"),
+    "inception_resnet_v1_fused": (case_inception("fused", "FusedBatchNormV3", 102),
+                                  "Narrow InceptionResNetV1 with FusedBatchNormV3, no switch"),
+    "decomposed_bn": (case_decomposed_bn(103), "Conv + tf.nn.batch_normalization (decomposed) + Relu, batch 2"),
+    "same_conv_stride2": (case_same_stride2(104), "SAME conv stride 2 on an even input (pad bottom/right)"),
+    "depthwise_relu6": (case_depthwise_relu6(105), "Depthwise conv (multiplier 2, SAME, stride 1 and 2) + Relu6"),
+    "matmul_bn": (case_matmul_bn(106), "MatMul + FusedBatchNormV2 on a 4-D reshape, MatMul + decomposed BN, Softmax"),
+    "pool_floor": (case_pool_floor(107), "Pooling where (in - k) is not a multiple of the stride; SAME avg pool"),
+    "misc_ops": (case_misc_ops(108), "Dilated/explicit-pad conv, Elu, Pad, Sigmoid, Tanh, Mean, Sum, Sqrt, "
+                                     "RealDiv, Min/Max, Squeeze, ExpandDims, MatMul transpose_b"),
+}
+
+
+def generate(out_root, only=None):
+    for name, ((build, tensors, outputs), desc) in CASES.items():
+        if only and name not in only:
+            continue
+        g = tf.Graph()
+        with g.as_default():
+            feeds = build()
+        gd = g.as_graph_def()
+        vals = write_case(os.path.join(out_root, name), gd, feeds, tensors, outputs,
+                          {"case": name, "description": desc})
+        size = os.path.getsize(os.path.join(out_root, name, "model.pb"))
+        print(f"{name}: {len(gd.node)} nodes, {size} bytes, output range "
+              f"[{vals[-1].min():.3g}, {vals[-1].max():.3g}]")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, "fixtures"))
+    ap.add_argument("--check", action="store_true", help="regenerate to a temp dir and compare")
+    ap.add_argument("cases", nargs="*")
+    a = ap.parse_args()
+    if not a.check:
+        generate(a.out, a.cases)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, a.cases)
+        bad = []
+        for name in CASES:
+            if a.cases and name not in a.cases:
+                continue
+            for fn in sorted(os.listdir(os.path.join(tmp, name))):
+                mine, theirs = os.path.join(tmp, name, fn), os.path.join(a.out, name, fn)
+                if not os.path.exists(theirs):
+                    bad.append(f"{name}/{fn}: missing from {a.out}")
+                elif fn.endswith(".npy") and fn.startswith("tensor_"):
+                    x, y = np.load(mine), np.load(theirs)
+                    if x.shape != y.shape or not np.allclose(x, y, rtol=0, atol=1e-6):
+                        bad.append(f"{name}/{fn}: values differ (max {np.abs(x - y).max():.3g})")
+                elif not filecmp.cmp(mine, theirs, shallow=False):
+                    bad.append(f"{name}/{fn}: bytes differ")
+        if bad:
+            print("fixtures are not reproduced:\n  " + "\n  ".join(bad))
+            sys.exit(1)
+        print("fixtures reproduced")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@
 //! cannot be converted is collected and reported at once.
 
 pub mod attrs;
+pub mod build;
 pub mod ops;
 pub mod tensor;
 

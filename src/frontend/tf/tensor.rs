@@ -51,6 +51,9 @@ fn fill<T: Copy>(vals: &[T], n: usize, zero: T, what: &str) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// Largest tensor built from typed `*_val` fields (256 MB of float32).
+pub const MAX_EXPANDED: usize = 1 << 26;
+
 pub fn decode(t: &TensorProto) -> Result<Tensor> {
     let dt = t
         .dtype
@@ -74,7 +77,8 @@ pub fn decode(t: &TensorProto) -> Result<Tensor> {
     if !t.tensor_content.is_empty() {
         return Tensor::from_raw(ty, shape, Bytes::clone(&t.tensor_content));
     }
-    if n > (1 << 31) {
+    // Typed values expand in memory; cap them (real weights use tensor_content).
+    if n > MAX_EXPANDED {
         return Err(Error::Format(format!(
             "constant shape {shape:?} is too large"
         )));

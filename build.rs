@@ -3,7 +3,7 @@
 //! so weights decoded from a memory-mapped file are slices of it, not copies.
 
 fn main() {
-    let protos = ["proto/tensorflow/graph.proto"];
+    let protos = ["proto/tensorflow/graph.proto", "proto/caffe/caffe.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

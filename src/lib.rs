@@ -10,6 +10,7 @@ pub mod frontend;
 pub mod ir;
 pub mod npy;
 pub mod parity;
+pub mod passes;
 pub mod proto;
 pub mod runtime;
 

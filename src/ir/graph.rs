@@ -25,6 +25,17 @@ pub struct Node {
     pub inputs: Vec<Wire>,
     /// One fact per output.
     pub outputs: Vec<Fact>,
+    /// TF nodes folded into this one by passes, in order; the node's value
+    /// is the TF value of the last of them (or of the node itself).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub absorbed: Vec<String>,
+}
+
+impl Node {
+    /// The TF tensor name whose value this node's first output carries.
+    pub fn carries(&self) -> &str {
+        self.absorbed.last().unwrap_or(&self.name)
+    }
 }
 
 /// A dataflow graph whose nodes only read nodes before them.
@@ -60,6 +71,7 @@ impl Graph {
             op,
             inputs,
             outputs,
+            absorbed: vec![],
         });
         Ok(self.nodes.len() - 1)
     }
@@ -78,9 +90,16 @@ impl Graph {
     /// Resolve "name" or "name:k" to a wire.
     pub fn wire_by_name(&self, name: &str) -> Result<Wire> {
         let (base, slot) = split_tensor_name(name);
-        let node = self
-            .node_by_name(base)
-            .ok_or_else(|| Error::Usage(format!("no node named '{base}' in the graph")))?;
+        let node = match self.node_by_name(base) {
+            Some(n) => n,
+            // A TF node folded away by a pass: the node that absorbed it carries its value.
+            None if slot == 0 => self
+                .nodes
+                .iter()
+                .position(|n| n.absorbed.iter().any(|a| a == base))
+                .ok_or_else(|| Error::Usage(format!("no node named '{base}' in the graph")))?,
+            None => return Err(Error::Usage(format!("no node named '{base}' in the graph"))),
+        };
         if slot >= self.nodes[node].outputs.len() {
             return Err(Error::Usage(format!(
                 "node '{base}' has {} output(s), not {}",
@@ -152,6 +171,159 @@ impl Graph {
         Ok(())
     }
 
+    /// The constant carried by a wire, if it is one.
+    pub fn const_of(&self, w: Wire) -> Option<&super::tensor::Tensor> {
+        match self.nodes.get(w.node).map(|n| &n.op) {
+            Some(Op::Const(t)) if w.slot == 0 => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Nodes reading `w` (once per read).
+    pub fn users(&self, w: Wire) -> Vec<usize> {
+        let mut u = vec![];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for x in &n.inputs {
+                if *x == w {
+                    u.push(i);
+                }
+            }
+        }
+        u
+    }
+
+    /// True when `w` is read by exactly one node and is not a graph output:
+    /// the producer may then be rewritten for that one reader.
+    pub fn single_use(&self, w: Wire) -> bool {
+        self.users(w).len() == 1 && !self.outputs.contains(&w)
+    }
+
+    /// Make every reader of `old` (and the graph outputs) read `new`.
+    pub fn replace_uses(&mut self, old: Wire, new: Wire) {
+        for n in &mut self.nodes {
+            for x in &mut n.inputs {
+                if *x == old {
+                    *x = new;
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    /// Append a constant node (placed correctly by the next `compact`).
+    pub fn add_const(&mut self, name: String, t: super::tensor::Tensor) -> usize {
+        let fact = Fact {
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+        };
+        self.nodes.push(Node {
+            name,
+            source_op: "Const".into(),
+            op: Op::Const(t),
+            inputs: vec![],
+            outputs: vec![fact],
+            absorbed: vec![],
+        });
+        self.nodes.len() - 1
+    }
+
+    /// A node name not used yet, based on `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        let taken: std::collections::HashSet<&str> =
+            self.nodes.iter().map(|n| n.name.as_str()).collect();
+        if !taken.contains(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken.contains(n.as_str()))
+            .unwrap_or_default()
+    }
+
+    /// Restore topological order (stable: original order where possible),
+    /// optionally dropping nodes the outputs do not need.
+    pub fn compact(&mut self, prune: bool) -> Result<()> {
+        let n = self.nodes.len();
+        let keep: Vec<bool> = if prune {
+            let mut k = vec![false; n];
+            let mut stack: Vec<usize> = self.outputs.iter().map(|w| w.node).collect();
+            stack.extend(self.inputs.iter().copied());
+            while let Some(i) = stack.pop() {
+                if i < n && !std::mem::replace(&mut k[i], true) {
+                    stack.extend(self.nodes[i].inputs.iter().map(|w| w.node));
+                }
+            }
+            k
+        } else {
+            vec![true; n]
+        };
+        let mut indeg = vec![0usize; n];
+        let mut users = vec![vec![]; n];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !keep[i] {
+                continue;
+            }
+            for w in &node.inputs {
+                if w.node >= n || !keep[w.node] {
+                    return Err(Error::node(
+                        &node.name,
+                        &node.source_op,
+                        "reads a removed node",
+                    ));
+                }
+                indeg[i] += 1;
+                users[w.node].push(i);
+            }
+        }
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
+            .filter(|&i| keep[i] && indeg[i] == 0)
+            .map(std::cmp::Reverse)
+            .collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(std::cmp::Reverse(i)) = heap.pop() {
+            order.push(i);
+            for &u in &users[i] {
+                indeg[u] -= 1;
+                if indeg[u] == 0 {
+                    heap.push(std::cmp::Reverse(u));
+                }
+            }
+        }
+        if order.len() != keep.iter().filter(|&&k| k).count() {
+            return Err(Error::Graph("a pass created a cycle".into()));
+        }
+        let mut new_index = vec![usize::MAX; n];
+        for (new, &old) in order.iter().enumerate() {
+            new_index[old] = new;
+        }
+        let mut old_nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for &old in &order {
+            if let Some(mut node) = old_nodes[old].take() {
+                for w in &mut node.inputs {
+                    w.node = new_index[w.node];
+                }
+                self.nodes.push(node);
+            }
+        }
+        for w in &mut self.outputs {
+            w.node = new_index[w.node];
+        }
+        self.inputs = self
+            .inputs
+            .iter()
+            .filter(|&&i| keep[i])
+            .map(|&i| new_index[i])
+            .collect();
+        Ok(())
+    }
+
     /// Count of consumers of each node (by node index).
     pub fn consumers(&self) -> Vec<Vec<usize>> {
         let mut c = vec![vec![]; self.nodes.len()];
@@ -218,6 +390,7 @@ impl Graph {
                 }
             }
             Op::Const(_) | Op::Input | Op::Identity | Op::Switch | Op::Merge => 0,
+            Op::L2Normalize { .. } => 3 * out,
             Op::Reshape { .. } | Op::Squeeze { .. } | Op::ExpandDims { .. } | Op::Concat { .. } => {
                 0
             }

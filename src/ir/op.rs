@@ -161,7 +161,7 @@ pub enum Op {
     Switch,
     /// TF1 Merge: the one live input -> (output, value_index).
     Merge,
-    /// (x, filter)
+    /// (x, filter[, bias]); the bias appears once a pass folds one in.
     Conv2d(Conv2d),
     /// (x, bias)
     BiasAdd {
@@ -187,6 +187,15 @@ pub enum Op {
     MatMul {
         transpose_a: bool,
         transpose_b: bool,
+    },
+    /// sum_i coeffs[i] * inputs[i], inputs of one shape (residual `x + s * branch`).
+    WeightedSum {
+        coeffs: Vec<f32>,
+    },
+    /// x * rsqrt(max(sum(x^2 over axis), epsilon)), as tf.math.l2_normalize.
+    L2Normalize {
+        axis: usize,
+        epsilon: f32,
     },
     Reshape {
         shape: Vec<usize>,
@@ -296,6 +305,8 @@ impl Op {
                 ReduceOp::Mean => "Mean",
             },
             Op::MatMul { .. } => "MatMul",
+            Op::WeightedSum { .. } => "WeightedSum",
+            Op::L2Normalize { .. } => "L2Normalize",
             Op::Reshape { .. } => "Reshape",
             Op::Squeeze { .. } => "Squeeze",
             Op::ExpandDims { .. } => "ExpandDims",
@@ -307,9 +318,9 @@ impl Op {
     pub fn arity(&self) -> (usize, usize) {
         match self {
             Op::Input | Op::Const(_) => (0, 0),
-            Op::Switch | Op::Conv2d(_) | Op::BiasAdd { .. } | Op::Binary(_) | Op::MatMul { .. } => {
-                (2, 2)
-            }
+            Op::Switch | Op::BiasAdd { .. } | Op::Binary(_) => (2, 2),
+            Op::Conv2d(_) | Op::MatMul { .. } => (2, 3),
+            Op::WeightedSum { coeffs } => (coeffs.len(), coeffs.len()),
             Op::BatchNorm(_) => (5, 5),
             Op::Merge | Op::Concat { .. } => (1, usize::MAX),
             _ => (1, 1),
@@ -396,6 +407,14 @@ impl Op {
                     out[axis] = o;
                 }
                 out[ca] = if c.depthwise { w[2] * w[3] } else { w[3] };
+                if let Some(b) = inputs.get(2) {
+                    if b.shape != [out[ca]] {
+                        return Err(format!(
+                            "bias {:?} does not match {} output channels",
+                            b.shape, out[ca]
+                        ));
+                    }
+                }
                 f32s(out)
             }
             Op::BiasAdd { layout } => {
@@ -512,7 +531,27 @@ impl Op {
                 if ka != kb {
                     return Err(format!("inner dimensions differ: {a:?} x {b:?}"));
                 }
+                if let Some(b) = inputs.get(2) {
+                    if b.shape != [n] {
+                        return Err(format!("bias {:?} does not match {n} outputs", b.shape));
+                    }
+                }
                 f32s(vec![m, n])
+            }
+            Op::WeightedSum { .. } => {
+                if inputs.iter().any(|f| f.shape != inputs[0].shape) {
+                    return Err("weighted sum of values with different shapes".into());
+                }
+                f32s(inputs[0].shape.clone())
+            }
+            Op::L2Normalize { axis, .. } => {
+                if *axis >= inputs[0].shape.len() {
+                    return Err(format!(
+                        "axis {axis} out of range for {:?}",
+                        inputs[0].shape
+                    ));
+                }
+                f32s(inputs[0].shape.clone())
             }
             Op::Reshape { shape } => {
                 let n: usize = x.map(|s| s.iter().product()).unwrap_or(0);

@@ -257,6 +257,10 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
                 kernels::conv2d_nhwc(&xv, &wv, &g)
             };
             let oc = if c.depthwise { ch * ws[3] } else { ws[3] };
+            let mut y = y;
+            if let Some(b) = ins.get(2) {
+                kernels::bias_add(&mut y, &b.as_f32()?, 1);
+            }
             f32_out(node, from_nhwc(y, c.layout, [n, oh, ow, oc]))
         }
         Op::BiasAdd { layout } => {
@@ -358,14 +362,48 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
                 (sa[0], sa[1])
             };
             let n = if *transpose_b { sb[0] } else { sb[1] };
-            f32_out(
-                node,
-                kernels::matmul(&a, &b, m, k, n, *transpose_a, *transpose_b),
-            )
+            let mut y = kernels::matmul(&a, &b, m, k, n, *transpose_a, *transpose_b);
+            if let Some(b) = ins.get(2) {
+                kernels::bias_add(&mut y, &b.as_f32()?, 1);
+            }
+            f32_out(node, y)
+        }
+        Op::WeightedSum { coeffs } => {
+            let mut acc = vec![0.0f32; numel(&out_shape(node))];
+            for (t, &c) in ins.iter().zip(coeffs) {
+                let v = t.as_f32()?;
+                if c == 1.0 {
+                    acc.iter_mut().zip(v.iter()).for_each(|(a, &x)| *a += x);
+                } else {
+                    acc.iter_mut().zip(v.iter()).for_each(|(a, &x)| *a += c * x);
+                }
+            }
+            f32_out(node, acc)
+        }
+        Op::L2Normalize { axis, epsilon } => {
+            let x = x0()?;
+            let v = x.as_f32()?;
+            let s = x.shape();
+            let sq: Vec<f32> = v.iter().map(|a| a * a).collect();
+            let sums = kernels::reduce(&sq, s, &[*axis], crate::ir::ReduceOp::Sum);
+            let inner: usize = s[axis + 1..].iter().product();
+            let len = s[*axis];
+            let mut out = v.into_owned();
+            for (i, o) in out.iter_mut().enumerate() {
+                let outer = i / (inner * len).max(1);
+                let r = sums[outer * inner + i % inner.max(1)];
+                *o *= 1.0 / r.max(*epsilon).sqrt();
+            }
+            f32_out(node, out)
         }
         Op::Pad { pads, value } => {
             let v = x0()?.as_f32()?;
             f32_out(node, kernels::pad(&v, x0()?.shape(), pads, *value))
         }
     }
+}
+
+/// Evaluate one single-output node on given inputs (constant folding).
+pub fn eval_single(node: &Node, inputs: &[Tensor]) -> Result<Tensor> {
+    eval_op(node, inputs, &HashMap::new())
 }

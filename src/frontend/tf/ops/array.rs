@@ -49,6 +49,7 @@ pub fn placeholder(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         op: Op::Input,
         inputs: vec![],
         outputs: vec![Fact { dtype, shape }],
+        absorbed: vec![],
     });
     Ok(vec![Wire { node: id, slot: 0 }])
 }

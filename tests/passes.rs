@@ -116,7 +116,7 @@ fn switch_fixture_folds_every_batch_norm() {
         .unwrap();
     assert_eq!(
         conv.carries(),
-        "InceptionResnetV1/Conv2d_1a_3x3/BatchNorm/cond/Merge",
+        Some("InceptionResnetV1/Conv2d_1a_3x3/BatchNorm/cond/Merge"),
         "{:?}",
         conv.absorbed
     );

@@ -1,5 +1,6 @@
 //! Command-line front end (clap). `anyhow` lives here only.
 
+mod convert;
 mod inspect;
 
 use std::process::ExitCode;
@@ -21,12 +22,15 @@ struct Cli {
 enum Cmd {
     /// Summarise a frozen TensorFlow graph: ops, inputs, outputs, parameters, FLOPs, unsupported ops.
     Inspect(inspect::Args),
+    /// Convert a frozen TensorFlow graph (batch norms folded) to Caffe.
+    ConvertTf(convert::Args),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::run(a),
+        Cmd::ConvertTf(a) => convert::run(a),
     };
     match result {
         Ok(code) => code,
@@ -63,4 +67,11 @@ pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((name.to_string(), dims))
+}
+
+/// Print to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }

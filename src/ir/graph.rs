@@ -29,12 +29,26 @@ pub struct Node {
     /// is the TF value of the last of them (or of the node itself).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub absorbed: Vec<String>,
+    /// The value was changed by folding through a reshape and equals no TF tensor.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub altered: bool,
 }
 
 impl Node {
-    /// The TF tensor name whose value this node's first output carries.
-    pub fn carries(&self) -> &str {
-        self.absorbed.last().unwrap_or(&self.name)
+    /// The TF tensor name whose value this node's first output carries
+    /// (None when folding changed it into a value TF never computes).
+    pub fn carries(&self) -> Option<&str> {
+        match self.absorbed.last() {
+            Some(a) if !self.altered => Some(a),
+            None if !self.altered => Some(&self.name),
+            _ => None,
+        }
+    }
+
+    /// Record that this node now computes the value of TF node(s) `names`.
+    pub fn absorb(&mut self, names: impl IntoIterator<Item = String>) {
+        self.absorbed.extend(names);
+        self.altered = false;
     }
 }
 
@@ -72,6 +86,7 @@ impl Graph {
             inputs,
             outputs,
             absorbed: vec![],
+            altered: false,
         });
         Ok(self.nodes.len() - 1)
     }
@@ -96,7 +111,10 @@ impl Graph {
             None if slot == 0 => self
                 .nodes
                 .iter()
-                .position(|n| n.absorbed.iter().any(|a| a == base))
+                .position(|n| {
+                    n.carries() == Some(base)
+                        || (!n.altered && n.absorbed.iter().any(|a| a == base))
+                })
                 .ok_or_else(|| Error::Usage(format!("no node named '{base}' in the graph")))?,
             None => return Err(Error::Usage(format!("no node named '{base}' in the graph"))),
         };
@@ -227,6 +245,7 @@ impl Graph {
             inputs: vec![],
             outputs: vec![fact],
             absorbed: vec![],
+            altered: false,
         });
         self.nodes.len() - 1
     }

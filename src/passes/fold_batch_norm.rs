@@ -146,9 +146,13 @@ pub(crate) fn finish_fold(
         },
         through,
     );
-    let carrier = &mut g.nodes[through.node];
-    carrier.absorbed.push(fname.clone());
-    carrier.absorbed.append(&mut absorbed);
+    let mut names = vec![fname.clone()];
+    names.append(&mut absorbed);
+    g.nodes[through.node].absorb(names);
+    // Folded through reshapes: the producer's own value changed.
+    if through.node != producer {
+        g.nodes[producer].altered = true;
+    }
     log.push(Rewrite {
         pass,
         node: g.nodes[producer].name.clone(),

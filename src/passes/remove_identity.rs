@@ -33,9 +33,9 @@ pub fn run(g: &mut Graph, log: &mut Vec<Rewrite>) -> Result<usize> {
             let mut absorbed = node.absorbed.clone();
             g.replace_uses(me, input);
             if input.slot == 0 {
-                let p = &mut g.nodes[input.node];
-                p.absorbed.push(name.clone());
-                p.absorbed.append(&mut absorbed);
+                let mut names = vec![name.clone()];
+                names.append(&mut absorbed);
+                g.nodes[input.node].absorb(names);
             }
             log.push(Rewrite {
                 pass: "remove_identity",

@@ -98,8 +98,9 @@ pub fn run(g: &mut Graph, log: &mut Vec<Rewrite>) -> Result<usize> {
                     );
                     g.replace_uses(index, Wire { node: c, slot: 0 });
                 }
-                let carrier = &mut g.nodes[w.node];
-                carrier.absorbed.push(name.clone());
+                if w.slot == 0 {
+                    g.nodes[w.node].absorb([name.clone()]);
+                }
                 changed += 1;
                 log.push(Rewrite {
                     pass: "resolve_switch",

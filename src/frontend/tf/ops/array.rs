@@ -50,6 +50,7 @@ pub fn placeholder(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         inputs: vec![],
         outputs: vec![Fact { dtype, shape }],
         absorbed: vec![],
+        altered: false,
     });
     Ok(vec![Wire { node: id, slot: 0 }])
 }

@@ -1,0 +1,176 @@
+//! `faceall convert-tf MODEL.pb --to caffe --out-dir DIR`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use faceall::emit;
+use faceall::frontend::tf;
+use faceall::passes::{self, PassOptions};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Frozen TensorFlow GraphDef (.pb)
+    model: PathBuf,
+    /// Target formats, comma-separated: caffe
+    #[arg(long, value_delimiter = ',', required = true)]
+    to: Vec<String>,
+    /// Directory for the written files (must exist)
+    #[arg(long = "out-dir")]
+    out_dir: PathBuf,
+    /// Base name of the written files (default: the model file's stem)
+    #[arg(long)]
+    name: Option<String>,
+    /// Input names (default: every Placeholder)
+    #[arg(long = "input")]
+    input: Vec<String>,
+    /// Output tensor names (default: nodes nobody consumes)
+    #[arg(long = "output")]
+    output: Vec<String>,
+    /// Shape for an input the graph leaves unknown: NAME=D0,D1,... (repeatable)
+    #[arg(long = "input-shape", value_parser = super::parse_input_shape)]
+    input_shape: Vec<(String, Vec<usize>)>,
+    /// Switch a pass off (repeatable): remove_identity, resolve_switch, fold_constants, fold_bias,
+    /// fold_batch_norm, fuse_residual, fuse_l2_normalize, remove_dead
+    #[arg(long = "no-pass")]
+    no_pass: Vec<String>,
+    /// Same as --no-pass fold_batch_norm
+    #[arg(long = "no-fold-bn")]
+    no_fold_bn: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+    /// List every layer in the text report
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    files: Vec<String>,
+    seconds: f64,
+    passes: passes::Report,
+    caffe_layers: usize,
+    layers: Vec<emit::caffe::LayerNote>,
+    blobs: Vec<emit::caffe::BlobMap>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    for t in &a.to {
+        if t != "caffe" {
+            bail!("--to {t}: supported targets are: caffe");
+        }
+    }
+    let opts = tf::LoadOptions {
+        input_shapes: a.input_shape.into_iter().collect(),
+        outputs: a.output,
+    };
+    let mut graph = tf::load(&a.model, &opts)?;
+    if !a.input.is_empty() {
+        for name in &a.input {
+            let ok = graph
+                .node_by_name(name)
+                .is_some_and(|i| graph.inputs.contains(&i));
+            if !ok {
+                bail!(
+                    "{}: --input {name}: no such input (Placeholder) in the graph",
+                    a.model.display()
+                );
+            }
+        }
+    }
+    let mut popts = PassOptions::default();
+    for p in &a.no_pass {
+        popts = popts.without(p);
+    }
+    if a.no_fold_bn {
+        popts = popts.without("fold_batch_norm");
+    }
+    let report = passes::run(&mut graph, &popts).map_err(|e| e.in_file(&a.model))?;
+    let name = match a.name {
+        Some(n) => n,
+        None => a
+            .model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+    };
+    let caffe = emit::caffe::emit(&graph, &name).map_err(|e| e.in_file(&a.model))?;
+    let (text, bin) = emit::caffe::serialize(&caffe.net)?;
+    let files = vec![
+        (format!("{name}.prototxt"), text.into_bytes()),
+        (format!("{name}.caffemodel"), bin),
+    ];
+    let written =
+        emit::files::write_all(&a.out_dir, &files).context("writing the converted model")?;
+    let r = Report {
+        model: a.model.display().to_string(),
+        files: written.iter().map(|p| p.display().to_string()).collect(),
+        seconds: t0.elapsed().as_secs_f64(),
+        caffe_layers: caffe.net.layer.len(),
+        passes: report,
+        layers: caffe.notes,
+        blobs: caffe.blobs,
+    };
+    let text = if a.json {
+        serde_json::to_string_pretty(&r)? + "\n"
+    } else {
+        render(&r, a.verbose)
+    };
+    super::print_stdout(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(r: &Report, verbose: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "converted {} in {:.0} ms", r.model, r.seconds * 1000.0);
+    for f in &r.files {
+        let _ = writeln!(o, "  wrote {f}");
+    }
+    let p = &r.passes;
+    let _ = writeln!(
+        o,
+        "passes: {} -> {} IR nodes in {} round(s)",
+        p.nodes_before, p.nodes_after, p.iterations
+    );
+    for (name, _) in passes::PASSES {
+        let n = p.count(name);
+        if n > 0 {
+            let _ = writeln!(o, "  {name:<18} {n} rewrite(s)");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "caffe: {} layers from {} IR nodes",
+        r.caffe_layers,
+        r.layers.len()
+    );
+    let mut hidden = 0;
+    for l in &r.layers {
+        if verbose || l.layers.len() > 1 {
+            let extra = if l.note.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", l.note)
+            };
+            let _ = writeln!(
+                o,
+                "  {} ({}) -> {}{extra}",
+                l.node,
+                l.op,
+                l.layers.join(", ")
+            );
+        } else {
+            hidden += 1;
+        }
+    }
+    if hidden > 0 {
+        let _ = writeln!(o, "  ({hidden} nodes map to one layer each; --verbose lists them with what they absorbed)");
+    }
+    o
+}

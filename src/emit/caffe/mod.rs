@@ -1,0 +1,1294 @@
+//! IR -> Caffe (`NetParameter`), with TensorFlow's exact semantics, using
+//! only constructions that both BVLC Caffe and OpenCV 4.x's importer accept
+//! (see ../shared/docs/CONVERSION-NOTES.md):
+//!
+//! - activations are NCHW; weights HWIO -> OIHW, depthwise -> grouped conv,
+//!   MatMul [in, out] -> InnerProduct [out, in] with rows permuted when the
+//!   input was flattened from NHWC;
+//! - asymmetric padding: the symmetric part stays in the layer's `pad`, the
+//!   extra rows/columns are built from the data (Slice the edge, Power with
+//!   scale 0 for zeros, Concat, Silence the leftover);
+//! - pooling never relies on Caffe's rounding: the input is cropped (Slice)
+//!   and padded explicitly so Caffe's ceil gives TF's floor (FaceNet's
+//!   Mixed_7a); SAME average pooling divides by the count of real pixels
+//!   through a pooled ones-map;
+//! - L2 normalisation: Power(2) -> 1x1 conv of ones -> Power(-0.5, shift eps)
+//!   -> Reshape -> Scale with two bottoms. It computes x * rsqrt(sum + eps)
+//!   where TF computes x * rsqrt(max(sum, eps)): equal unless the squared
+//!   norm is below eps (1e-10 in FaceNet), i.e. for an all-zero embedding.
+//!
+//! Blob names are the TF tensor names the values carry (after folding), so
+//! verify-parity can map layers back; helper blobs are `<layer>/<what>`.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, Unsupported};
+use crate::ir::{
+    resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
+    UnaryOp, Wire,
+};
+use crate::proto::caffe::{
+    eltwise_parameter::EltwiseOp, pooling_parameter::PoolMethod, BlobProto, BlobShape,
+    LayerParameter, NetParameter,
+};
+
+/// How a Caffe blob holds an IR value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobLayout {
+    /// Same shape and order.
+    Plain,
+    /// A 4-D NHWC value held as NCHW.
+    Nchw,
+    /// A 2-D (N, H*W*C) value flattened from NHWC, held in (C, H, W) order.
+    FlatChw { h: usize, w: usize, c: usize },
+}
+
+/// Where the value of a TF tensor lives in the Caffe net.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobMap {
+    pub tensor: String,
+    pub blob: String,
+    /// The layer that writes the blob (OpenCV fetches outputs by layer name);
+    /// empty for a net input.
+    pub layer: String,
+    pub layout: BlobLayout,
+}
+
+/// One line of the conversion report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerNote {
+    pub node: String,
+    pub op: String,
+    pub layers: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+pub struct CaffeNet {
+    /// The deploy net with weights (write without blobs for the prototxt).
+    pub net: NetParameter,
+    pub blobs: Vec<BlobMap>,
+    pub notes: Vec<LayerNote>,
+    pub outputs: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Val {
+    blob: String,
+    layout: BlobLayout,
+    /// Caffe shape.
+    shape: Vec<usize>,
+}
+
+#[derive(Clone, Copy)]
+enum Fill {
+    Const(f32),
+    Edge,
+}
+
+fn nchw(s: &[usize]) -> Vec<usize> {
+    if s.len() == 4 {
+        vec![s[0], s[3], s[1], s[2]]
+    } else {
+        s.to_vec()
+    }
+}
+
+fn blob(shape: &[usize], data: Vec<f32>) -> BlobProto {
+    let mut b = BlobProto::new();
+    let mut s = BlobShape::new();
+    s.dim = shape.iter().map(|&d| d as i64).collect();
+    b.shape = Some(s).into();
+    b.data = data;
+    b
+}
+
+fn shape_proto(dims: &[i64]) -> BlobShape {
+    let mut s = BlobShape::new();
+    s.dim = dims.to_vec();
+    s
+}
+
+/// NHWC axis -> NCHW axis for 4-D values.
+fn caffe_axis(axis: usize, rank: usize) -> usize {
+    if rank == 4 {
+        [0, 2, 3, 1][axis]
+    } else {
+        axis
+    }
+}
+
+struct Em<'g> {
+    g: &'g Graph,
+    net: NetParameter,
+    vals: HashMap<Wire, Val>,
+    layer_names: HashSet<String>,
+    current: Vec<String>,
+}
+
+type R<T> = std::result::Result<T, String>;
+
+impl<'g> Em<'g> {
+    /// Add a layer. A single-top layer is named after its top (the TF tensor
+    /// it computes): OpenCV addresses outputs by layer name, users by tensor.
+    fn layer(
+        &mut self,
+        name: &str,
+        ty: &str,
+        bottoms: &[&str],
+        tops: &[&str],
+    ) -> &mut LayerParameter {
+        let mut name = match tops {
+            [top] => top.to_string(),
+            _ => name.to_string(),
+        };
+        let mut i = 1;
+        while self.layer_names.contains(&name) {
+            name = format!("{name}_{i}");
+            i += 1;
+        }
+        self.layer_names.insert(name.clone());
+        self.current.push(name.clone());
+        let mut l = LayerParameter::new();
+        l.set_name(name);
+        l.set_type(ty.into());
+        l.bottom = bottoms.iter().map(|s| s.to_string()).collect();
+        l.top = tops.iter().map(|s| s.to_string()).collect();
+        self.net.layer.push(l);
+        let last = self.net.layer.len() - 1;
+        &mut self.net.layer[last]
+    }
+
+    fn power(&mut self, name: &str, bottom: &str, power: f32, scale: f32, shift: f32) -> String {
+        let l = self.layer(name, "Power", &[bottom], &[name]);
+        let p = l.power_param.mut_or_insert_default();
+        p.set_power(power);
+        p.set_scale(scale);
+        p.set_shift(shift);
+        name.to_string()
+    }
+
+    fn val(&self, w: Wire) -> R<Val> {
+        self.vals
+            .get(&w)
+            .cloned()
+            .ok_or_else(|| format!("input '{}' has no Caffe blob", self.g.wire_name(w)))
+    }
+
+    /// One edge row/column (`first` or last) of `v` along `axis`, as a blob.
+    fn edge(&mut self, base: &str, v: &Val, axis: usize, first: bool) -> String {
+        let d = v.shape[axis];
+        if d == 1 {
+            return v.blob.clone();
+        }
+        let point = if first { 1 } else { d - 1 };
+        let (a, b) = (format!("{base}/part"), format!("{base}/edge"));
+        let tops = if first {
+            [b.clone(), a.clone()]
+        } else {
+            [a.clone(), b.clone()]
+        };
+        let l = self.layer(base, "Slice", &[&v.blob], &[&tops[0], &tops[1]]);
+        let sp = l.slice_param.mut_or_insert_default();
+        sp.set_axis(axis as i32);
+        sp.slice_point = vec![point as u32];
+        self.layer(&format!("{base}/silence"), "Silence", &[&a], &[]);
+        b
+    }
+
+    /// Add `before`/`after` rows along `axis` (2 or 3) filled with a constant or the edge values.
+    fn pad_axis(
+        &mut self,
+        base: &str,
+        v: Val,
+        axis: usize,
+        before: usize,
+        after: usize,
+        fill: Fill,
+    ) -> Val {
+        if before == 0 && after == 0 {
+            return v;
+        }
+        let mut parts = vec![];
+        let make = |em: &mut Self, first: bool, n: usize| -> Vec<String> {
+            let tag = if first { "before" } else { "after" };
+            let edge = em.edge(&format!("{base}/{tag}_edge"), &v, axis, first);
+            let row = match fill {
+                Fill::Const(c) => em.power(&format!("{base}/{tag}_fill"), &edge, 1.0, 0.0, c),
+                Fill::Edge => edge,
+            };
+            vec![row; n]
+        };
+        let top_rows = if before > 0 {
+            make(self, true, before)
+        } else {
+            vec![]
+        };
+        let bottom_rows = if after > 0 {
+            make(self, false, after)
+        } else {
+            vec![]
+        };
+        parts.extend(top_rows);
+        parts.push(v.blob.clone());
+        parts.extend(bottom_rows);
+        let out = format!("{base}/padded");
+        let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+        let l = self.layer(base, "Concat", &refs, &[&out]);
+        l.concat_param.mut_or_insert_default().set_axis(axis as i32);
+        let mut shape = v.shape.clone();
+        shape[axis] += before + after;
+        Val {
+            blob: out,
+            layout: v.layout,
+            shape,
+        }
+    }
+
+    /// Keep the first `keep` entries along `axis`.
+    fn crop_axis(&mut self, base: &str, v: Val, axis: usize, keep: usize) -> Val {
+        if keep >= v.shape[axis] {
+            return v;
+        }
+        let (a, b) = (format!("{base}/kept"), format!("{base}/dropped"));
+        let l = self.layer(base, "Slice", &[&v.blob], &[&a, &b]);
+        let sp = l.slice_param.mut_or_insert_default();
+        sp.set_axis(axis as i32);
+        sp.slice_point = vec![keep as u32];
+        self.layer(&format!("{base}/silence"), "Silence", &[&b], &[]);
+        let mut shape = v.shape;
+        shape[axis] = keep;
+        Val {
+            blob: a,
+            layout: v.layout,
+            shape,
+        }
+    }
+
+    fn need_nchw(&self, v: &Val) -> R<()> {
+        if v.layout != BlobLayout::Nchw {
+            return Err("expects a 4-D NHWC activation".into());
+        }
+        Ok(())
+    }
+
+    fn konst(&self, w: Wire) -> R<Vec<f32>> {
+        let t = self.g.const_of(w).ok_or_else(|| {
+            format!(
+                "'{}' must be a constant (run the fold_constants pass)",
+                self.g.wire_name(w)
+            )
+        })?;
+        t.as_f32()
+            .map(|c| c.into_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    fn emit(&mut self, idx: usize) -> R<Option<Val>> {
+        let g = self.g;
+        let n: &Node = &g.nodes[idx];
+        let out_blob = n
+            .carries()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}/folded", n.name));
+        let out_fact = &n.outputs[0];
+        let out_shape = nchw(&out_fact.shape);
+        let lay4 = |s: &[usize]| {
+            if s.len() == 4 {
+                BlobLayout::Nchw
+            } else {
+                BlobLayout::Plain
+            }
+        };
+        let done = |blob: String, shape: Vec<usize>| {
+            Ok(Some(Val {
+                blob,
+                layout: lay4(&out_fact.shape),
+                shape,
+            }))
+        };
+        let name = n.name.clone();
+        match &n.op {
+            Op::Const(_) => Ok(None),
+            Op::Input => {
+                if out_fact.dtype != DType::F32 {
+                    return Err("only float32 inputs".into());
+                }
+                self.net.input.push(out_blob.clone());
+                self.net.input_shape.push(shape_proto(
+                    &out_shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                ));
+                done(out_blob, out_shape)
+            }
+            Op::Identity => {
+                let x = self.val(n.inputs[0])?;
+                let top = self.power(&out_blob, &x.blob, 1.0, 1.0, 0.0);
+                Ok(Some(Val { blob: top, ..x }))
+            }
+            Op::Switch | Op::Merge => {
+                Err("TF1 control flow has no Caffe form (run the resolve_switch pass)".into())
+            }
+            Op::Conv2d(c) => {
+                if c.layout != Layout::Nhwc {
+                    return Err("NCHW data_format is not supported by the Caffe emitter".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                self.need_nchw(&x)?;
+                let ws = g
+                    .fact(n.inputs[1])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                let w = self.konst(n.inputs[1])?;
+                let (kh, kw, ci, co) = (ws[0], ws[1], ws[2], ws[3]);
+                let [_, _, h, wd] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+                let (oh, [pt, pb]) =
+                    resolve_axis(&c.padding, 0, h, kh, c.strides[0], c.dilations[0])
+                        .ok_or("window does not fit")?;
+                let (ow, [pl, pr]) =
+                    resolve_axis(&c.padding, 1, wd, kw, c.strides[1], c.dilations[1])
+                        .ok_or("window does not fit")?;
+                let (sh, sw) = (pt.min(pb), pl.min(pr));
+                let mut x = self.pad_axis(
+                    &format!("{name}/pad_h"),
+                    x,
+                    2,
+                    pt - sh,
+                    pb - sh,
+                    Fill::Const(0.0),
+                );
+                x = self.pad_axis(
+                    &format!("{name}/pad_w"),
+                    x,
+                    3,
+                    pl - sw,
+                    pr - sw,
+                    Fill::Const(0.0),
+                );
+                // OIHW (depthwise: [C*M, 1, kh, kw], group C)
+                let (num_out, group, per_group_in) = if c.depthwise {
+                    (ci * co, ci, 1)
+                } else {
+                    (co, 1, ci)
+                };
+                let mut wc = vec![0.0f32; w.len()];
+                for y in 0..kh {
+                    for xx in 0..kw {
+                        for i in 0..ci {
+                            for o in 0..co {
+                                let src = ((y * kw + xx) * ci + i) * co + o;
+                                let dst = if c.depthwise {
+                                    ((i * co + o) * kh + y) * kw + xx
+                                } else {
+                                    ((o * ci + i) * kh + y) * kw + xx
+                                };
+                                wc[dst] = w[src];
+                            }
+                        }
+                    }
+                }
+                let bias = match n.inputs.get(2) {
+                    Some(b) => Some(self.konst(*b)?),
+                    None => None,
+                };
+                let ek = |k: usize, d: usize| (k - 1) * d + 1;
+                let ch = (x.shape[2] + 2 * sh - ek(kh, c.dilations[0])) / c.strides[0] + 1;
+                let cw = (x.shape[3] + 2 * sw - ek(kw, c.dilations[1])) / c.strides[1] + 1;
+                if (ch, cw) != (oh, ow) {
+                    return Err(format!(
+                        "internal: Caffe would give {ch}x{cw}, TF gives {oh}x{ow}"
+                    ));
+                }
+                let l = self.layer(&name, "Convolution", &[&x.blob], &[&out_blob]);
+                let p = l.convolution_param.mut_or_insert_default();
+                p.set_num_output(num_out as u32);
+                p.set_kernel_h(kh as u32);
+                p.set_kernel_w(kw as u32);
+                p.set_stride_h(c.strides[0] as u32);
+                p.set_stride_w(c.strides[1] as u32);
+                if sh > 0 || sw > 0 {
+                    p.set_pad_h(sh as u32);
+                    p.set_pad_w(sw as u32);
+                }
+                if c.dilations != [1, 1] {
+                    p.dilation = vec![c.dilations[0] as u32, c.dilations[1] as u32];
+                }
+                if group > 1 {
+                    p.set_group(group as u32);
+                }
+                p.set_bias_term(bias.is_some());
+                l.blobs.push(blob(&[num_out, per_group_in, kh, kw], wc));
+                if let Some(b) = bias {
+                    l.blobs.push(blob(&[num_out], b));
+                }
+                done(out_blob, out_shape)
+            }
+            Op::BiasAdd { .. } => {
+                let x = self.val(n.inputs[0])?;
+                let b = self.konst(n.inputs[1])?;
+                let c = b.len();
+                let axis = if x.layout == BlobLayout::Nchw {
+                    1
+                } else {
+                    x.shape.len() - 1
+                };
+                let l = self.layer(&name, "Scale", &[&x.blob], &[&out_blob]);
+                let p = l.scale_param.mut_or_insert_default();
+                p.set_axis(axis as i32);
+                p.set_bias_term(true);
+                l.blobs.push(blob(&[c], vec![1.0; c]));
+                l.blobs.push(blob(&[c], b));
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+            Op::BatchNorm(bn) => {
+                if bn.training || bn.layout != Layout::Nhwc {
+                    return Err("only inference NHWC batch norm".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                self.need_nchw(&x)?;
+                let p: Vec<Vec<f32>> = (1..5).map(|i| self.konst(n.inputs[i])).collect::<R<_>>()?;
+                let c = p[0].len();
+                let norm = format!("{name}/normalized");
+                let l = self.layer(&format!("{name}/bn"), "BatchNorm", &[&x.blob], &[&norm]);
+                let bp = l.batch_norm_param.mut_or_insert_default();
+                bp.set_use_global_stats(true);
+                bp.set_eps(bn.epsilon);
+                l.blobs.push(blob(&[c], p[2].clone()));
+                l.blobs.push(blob(&[c], p[3].clone()));
+                l.blobs.push(blob(&[1], vec![1.0]));
+                let l = self.layer(&format!("{name}/scale"), "Scale", &[&norm], &[&out_blob]);
+                l.scale_param.mut_or_insert_default().set_bias_term(true);
+                l.blobs.push(blob(&[c], p[0].clone()));
+                l.blobs.push(blob(&[c], p[1].clone()));
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+            Op::Activation(a) => {
+                let x = self.val(n.inputs[0])?;
+                match a {
+                    Activation::Relu => {
+                        self.layer(&name, "ReLU", &[&x.blob], &[&out_blob]);
+                    }
+                    Activation::Sigmoid => {
+                        self.layer(&name, "Sigmoid", &[&x.blob], &[&out_blob]);
+                    }
+                    Activation::Tanh => {
+                        self.layer(&name, "TanH", &[&x.blob], &[&out_blob]);
+                    }
+                    Activation::Elu => {
+                        let l = self.layer(&name, "ELU", &[&x.blob], &[&out_blob]);
+                        l.elu_param.mut_or_insert_default().set_alpha(1.0);
+                    }
+                    Activation::Relu6 => {
+                        // min(relu(x), 6) = -max(-relu(x), -6), every step exact.
+                        let r = format!("{name}/relu");
+                        self.layer(&r, "ReLU", &[&x.blob], &[&r]);
+                        let neg = self.power(&format!("{name}/neg"), &r, 1.0, -1.0, 0.0);
+                        let six = self.power(&format!("{name}/minus_six"), &x.blob, 1.0, 0.0, -6.0);
+                        let m = format!("{name}/max");
+                        let l = self.layer(&m, "Eltwise", &[&neg, &six], &[&m]);
+                        l.eltwise_param
+                            .mut_or_insert_default()
+                            .set_operation(EltwiseOp::MAX);
+                        let l = self.layer(&name, "Power", &[&m], &[&out_blob]);
+                        l.power_param.mut_or_insert_default().set_scale(-1.0);
+                    }
+                }
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+            Op::Softmax => {
+                let x = self.val(n.inputs[0])?;
+                let axis = caffe_axis(out_fact.shape.len() - 1, out_fact.shape.len());
+                let l = self.layer(&name, "Softmax", &[&x.blob], &[&out_blob]);
+                l.softmax_param
+                    .mut_or_insert_default()
+                    .set_axis(axis as i32);
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+            Op::Pool(p) => self.pool(n, p, out_blob, out_shape),
+            Op::Concat { axis } => {
+                let vs: Vec<Val> = n.inputs.iter().map(|w| self.val(*w)).collect::<R<_>>()?;
+                if vs
+                    .iter()
+                    .any(|v| matches!(v.layout, BlobLayout::FlatChw { .. }))
+                {
+                    return Err("concatenating flattened NHWC values".into());
+                }
+                let refs: Vec<&str> = vs.iter().map(|v| v.blob.as_str()).collect();
+                let ax = caffe_axis(*axis, out_fact.shape.len());
+                let l = self.layer(&name, "Concat", &refs, &[&out_blob]);
+                l.concat_param.mut_or_insert_default().set_axis(ax as i32);
+                done(out_blob, out_shape)
+            }
+            Op::WeightedSum { coeffs } => {
+                let vs: Vec<Val> = n.inputs.iter().map(|w| self.val(*w)).collect::<R<_>>()?;
+                let refs: Vec<&str> = vs.iter().map(|v| v.blob.as_str()).collect();
+                let l = self.layer(&name, "Eltwise", &refs, &[&out_blob]);
+                let e = l.eltwise_param.mut_or_insert_default();
+                e.set_operation(EltwiseOp::SUM);
+                e.coeff = coeffs.clone();
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..vs[0].clone()
+                }))
+            }
+            Op::Binary(b) => self.binary(n, *b, out_blob),
+            Op::Unary(u) => {
+                let x = self.val(n.inputs[0])?;
+                let p = match u {
+                    UnaryOp::Square => 2.0,
+                    UnaryOp::Sqrt => 0.5,
+                    UnaryOp::Rsqrt => -0.5,
+                };
+                let l = self.layer(&name, "Power", &[&x.blob], &[&out_blob]);
+                l.power_param.mut_or_insert_default().set_power(p);
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+            Op::Reduce {
+                reduce,
+                axes,
+                keep_dims,
+            } => {
+                let x = self.val(n.inputs[0])?;
+                let in_shape = g
+                    .fact(n.inputs[0])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                if x.layout == BlobLayout::Plain && in_shape.len() == 2 && axes == &[1] {
+                    // (N, C) -> (N, C, 1, 1) -> 1x1 conv of ones (or 1/C) -> (N, 1) or (N)
+                    let c = in_shape[1];
+                    let k = if *reduce == ReduceOp::Mean {
+                        1.0 / c as f32
+                    } else {
+                        1.0
+                    };
+                    let x4 = format!("{name}/as_4d");
+                    let l = self.layer(&x4, "Reshape", &[&x.blob], &[&x4]);
+                    l.reshape_param.mut_or_insert_default().shape =
+                        Some(shape_proto(&[0, c as i64, 1, 1])).into();
+                    let s4 = format!("{name}/sum_4d");
+                    let l = self.layer(&s4, "Convolution", &[&x4], &[&s4]);
+                    let p = l.convolution_param.mut_or_insert_default();
+                    p.set_num_output(1);
+                    p.kernel_size = vec![1];
+                    p.set_bias_term(false);
+                    l.blobs.push(blob(&[1, c, 1, 1], vec![k; c]));
+                    let dims: Vec<i64> = if *keep_dims { vec![0, 1] } else { vec![0] };
+                    let l = self.layer(&out_blob, "Reshape", &[&s4], &[&out_blob]);
+                    l.reshape_param.mut_or_insert_default().shape = Some(shape_proto(&dims)).into();
+                    return done(out_blob, out_shape);
+                }
+                self.need_nchw(&x)?;
+                if axes == &[1, 2] {
+                    let pooled = if *keep_dims {
+                        out_blob.clone()
+                    } else {
+                        format!("{name}/pooled")
+                    };
+                    let l = self.layer(&name, "Pooling", &[&x.blob], &[&pooled]);
+                    let p = l.pooling_param.mut_or_insert_default();
+                    p.set_pool(PoolMethod::AVE);
+                    p.set_kernel_h(x.shape[2] as u32);
+                    p.set_kernel_w(x.shape[3] as u32);
+                    let mut val = Val {
+                        blob: pooled.clone(),
+                        layout: BlobLayout::Nchw,
+                        shape: vec![x.shape[0], x.shape[1], 1, 1],
+                    };
+                    if *reduce == ReduceOp::Sum {
+                        let k = (x.shape[2] * x.shape[3]) as f32;
+                        let s = self.power(&format!("{name}/sum"), &pooled, 1.0, k, 0.0);
+                        val.blob = s;
+                    }
+                    if !*keep_dims {
+                        self.layer(
+                            &format!("{name}/flatten"),
+                            "Flatten",
+                            &[&val.blob],
+                            &[&out_blob],
+                        );
+                        return done(out_blob, out_shape);
+                    }
+                    if val.blob != out_blob {
+                        let b = val.blob.clone();
+                        val.blob = self.power(&out_blob, &b, 1.0, 1.0, 0.0);
+                    }
+                    return Ok(Some(val));
+                }
+                if axes == &[3] {
+                    let c = x.shape[1];
+                    let k = if *reduce == ReduceOp::Mean {
+                        1.0 / c as f32
+                    } else {
+                        1.0
+                    };
+                    let summed = if *keep_dims {
+                        out_blob.clone()
+                    } else {
+                        format!("{name}/sum_4d")
+                    };
+                    let l = self.layer(&name, "Convolution", &[&x.blob], &[&summed]);
+                    let p = l.convolution_param.mut_or_insert_default();
+                    p.set_num_output(1);
+                    p.kernel_size = vec![1];
+                    p.set_bias_term(false);
+                    l.blobs.push(blob(&[1, c, 1, 1], vec![k; c]));
+                    if !*keep_dims {
+                        // (N, 1, H, W) holds (N, H, W) in order.
+                        let l = self.layer(&out_blob, "Reshape", &[&summed], &[&out_blob]);
+                        let d: Vec<i64> = std::iter::once(0)
+                            .chain(out_fact.shape[1..].iter().map(|&v| v as i64))
+                            .collect();
+                        l.reshape_param.mut_or_insert_default().shape =
+                            Some(shape_proto(&d)).into();
+                    }
+                    return done(out_blob, out_shape);
+                }
+                Err(format!("reduction over NHWC axes {axes:?} (keep_dims {keep_dims}) has no Caffe form here"))
+            }
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            } => {
+                if *transpose_a {
+                    return Err("transpose_a is not supported".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                let w = self.konst(n.inputs[1])?;
+                let bs = g
+                    .fact(n.inputs[1])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                let (k, nout) = if *transpose_b {
+                    (bs[1], bs[0])
+                } else {
+                    (bs[0], bs[1])
+                };
+                // Caffe's input index for TF input index r.
+                let perm = |r: usize| -> usize {
+                    match x.layout {
+                        BlobLayout::FlatChw { h, w, c } => {
+                            let (hh, rest) = (r / (w * c), r % (w * c));
+                            let (ww, cc) = (rest / c, rest % c);
+                            (cc * h + hh) * w + ww
+                        }
+                        _ => r,
+                    }
+                };
+                let mut wc = vec![0.0f32; k * nout];
+                for r in 0..k {
+                    for o in 0..nout {
+                        let src = if *transpose_b {
+                            o * k + r
+                        } else {
+                            r * nout + o
+                        };
+                        wc[o * k + perm(r)] = w[src];
+                    }
+                }
+                let bias = match n.inputs.get(2) {
+                    Some(b) => Some(self.konst(*b)?),
+                    None => None,
+                };
+                let l = self.layer(&name, "InnerProduct", &[&x.blob], &[&out_blob]);
+                let p = l.inner_product_param.mut_or_insert_default();
+                p.set_num_output(nout as u32);
+                p.set_bias_term(bias.is_some());
+                l.blobs.push(blob(&[nout, k], wc));
+                if let Some(b) = bias {
+                    l.blobs.push(blob(&[nout], b));
+                }
+                done(out_blob, out_shape)
+            }
+            Op::Reshape { .. } | Op::Squeeze { .. } | Op::ExpandDims { .. } => {
+                self.reshape(n, out_blob)
+            }
+            Op::Pad { pads, value } => {
+                let x = self.val(n.inputs[0])?;
+                self.need_nchw(&x)?;
+                if pads[0] != [0, 0] || pads[3] != [0, 0] {
+                    return Err("padding the batch or channel axis".into());
+                }
+                let v = self.pad_axis(
+                    &format!("{name}/h"),
+                    x,
+                    2,
+                    pads[1][0],
+                    pads[1][1],
+                    Fill::Const(*value),
+                );
+                let v = self.pad_axis(
+                    &format!("{name}/w"),
+                    v,
+                    3,
+                    pads[2][0],
+                    pads[2][1],
+                    Fill::Const(*value),
+                );
+                let top = self.power(&out_blob, &v.blob, 1.0, 1.0, 0.0);
+                Ok(Some(Val { blob: top, ..v }))
+            }
+            Op::L2Normalize { axis, epsilon } => {
+                let x = self.val(n.inputs[0])?;
+                if x.shape.len() != 2 || *axis != 1 || x.layout != BlobLayout::Plain {
+                    return Err("L2 normalisation is emitted for (N, C) values over C only".into());
+                }
+                let (nb, c) = (x.shape[0], x.shape[1]);
+                let sq = self.power(&format!("{name}/square"), &x.blob, 2.0, 1.0, 0.0);
+                let sq4 = format!("{name}/square_4d");
+                let l = self.layer(&sq4, "Reshape", &[&sq], &[&sq4]);
+                l.reshape_param.mut_or_insert_default().shape =
+                    Some(shape_proto(&[0, c as i64, 1, 1])).into();
+                let sum = format!("{name}/sum");
+                let l = self.layer(&sum, "Convolution", &[&sq4], &[&sum]);
+                let p = l.convolution_param.mut_or_insert_default();
+                p.set_num_output(1);
+                p.kernel_size = vec![1];
+                p.set_bias_term(false);
+                l.blobs.push(blob(&[1, c, 1, 1], vec![1.0; c]));
+                let inv = self.power(&format!("{name}/rsqrt"), &sum, -0.5, 1.0, *epsilon);
+                let flat = format!("{name}/rsqrt_flat");
+                let l = self.layer(&flat, "Reshape", &[&inv], &[&flat]);
+                l.reshape_param.mut_or_insert_default().shape =
+                    Some(shape_proto(&[nb as i64])).into();
+                let l = self.layer(&name, "Scale", &[&x.blob, &flat], &[&out_blob]);
+                l.scale_param.mut_or_insert_default().set_axis(0);
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+        }
+    }
+
+    fn pool(
+        &mut self,
+        n: &Node,
+        p: &crate::ir::Pool,
+        out_blob: String,
+        out_shape: Vec<usize>,
+    ) -> R<Option<Val>> {
+        if p.layout != Layout::Nhwc {
+            return Err("NCHW data_format is not supported by the Caffe emitter".into());
+        }
+        let name = n.name.clone();
+        let x = self.val(n.inputs[0])?;
+        self.need_nchw(&x)?;
+        let mut plan = vec![];
+        for (i, axis) in [2usize, 3].into_iter().enumerate() {
+            let dim = x.shape[axis];
+            let (o, [before, _]) = resolve_axis(&p.padding, i, dim, p.ksize[i], p.strides[i], 1)
+                .ok_or("window does not fit")?;
+            // Padded length whose windows Caffe's ceil rounding counts exactly `o` times.
+            let needed = (o - 1) * p.strides[i] + p.ksize[i];
+            let keep = dim.min(needed - before);
+            plan.push((axis, before, keep, needed - before - keep));
+        }
+        let fill = match p.kind {
+            PoolKind::Max => Fill::Edge,
+            PoolKind::Avg => Fill::Const(0.0),
+        };
+        let mut v = x.clone();
+        for &(axis, _, keep, _) in &plan {
+            v = self.crop_axis(&format!("{name}/crop{axis}"), v, axis, keep);
+        }
+        let cropped = v.clone();
+        for &(axis, before, _, after) in &plan {
+            v = self.pad_axis(&format!("{name}/pad{axis}"), v, axis, before, after, fill);
+        }
+        let padded = plan.iter().any(|&(_, b, _, a)| b > 0 || a > 0);
+        let avg_count = p.kind == PoolKind::Avg && padded;
+        let pooled = if avg_count {
+            format!("{name}/sum_avg")
+        } else {
+            out_blob.clone()
+        };
+        let pool_layer = |em: &mut Self, lname: &str, bottom: &str, top: &str| {
+            let l = em.layer(lname, "Pooling", &[bottom], &[top]);
+            let pp = l.pooling_param.mut_or_insert_default();
+            pp.set_pool(match p.kind {
+                PoolKind::Max => PoolMethod::MAX,
+                PoolKind::Avg => PoolMethod::AVE,
+            });
+            pp.set_kernel_h(p.ksize[0] as u32);
+            pp.set_kernel_w(p.ksize[1] as u32);
+            pp.set_stride_h(p.strides[0] as u32);
+            pp.set_stride_w(p.strides[1] as u32);
+        };
+        pool_layer(self, &name, &v.blob, &pooled);
+        if avg_count {
+            // TF divides by the real pixels in each window: avg(x_padded) / avg(ones_padded).
+            let ones = self.power(&format!("{name}/ones"), &cropped.blob, 1.0, 0.0, 1.0);
+            let mut o = Val {
+                blob: ones,
+                ..cropped
+            };
+            for &(axis, before, _, after) in &plan {
+                o = self.pad_axis(
+                    &format!("{name}/ones_pad{axis}"),
+                    o,
+                    axis,
+                    before,
+                    after,
+                    Fill::Const(0.0),
+                );
+            }
+            let frac = format!("{name}/real_fraction");
+            pool_layer(self, &frac, &o.blob, &frac);
+            let inv = self.power(&format!("{name}/inv_fraction"), &frac, -1.0, 1.0, 0.0);
+            let l = self.layer(
+                &format!("{name}/divide"),
+                "Eltwise",
+                &[&pooled, &inv],
+                &[&out_blob],
+            );
+            l.eltwise_param
+                .mut_or_insert_default()
+                .set_operation(EltwiseOp::PROD);
+        }
+        Ok(Some(Val {
+            blob: out_blob,
+            layout: BlobLayout::Nchw,
+            shape: out_shape,
+        }))
+    }
+
+    fn binary(&mut self, n: &Node, op: BinaryOp, out_blob: String) -> R<Option<Val>> {
+        let name = n.name.clone();
+        let (a, b) = (n.inputs[0], n.inputs[1]);
+        let (ca, cb) = (self.g.const_of(a).is_some(), self.g.const_of(b).is_some());
+        if !ca && !cb {
+            let (va, vb) = (self.val(a)?, self.val(b)?);
+            if va.shape != vb.shape || va.layout != vb.layout {
+                return self.broadcast_scale(n, op, va, vb, out_blob);
+            }
+            let eltwise = |em: &mut Self,
+                           lname: &str,
+                           bottoms: &[&str],
+                           top: &str,
+                           o: EltwiseOp,
+                           coeff: Vec<f32>| {
+                let l = em.layer(lname, "Eltwise", bottoms, &[top]);
+                let e = l.eltwise_param.mut_or_insert_default();
+                e.set_operation(o);
+                e.coeff = coeff;
+            };
+            match op {
+                BinaryOp::Add => eltwise(
+                    self,
+                    &name,
+                    &[&va.blob, &vb.blob],
+                    &out_blob,
+                    EltwiseOp::SUM,
+                    vec![],
+                ),
+                BinaryOp::Sub => eltwise(
+                    self,
+                    &name,
+                    &[&va.blob, &vb.blob],
+                    &out_blob,
+                    EltwiseOp::SUM,
+                    vec![1.0, -1.0],
+                ),
+                BinaryOp::Mul => eltwise(
+                    self,
+                    &name,
+                    &[&va.blob, &vb.blob],
+                    &out_blob,
+                    EltwiseOp::PROD,
+                    vec![],
+                ),
+                BinaryOp::Max => eltwise(
+                    self,
+                    &name,
+                    &[&va.blob, &vb.blob],
+                    &out_blob,
+                    EltwiseOp::MAX,
+                    vec![],
+                ),
+                BinaryOp::Min => {
+                    let na = self.power(&format!("{name}/neg_a"), &va.blob, 1.0, -1.0, 0.0);
+                    let nb = self.power(&format!("{name}/neg_b"), &vb.blob, 1.0, -1.0, 0.0);
+                    let m = format!("{name}/max");
+                    eltwise(self, &m, &[&na, &nb], &m, EltwiseOp::MAX, vec![]);
+                    self.power(&out_blob, &m, 1.0, -1.0, 0.0);
+                }
+                BinaryOp::Div => {
+                    let inv = self.power(&format!("{name}/inv"), &vb.blob, -1.0, 1.0, 0.0);
+                    eltwise(
+                        self,
+                        &name,
+                        &[&va.blob, &inv],
+                        &out_blob,
+                        EltwiseOp::PROD,
+                        vec![],
+                    );
+                }
+            }
+            return Ok(Some(Val {
+                blob: out_blob,
+                ..va
+            }));
+        }
+        if ca && cb {
+            return Err("both inputs constant (run the fold_constants pass)".into());
+        }
+        let (x, k, k_first) = if ca { (b, a, true) } else { (a, b, false) };
+        let v = self.val(x)?;
+        let kt = self.g.const_of(k).ok_or("constant vanished")?;
+        let kv = kt.as_f32().map_err(|e| e.to_string())?.into_owned();
+        if self.g.fact(x).map_err(|e| e.to_string())?.shape != n.outputs[0].shape {
+            return Err("the constant broadcasts the value to a larger shape".into());
+        }
+        if kv.len() == 1 {
+            let c = kv[0];
+            let (power, scale, shift) = match (op, k_first) {
+                (BinaryOp::Add, _) => (1.0, 1.0, c),
+                (BinaryOp::Sub, false) => (1.0, 1.0, -c),
+                (BinaryOp::Sub, true) => (1.0, -1.0, c),
+                (BinaryOp::Mul, _) => (1.0, c, 0.0),
+                (BinaryOp::Div, false) => (1.0, 1.0 / c, 0.0),
+                (BinaryOp::Max, _) => {
+                    // max(x, c) = relu(x - c) + c
+                    let s = self.power(&format!("{name}/shift"), &v.blob, 1.0, 1.0, -c);
+                    let r = format!("{name}/relu");
+                    self.layer(&r, "ReLU", &[&s], &[&r]);
+                    self.power(&out_blob, &r, 1.0, 1.0, c);
+                    return Ok(Some(Val {
+                        blob: out_blob,
+                        ..v
+                    }));
+                }
+                (BinaryOp::Min, _) => {
+                    // min(x, c) = c - relu(c - x)
+                    let s = self.power(&format!("{name}/shift"), &v.blob, 1.0, -1.0, c);
+                    let r = format!("{name}/relu");
+                    self.layer(&r, "ReLU", &[&s], &[&r]);
+                    self.power(&out_blob, &r, 1.0, -1.0, c);
+                    return Ok(Some(Val {
+                        blob: out_blob,
+                        ..v
+                    }));
+                }
+                (BinaryOp::Div, true) => return Err("constant divided by a value".into()),
+            };
+            self.power(&out_blob, &v.blob, power, scale, shift);
+            return Ok(Some(Val {
+                blob: out_blob,
+                ..v
+            }));
+        }
+        // Per-channel constant on the channel axis -> Scale.
+        let c = *n.outputs[0].shape.last().unwrap_or(&0);
+        let ks = kt.shape();
+        let per_channel =
+            kv.len() == c && ks.last() == Some(&c) && ks.iter().rev().skip(1).all(|&d| d == 1);
+        if !per_channel || matches!(v.layout, BlobLayout::FlatChw { .. }) {
+            return Err(format!(
+                "constant of shape {ks:?} is neither a scalar nor per-channel"
+            ));
+        }
+        let axis = if v.layout == BlobLayout::Nchw {
+            1
+        } else {
+            v.shape.len() - 1
+        };
+        let (scale, bias) = match (op, k_first) {
+            (BinaryOp::Mul, _) => (kv, None),
+            (BinaryOp::Add, _) => (vec![1.0; c], Some(kv)),
+            (BinaryOp::Sub, false) => (vec![1.0; c], Some(kv.iter().map(|x| -x).collect())),
+            (BinaryOp::Sub, true) => (vec![-1.0; c], Some(kv)),
+            _ => return Err("per-channel Max/Min/Div has no Caffe form here".into()),
+        };
+        let l = self.layer(&name, "Scale", &[&v.blob], &[&out_blob]);
+        let p = l.scale_param.mut_or_insert_default();
+        p.set_axis(axis as i32);
+        p.set_bias_term(bias.is_some());
+        l.blobs.push(blob(&[c], scale));
+        if let Some(b) = bias {
+            l.blobs.push(blob(&[c], b));
+        }
+        Ok(Some(Val {
+            blob: out_blob,
+            ..v
+        }))
+    }
+
+    /// x * y or x / y where y's Caffe shape is a prefix of x's followed by
+    /// ones (a per-sample or per-channel factor): Reshape y to that prefix,
+    /// then Scale with two bottoms at axis 0.
+    fn broadcast_scale(
+        &mut self,
+        n: &Node,
+        op: BinaryOp,
+        va: Val,
+        vb: Val,
+        out_blob: String,
+    ) -> R<Option<Val>> {
+        let name = n.name.clone();
+        let (big, small, small_first) =
+            if va.shape.iter().product::<usize>() >= vb.shape.iter().product::<usize>() {
+                (va, vb, false)
+            } else {
+                (vb, va, true)
+            };
+        let ok_layouts = !matches!(big.layout, BlobLayout::FlatChw { .. })
+            && !matches!(small.layout, BlobLayout::FlatChw { .. });
+        let k = small
+            .shape
+            .iter()
+            .rposition(|&d| d != 1)
+            .map(|i| i + 1)
+            .unwrap_or(1);
+        let prefix_ok = small.shape.len() == big.shape.len() && small.shape[..k] == big.shape[..k];
+        let supported = matches!(
+            (op, small_first),
+            (BinaryOp::Mul, _) | (BinaryOp::Div, false)
+        );
+        if !ok_layouts || !prefix_ok || !supported {
+            return Err(format!(
+                "broadcasting {:?} with {:?} ({}) has no Caffe form here",
+                big.shape,
+                small.shape,
+                n.op.kind()
+            ));
+        }
+        let mut factor = small.blob.clone();
+        if op == BinaryOp::Div {
+            factor = self.power(&format!("{name}/inverse"), &factor, -1.0, 1.0, 0.0);
+        }
+        let flat = format!("{name}/factor");
+        let dims: Vec<i64> = small.shape[..k].iter().map(|&d| d as i64).collect();
+        let l = self.layer(&flat, "Reshape", &[&factor], &[&flat]);
+        l.reshape_param.mut_or_insert_default().shape = Some(shape_proto(&dims)).into();
+        let l = self.layer(&out_blob, "Scale", &[&big.blob, &flat], &[&out_blob]);
+        l.scale_param.mut_or_insert_default().set_axis(0);
+        Ok(Some(Val {
+            blob: out_blob,
+            ..big
+        }))
+    }
+
+    fn reshape(&mut self, n: &Node, out_blob: String) -> R<Option<Val>> {
+        let name = n.name.clone();
+        let x = self.val(n.inputs[0])?;
+        let ins = &self.g.fact(n.inputs[0]).map_err(|e| e.to_string())?.shape;
+        let outs = &n.outputs[0].shape;
+        // NHWC and NCHW hold a 4-D value in the same order when H*W or C is 1.
+        let same_order = |s: &[usize]| s.len() != 4 || s[1] * s[2] == 1 || s[3] == 1;
+        let reshape_to = |em: &mut Self, dims: Vec<usize>, layout: BlobLayout| -> R<Option<Val>> {
+            let mut d: Vec<i64> = dims.iter().map(|&v| v as i64).collect();
+            if ins.first() == outs.first() && !d.is_empty() {
+                d[0] = 0;
+            }
+            let l = em.layer(&name, "Reshape", &[&x.blob], &[&out_blob]);
+            l.reshape_param.mut_or_insert_default().shape = Some(shape_proto(&d)).into();
+            Ok(Some(Val {
+                blob: out_blob.clone(),
+                layout,
+                shape: dims,
+            }))
+        };
+        let plain_like =
+            x.layout == BlobLayout::Plain || (x.layout == BlobLayout::Nchw && same_order(ins));
+        match (ins.len(), outs.len(), &x.layout) {
+            _ if plain_like && same_order(outs) => {
+                let layout = if outs.len() == 4 {
+                    BlobLayout::Nchw
+                } else {
+                    BlobLayout::Plain
+                };
+                reshape_to(self, nchw(outs), layout)
+            }
+            (4, 2, BlobLayout::Nchw) if outs[0] == ins[0] => {
+                self.layer(&name, "Flatten", &[&x.blob], &[&out_blob]);
+                let layout = BlobLayout::FlatChw {
+                    h: ins[1],
+                    w: ins[2],
+                    c: ins[3],
+                };
+                Ok(Some(Val {
+                    blob: out_blob,
+                    layout,
+                    shape: outs.clone(),
+                }))
+            }
+            _ => Err(format!(
+                "reshape {ins:?} -> {outs:?} changes the NHWC/NCHW data order"
+            )),
+        }
+    }
+}
+
+/// Emit the nodes the outputs need. Every node without a Caffe form is
+/// reported, all at once.
+pub fn emit(g: &Graph, name: &str) -> Result<CaffeNet> {
+    let mut needed = vec![false; g.nodes.len()];
+    let mut stack: Vec<usize> = g.outputs.iter().map(|w| w.node).collect();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut needed[i], true) {
+            stack.extend(g.nodes[i].inputs.iter().map(|w| w.node));
+        }
+    }
+    let mut em = Em {
+        g,
+        net: NetParameter::new(),
+        vals: HashMap::new(),
+        layer_names: HashSet::new(),
+        current: vec![],
+    };
+    em.net.set_name(name.to_string());
+    let mut unsupported = vec![];
+    let mut notes = vec![];
+    let mut blobs = vec![];
+    let mut failed = HashSet::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        // A node fed by a node that already failed is not reported again.
+        if node.inputs.iter().any(|w| failed.contains(&w.node)) {
+            failed.insert(i);
+            continue;
+        }
+        em.current.clear();
+        match em.emit(i) {
+            Ok(Some(v)) => {
+                let layer = em
+                    .net
+                    .layer
+                    .iter()
+                    .rev()
+                    .find(|l| l.top.contains(&v.blob))
+                    .map(|l| l.name().to_string())
+                    .unwrap_or_default();
+                if let Some(tensor) = node.carries() {
+                    blobs.push(BlobMap {
+                        tensor: tensor.to_string(),
+                        blob: v.blob.clone(),
+                        layer,
+                        layout: v.layout.clone(),
+                    });
+                }
+                em.vals.insert(Wire { node: i, slot: 0 }, v);
+                let absorbed = if node.absorbed.is_empty() {
+                    String::new()
+                } else {
+                    format!("absorbed {}", node.absorbed.join(", "))
+                };
+                notes.push(LayerNote {
+                    node: node.name.clone(),
+                    op: node.op.kind().to_string(),
+                    layers: em.current.clone(),
+                    note: absorbed,
+                });
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                failed.insert(i);
+                unsupported.push(Unsupported {
+                    node: node.name.clone(),
+                    op: node.source_op.clone(),
+                    reason: format!("no Caffe form: {reason}"),
+                })
+            }
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
+    }
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|w| {
+            em.vals.get(w).map(|v| v.blob.clone()).ok_or_else(|| {
+                Error::Graph(format!("output '{}' was not emitted", g.wire_name(*w)))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CaffeNet {
+        net: em.net,
+        blobs,
+        notes,
+        outputs,
+    })
+}
+
+/// The deploy prototxt (no weights) and the binary caffemodel (with them).
+pub fn serialize(net: &NetParameter) -> Result<(String, Vec<u8>)> {
+    use protobuf::Message;
+    let mut deploy = net.clone();
+    for l in &mut deploy.layer {
+        l.blobs.clear();
+    }
+    let text = protobuf::text_format::print_to_string_pretty(&deploy);
+    let bin = net
+        .write_to_bytes()
+        .map_err(|e| Error::Format(format!("encoding the caffemodel: {e}")))?;
+    Ok((text, bin))
+}
+
+impl BlobLayout {
+    /// A Caffe blob's value in TensorFlow's layout (NCHW -> NHWC, CHW-flat -> HWC-flat).
+    pub fn to_tf(&self, t: &crate::ir::Tensor) -> Result<crate::ir::Tensor> {
+        match self {
+            BlobLayout::Plain => Ok(t.clone()),
+            BlobLayout::Nchw => {
+                let &[n, c, h, w] = t.shape() else {
+                    return Err(Error::Usage(format!(
+                        "expected a 4-D blob, got {:?}",
+                        t.shape()
+                    )));
+                };
+                let v = crate::runtime::kernels::nchw_to_nhwc(&t.as_f32()?, [n, c, h, w]);
+                crate::ir::Tensor::f32(vec![n, h, w, c], v)
+            }
+            BlobLayout::FlatChw { h, w, c } => {
+                let n = t.shape().first().copied().unwrap_or(1);
+                let v = crate::runtime::kernels::nchw_to_nhwc(&t.as_f32()?, [n, *c, *h, *w]);
+                crate::ir::Tensor::f32(vec![n, h * w * c], v)
+            }
+        }
+    }
+
+    /// A TensorFlow value in this blob's layout (the inverse of `to_tf`).
+    pub fn from_tf(&self, t: &crate::ir::Tensor) -> Result<crate::ir::Tensor> {
+        match self {
+            BlobLayout::Plain => Ok(t.clone()),
+            BlobLayout::Nchw => {
+                let &[n, h, w, c] = t.shape() else {
+                    return Err(Error::Usage(format!(
+                        "expected a 4-D NHWC value, got {:?}",
+                        t.shape()
+                    )));
+                };
+                let v = crate::runtime::kernels::nhwc_to_nchw(&t.as_f32()?, [n, h, w, c]);
+                crate::ir::Tensor::f32(vec![n, c, h, w], v)
+            }
+            BlobLayout::FlatChw { h, w, c } => {
+                let n = t.shape().first().copied().unwrap_or(1);
+                let v = crate::runtime::kernels::nhwc_to_nchw(&t.as_f32()?, [n, *h, *w, *c]);
+                crate::ir::Tensor::f32(vec![n, h * w * c], v)
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Emitters: the IR after the passes, written for another framework.
+
+pub mod caffe;
+pub mod files;

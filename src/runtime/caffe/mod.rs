@@ -1,0 +1,773 @@
+//! A Caffe executor with Caffe's own semantics (symmetric padding,
+//! ceil-rounded pooling with its last-window rule, Eltwise coefficients,
+//! PReLU, ...), on NCHW blobs. It runs what faceall writes and third-party
+//! models such as FaceAll's MTCNN.
+
+pub mod model;
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::ir::{numel, Tensor};
+use crate::proto::caffe::{
+    eltwise_parameter::EltwiseOp, pooling_parameter::PoolMethod, pooling_parameter::RoundMode,
+};
+pub use model::{CaffeModel, Layer};
+
+use super::kernels;
+
+/// Every blob value in the order the layers produced them (a blob written
+/// in place appears once per write).
+pub type Trace = Vec<(String, Tensor)>;
+
+fn f32v(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.as_f32()?.into_owned())
+}
+
+/// Normalise a possibly negative Caffe axis.
+fn axis_of(a: i32, rank: usize) -> Result<usize> {
+    let r = rank as i32;
+    if a < -r || a >= r.max(1) {
+        return Err(Error::Usage(format!(
+            "axis {a} out of range for rank {rank}"
+        )));
+    }
+    Ok(if a < 0 { (a + r) as usize } else { a as usize })
+}
+
+/// Two spatial values from Caffe's `x` / `x_h`,`x_w` conventions.
+fn hw(list: &[u32], h: Option<u32>, w: Option<u32>, default: usize) -> [usize; 2] {
+    match (h, w) {
+        (Some(h), Some(w)) => [h as usize, w as usize],
+        _ => match list {
+            [] => [default, default],
+            [a] => [*a as usize, *a as usize],
+            [a, b, ..] => [*a as usize, *b as usize],
+        },
+    }
+}
+
+impl CaffeModel {
+    /// Run the net. Inputs may differ in H and W from the declared shape
+    /// (Caffe reshapes; PNet runs on any image size).
+    pub fn forward(
+        &self,
+        feeds: &HashMap<String, Tensor>,
+    ) -> Result<(HashMap<String, Tensor>, Trace)> {
+        let mut blobs: HashMap<String, Tensor> = HashMap::new();
+        let mut trace = vec![];
+        for (name, shape) in &self.inputs {
+            let t = feeds
+                .get(name)
+                .ok_or_else(|| Error::Usage(format!("no value fed for input '{name}'")))?;
+            if t.shape().len() != shape.len() || t.shape().get(1) != shape.get(1) {
+                return Err(Error::Usage(format!(
+                    "input '{name}' is declared {shape:?}, was fed {:?}",
+                    t.shape()
+                )));
+            }
+            blobs.insert(name.clone(), t.clone());
+        }
+        for l in &self.layers {
+            let ins = l
+                .param
+                .bottom
+                .iter()
+                .map(|b| {
+                    blobs.get(b).cloned().ok_or_else(|| {
+                        Error::node(
+                            l.name(),
+                            l.kind(),
+                            format!("bottom '{b}' is not produced by any layer before it"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let outs = run_layer(l, &ins).map_err(|e| match e {
+                e @ Error::Node { .. } => e,
+                e => Error::node(l.name(), l.kind(), e.to_string()),
+            })?;
+            for (top, t) in l.param.top.iter().zip(outs) {
+                trace.push((top.clone(), t.clone()));
+                blobs.insert(top.clone(), t);
+            }
+        }
+        Ok((blobs, trace))
+    }
+}
+
+fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
+    let p = &l.param;
+    let x = ins.first().ok_or_else(|| Error::Usage("no bottom".into()));
+    let blob = |i: usize| -> Result<&Tensor> {
+        l.blobs.get(i).ok_or_else(|| {
+            Error::Usage(format!(
+                "weights blob #{i} is missing (no caffemodel, or a layer name that differs)"
+            ))
+        })
+    };
+    let same = |v: Vec<f32>, like: &Tensor| Tensor::f32(like.shape().to_vec(), v);
+    match l.kind() {
+        "Convolution" => {
+            let x = x?;
+            let cp = &p.convolution_param;
+            let s = x.shape();
+            let &[n, c, h, w] = s else {
+                return Err(Error::Usage(format!("needs a 4-D bottom, has {s:?}")));
+            };
+            let k = hw(&cp.kernel_size, cp.kernel_h, cp.kernel_w, 1);
+            let st = hw(&cp.stride, cp.stride_h, cp.stride_w, 1);
+            let pad = if cp.pad_h.is_some() || cp.pad_w.is_some() {
+                [cp.pad_h() as usize, cp.pad_w() as usize]
+            } else {
+                hw(&cp.pad, None, None, 0)
+            };
+            let dil = hw(&cp.dilation, None, None, 1);
+            let group = cp.group().max(1) as usize;
+            let wt = blob(0)?;
+            let o = cp.num_output() as usize;
+            if wt.len() != o * (c / group) * k[0] * k[1] || c % group != 0 || o % group != 0 {
+                return Err(Error::Usage(format!("weights {:?} do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}", wt.shape())));
+            }
+            let ek = |i: usize| (k[i] - 1) * dil[i] + 1;
+            if h + 2 * pad[0] < ek(0) || w + 2 * pad[1] < ek(1) {
+                return Err(Error::Usage("kernel larger than the padded input".into()));
+            }
+            let oh = (h + 2 * pad[0] - ek(0)) / st[0] + 1;
+            let ow = (w + 2 * pad[1] - ek(1)) / st[1] + 1;
+            let bias = if cp.bias_term() {
+                Some(f32v(blob(1)?)?)
+            } else {
+                None
+            };
+            let y = conv_nchw(
+                &x.as_f32()?,
+                [n, c, h, w],
+                &wt.as_f32()?,
+                o,
+                k,
+                st,
+                pad,
+                dil,
+                group,
+                bias.as_deref(),
+                [oh, ow],
+            );
+            Ok(vec![Tensor::f32(vec![n, o, oh, ow], y)?])
+        }
+        "Pooling" => {
+            let x = x?;
+            let pp = &p.pooling_param;
+            let s = x.shape();
+            let &[n, c, h, w] = s else {
+                return Err(Error::Usage(format!("needs a 4-D bottom, has {s:?}")));
+            };
+            let (k, pad, st) = if pp.global_pooling() {
+                ([h, w], [0, 0], [1, 1])
+            } else {
+                let k = hw(
+                    &pp.kernel_size.map(|v| vec![v]).unwrap_or_default(),
+                    pp.kernel_h,
+                    pp.kernel_w,
+                    1,
+                );
+                let pad = if pp.pad_h.is_some() || pp.pad_w.is_some() {
+                    [pp.pad_h() as usize, pp.pad_w() as usize]
+                } else {
+                    [pp.pad() as usize; 2]
+                };
+                let st = if pp.stride_h.is_some() || pp.stride_w.is_some() {
+                    [pp.stride_h() as usize, pp.stride_w() as usize]
+                } else {
+                    [pp.stride() as usize; 2]
+                };
+                (k, pad, st)
+            };
+            if st.contains(&0) || k.contains(&0) || pad[0] >= k[0] || pad[1] >= k[1] {
+                return Err(Error::Usage(
+                    "bad pooling geometry (pad must be < kernel, stride > 0)".into(),
+                ));
+            }
+            let floor = pp
+                .round_mode
+                .is_some_and(|m| m.enum_value() == Ok(RoundMode::FLOOR));
+            let out = |i: usize, d: usize| -> Result<usize> {
+                let span = (d + 2 * pad[i])
+                    .checked_sub(k[i])
+                    .ok_or_else(|| Error::Usage("kernel larger than the padded input".into()))?;
+                let mut o = if floor {
+                    span / st[i]
+                } else {
+                    span.div_ceil(st[i])
+                } + 1;
+                // Caffe: the last window must start inside the image or its top/left padding.
+                if pad[i] > 0 && (o - 1) * st[i] >= d + pad[i] {
+                    o -= 1;
+                }
+                Ok(o)
+            };
+            let (oh, ow) = (out(0, h)?, out(1, w)?);
+            let max = pp
+                .pool
+                .is_none_or(|m| m.enum_value() == Ok(PoolMethod::MAX));
+            let y = pool_nchw(&x.as_f32()?, [n, c, h, w], max, k, st, pad, [oh, ow]);
+            Ok(vec![Tensor::f32(vec![n, c, oh, ow], y)?])
+        }
+        "InnerProduct" => {
+            let x = x?;
+            let ip = &p.inner_product_param;
+            let axis = axis_of(ip.axis(), x.shape().len())?;
+            let m: usize = x.shape()[..axis].iter().product();
+            let kk: usize = x.shape()[axis..].iter().product();
+            let o = ip.num_output() as usize;
+            let wt = blob(0)?;
+            if wt.len() != o * kk {
+                return Err(Error::Usage(format!(
+                    "weights {:?} do not fit {kk} inputs x {o} outputs",
+                    wt.shape()
+                )));
+            }
+            let mut y = kernels::matmul(
+                &x.as_f32()?,
+                &wt.as_f32()?,
+                m,
+                kk,
+                o,
+                false,
+                !ip.transpose(),
+            );
+            if ip.bias_term() {
+                kernels::bias_add(&mut y, &blob(1)?.as_f32()?, 1);
+            }
+            let mut shape = x.shape()[..axis].to_vec();
+            shape.push(o);
+            Ok(vec![Tensor::f32(shape, y)?])
+        }
+        "ReLU" => {
+            let x = x?;
+            let slope = p.relu_param.negative_slope();
+            let v = x
+                .as_f32()?
+                .iter()
+                .map(|&v| if v > 0.0 { v } else { v * slope })
+                .collect();
+            Ok(vec![same(v, x)?])
+        }
+        "PReLU" => {
+            let x = x?;
+            let a = blob(0)?.as_f32()?.into_owned();
+            let s = x.shape();
+            let c = if s.len() > 1 { s[1] } else { 1 };
+            let inner: usize = s.iter().skip(2).product();
+            let shared = p.prelu_param.channel_shared();
+            if !shared && a.len() != c {
+                return Err(Error::Usage(format!("{} slopes for {c} channels", a.len())));
+            }
+            let v = x
+                .as_f32()?
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = if shared { 0 } else { (i / inner.max(1)) % c };
+                    v.max(0.0) + a[ch] * v.min(0.0)
+                })
+                .collect();
+            Ok(vec![same(v, x)?])
+        }
+        "Sigmoid" | "TanH" | "ELU" => {
+            let x = x?;
+            let mut v = f32v(x)?;
+            match l.kind() {
+                "Sigmoid" => kernels::activation(crate::ir::Activation::Sigmoid, &mut v),
+                "TanH" => kernels::activation(crate::ir::Activation::Tanh, &mut v),
+                _ => {
+                    let alpha = p.elu_param.alpha();
+                    v.iter_mut().for_each(|x| {
+                        if *x < 0.0 {
+                            *x = alpha * x.exp_m1()
+                        }
+                    });
+                }
+            }
+            Ok(vec![same(v, x)?])
+        }
+        "Softmax" => {
+            let x = x?;
+            let axis = axis_of(p.softmax_param.axis(), x.shape().len())?;
+            let (outer, len, inner) = split3(x.shape(), axis);
+            let mut v = f32v(x)?;
+            for o in 0..outer {
+                for i in 0..inner {
+                    let idx = |j: usize| (o * len + j) * inner + i;
+                    let m = (0..len)
+                        .map(|j| v[idx(j)])
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut s = 0.0;
+                    for j in 0..len {
+                        v[idx(j)] = (v[idx(j)] - m).exp();
+                        s += v[idx(j)];
+                    }
+                    for j in 0..len {
+                        v[idx(j)] /= s;
+                    }
+                }
+            }
+            Ok(vec![same(v, x)?])
+        }
+        "Eltwise" => {
+            let e = &p.eltwise_param;
+            let op = e
+                .operation
+                .map(|o| o.enum_value().unwrap_or(EltwiseOp::SUM))
+                .unwrap_or(EltwiseOp::SUM);
+            let first = x?;
+            if ins.iter().any(|t| t.shape() != first.shape()) {
+                return Err(Error::Usage("Eltwise bottoms differ in shape".into()));
+            }
+            if !e.coeff.is_empty() && (e.coeff.len() != ins.len() || op != EltwiseOp::SUM) {
+                return Err(Error::Usage(
+                    "Eltwise coeff needs SUM and one value per bottom".into(),
+                ));
+            }
+            let mut acc = f32v(first)?;
+            if op == EltwiseOp::SUM {
+                let c0 = e.coeff.first().copied().unwrap_or(1.0);
+                if c0 != 1.0 {
+                    acc.iter_mut().for_each(|a| *a *= c0);
+                }
+            }
+            for (i, t) in ins.iter().enumerate().skip(1) {
+                let v = t.as_f32()?;
+                let c = e.coeff.get(i).copied().unwrap_or(1.0);
+                match op {
+                    EltwiseOp::SUM => acc.iter_mut().zip(v.iter()).for_each(|(a, &b)| *a += c * b),
+                    EltwiseOp::PROD => acc.iter_mut().zip(v.iter()).for_each(|(a, &b)| *a *= b),
+                    EltwiseOp::MAX => acc
+                        .iter_mut()
+                        .zip(v.iter())
+                        .for_each(|(a, &b)| *a = a.max(b)),
+                }
+            }
+            Ok(vec![same(acc, first)?])
+        }
+        "Concat" => {
+            let first = x?;
+            let cp = &p.concat_param;
+            let axis = if cp.axis.is_none() && cp.concat_dim.is_some() {
+                cp.concat_dim() as i32
+            } else {
+                cp.axis()
+            };
+            let axis = axis_of(axis, first.shape().len())?;
+            let mut shape = first.shape().to_vec();
+            shape[axis] = 0;
+            for t in ins {
+                let ok = t.shape().len() == shape.len()
+                    && t.shape()
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &d)| i == axis || d == first.shape()[i]);
+                if !ok {
+                    return Err(Error::Usage(format!(
+                        "cannot concatenate {:?} and {:?} on axis {axis}",
+                        first.shape(),
+                        t.shape()
+                    )));
+                }
+                shape[axis] += t.shape()[axis];
+            }
+            let data = ins.iter().map(|t| t.as_f32()).collect::<Result<Vec<_>>>()?;
+            let parts: Vec<(&[f32], &[usize])> = data
+                .iter()
+                .zip(ins)
+                .map(|(d, t)| (&d[..], t.shape()))
+                .collect();
+            Ok(vec![Tensor::f32(shape, kernels::concat(&parts, axis))?])
+        }
+        "Slice" => {
+            let x = x?;
+            let sp = &p.slice_param;
+            let axis = if sp.axis.is_none() && sp.slice_dim.is_some() {
+                sp.slice_dim() as i32
+            } else {
+                sp.axis()
+            };
+            let axis = axis_of(axis, x.shape().len())?;
+            let d = x.shape()[axis];
+            let ntop = p.top.len();
+            let mut points: Vec<usize> = sp.slice_point.iter().map(|&v| v as usize).collect();
+            if points.is_empty() {
+                if ntop == 0 || d % ntop != 0 {
+                    return Err(Error::Usage(format!(
+                        "cannot split {d} into {ntop} equal parts"
+                    )));
+                }
+                points = (1..ntop).map(|i| i * d / ntop).collect();
+            }
+            if points.len() + 1 != ntop
+                || points.windows(2).any(|w| w[0] >= w[1])
+                || points.iter().any(|&q| q == 0 || q >= d)
+            {
+                return Err(Error::Usage(format!(
+                    "slice points {points:?} do not split {d} into {ntop} parts"
+                )));
+            }
+            let (outer, _, inner) = split3(x.shape(), axis);
+            let v = x.as_f32()?;
+            let mut bounds = vec![0];
+            bounds.extend(points);
+            bounds.push(d);
+            bounds
+                .windows(2)
+                .map(|b| {
+                    let len = b[1] - b[0];
+                    let mut out = Vec::with_capacity(outer * len * inner);
+                    for o in 0..outer {
+                        out.extend_from_slice(&v[(o * d + b[0]) * inner..(o * d + b[1]) * inner]);
+                    }
+                    let mut shape = x.shape().to_vec();
+                    shape[axis] = len;
+                    Tensor::f32(shape, out)
+                })
+                .collect()
+        }
+        "Split" => {
+            let x = x?;
+            Ok(vec![x.clone(); p.top.len()])
+        }
+        "Silence" => Ok(vec![]),
+        "Dropout" => Ok(vec![x?.clone()]),
+        "Power" => {
+            let x = x?;
+            let pp = &p.power_param;
+            let (pw, sc, sh) = (pp.power(), pp.scale(), pp.shift());
+            let v = x
+                .as_f32()?
+                .iter()
+                .map(|&v| {
+                    let b = sh + sc * v;
+                    if pw == 1.0 {
+                        b
+                    } else if pw == 2.0 {
+                        b * b
+                    } else {
+                        b.powf(pw)
+                    }
+                })
+                .collect();
+            Ok(vec![same(v, x)?])
+        }
+        "Scale" | "Bias" => {
+            let x = x?;
+            let (axis, num_axes, bias_term) = if l.kind() == "Scale" {
+                let sp = &p.scale_param;
+                (sp.axis(), sp.num_axes(), sp.bias_term())
+            } else {
+                (p.bias_param.axis(), p.bias_param.num_axes(), true)
+            };
+            let axis = axis_of(axis, x.shape().len())?;
+            let (factor, bias) = if l.kind() == "Bias" {
+                let b = if ins.len() > 1 {
+                    ins[1].clone()
+                } else {
+                    blob(0)?.clone()
+                };
+                (None, Some(b))
+            } else if ins.len() > 1 {
+                (
+                    Some(ins[1].clone()),
+                    if bias_term {
+                        Some(blob(0)?.clone())
+                    } else {
+                        None
+                    },
+                )
+            } else {
+                (
+                    Some(blob(0)?.clone()),
+                    if bias_term {
+                        Some(blob(1)?.clone())
+                    } else {
+                        None
+                    },
+                )
+            };
+            let span = match (&factor, &bias) {
+                (Some(f), _) if ins.len() > 1 => f.shape().len(),
+                _ if num_axes < 0 => x.shape().len() - axis,
+                _ => num_axes as usize,
+            };
+            let covered: usize = x
+                .shape()
+                .get(axis..axis + span)
+                .ok_or_else(|| Error::Usage("scale axes out of range".into()))?
+                .iter()
+                .product();
+            let inner: usize = x.shape()[axis + span..].iter().product();
+            let mut v = f32v(x)?;
+            let fv = factor
+                .as_ref()
+                .map(|f| f.as_f32().map(|c| c.into_owned()))
+                .transpose()?;
+            let bv = bias
+                .as_ref()
+                .map(|b| b.as_f32().map(|c| c.into_owned()))
+                .transpose()?;
+            for (name, t) in [("scale", &fv), ("bias", &bv)] {
+                if let Some(t) = t {
+                    if t.len() != covered {
+                        return Err(Error::Usage(format!(
+                            "{name} has {} values for {covered} positions",
+                            t.len()
+                        )));
+                    }
+                }
+            }
+            for (i, val) in v.iter_mut().enumerate() {
+                let j = (i / inner.max(1)) % covered.max(1);
+                if let Some(f) = &fv {
+                    *val *= f[j];
+                }
+                if let Some(b) = &bv {
+                    *val += b[j];
+                }
+            }
+            Ok(vec![same(v, x)?])
+        }
+        "BatchNorm" => {
+            let x = x?;
+            let eps = p.batch_norm_param.eps();
+            let factor = blob(2)?.as_f32()?.first().copied().unwrap_or(1.0);
+            let sf = if factor == 0.0 { 0.0 } else { 1.0 / factor };
+            let mean: Vec<f32> = blob(0)?.as_f32()?.iter().map(|m| m * sf).collect();
+            let var: Vec<f32> = blob(1)?.as_f32()?.iter().map(|v| v * sf).collect();
+            let c = x.shape().get(1).copied().unwrap_or(1);
+            if mean.len() != c || var.len() != c {
+                return Err(Error::Usage(format!(
+                    "statistics for {} channels, input has {c}",
+                    mean.len()
+                )));
+            }
+            let inner: usize = x.shape().iter().skip(2).product();
+            let v = x
+                .as_f32()?
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = (i / inner.max(1)) % c;
+                    (v - mean[ch]) / (var[ch] + eps).sqrt()
+                })
+                .collect();
+            Ok(vec![same(v, x)?])
+        }
+        "Reshape" => {
+            let x = x?;
+            let rp = &p.reshape_param;
+            let dims = rp.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default();
+            let axis = axis_of(rp.axis(), x.shape().len() + 1)?;
+            let end = if rp.num_axes() < 0 {
+                x.shape().len()
+            } else {
+                (axis + rp.num_axes() as usize).min(x.shape().len())
+            };
+            let mut mid = vec![];
+            let mut infer = None;
+            for (i, &d) in dims.iter().enumerate() {
+                match d {
+                    0 => mid.push(
+                        *x.shape()
+                            .get(axis + i)
+                            .ok_or_else(|| Error::Usage("dim 0 copies a missing axis".into()))?,
+                    ),
+                    -1 if infer.is_none() => {
+                        infer = Some(mid.len());
+                        mid.push(1);
+                    }
+                    d if d > 0 => mid.push(d as usize),
+                    _ => return Err(Error::Usage(format!("bad reshape dims {dims:?}"))),
+                }
+            }
+            let mut shape = x.shape()[..axis].to_vec();
+            shape.extend(&mid);
+            shape.extend(&x.shape()[end..]);
+            if let Some(i) = infer {
+                let known: usize = shape.iter().product();
+                if known == 0 || x.len() % known != 0 {
+                    return Err(Error::Usage(format!(
+                        "cannot reshape {:?} with {dims:?}",
+                        x.shape()
+                    )));
+                }
+                shape[axis + i] = x.len() / known;
+            }
+            Ok(vec![x.reshaped(shape)?])
+        }
+        "Flatten" => {
+            let x = x?;
+            let fp = &p.flatten_param;
+            let axis = axis_of(fp.axis(), x.shape().len())?;
+            let end = axis_of(fp.end_axis(), x.shape().len())?;
+            let mut shape = x.shape()[..axis].to_vec();
+            shape.push(x.shape()[axis..=end.max(axis)].iter().product());
+            shape.extend(&x.shape()[end.max(axis) + 1..]);
+            Ok(vec![x.reshaped(shape)?])
+        }
+        "Crop" => {
+            let (x, r) = (
+                x?,
+                ins.get(1)
+                    .ok_or_else(|| Error::Usage("Crop needs two bottoms".into()))?,
+            );
+            let axis = axis_of(p.crop_param.axis(), x.shape().len())?;
+            let rank = x.shape().len();
+            let offs: Vec<usize> = (axis..rank)
+                .map(|i| match p.crop_param.offset.as_slice() {
+                    [] => 0,
+                    [o] => *o as usize,
+                    os => os.get(i - axis).copied().unwrap_or(0) as usize,
+                })
+                .collect();
+            let mut shape = x.shape().to_vec();
+            for i in axis..rank {
+                if offs[i - axis] + r.shape()[i] > x.shape()[i] {
+                    return Err(Error::Usage("crop exceeds the input".into()));
+                }
+                shape[i] = r.shape()[i];
+            }
+            let v = x.as_f32()?;
+            let mut out = Vec::with_capacity(numel(&shape));
+            let mut idx = vec![0usize; rank];
+            for _ in 0..numel(&shape) {
+                let mut at = 0;
+                for d in 0..rank {
+                    let o = if d >= axis { offs[d - axis] } else { 0 };
+                    at = at * x.shape()[d] + idx[d] + o;
+                }
+                out.push(v[at]);
+                for d in (0..rank).rev() {
+                    idx[d] += 1;
+                    if idx[d] < shape[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+            Ok(vec![Tensor::f32(shape, out)?])
+        }
+        other => Err(Error::Usage(format!(
+            "layer type '{other}' is not supported by faceall's Caffe executor"
+        ))),
+    }
+}
+
+/// (outer, axis length, inner) around `axis`.
+fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_nchw(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    wt: &[f32],
+    o: usize,
+    k: [usize; 2],
+    st: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    group: usize,
+    bias: Option<&[f32]>,
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let cg = c / group;
+    let og = o / group;
+    let kk = cg * k[0] * k[1];
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    let mut col = vec![0.0f32; kk * oh * ow];
+    for b in 0..n {
+        for g in 0..group {
+            // col[(ci, ky, kx), (oy, ox)]
+            for ci in 0..cg {
+                let plane = &x[((b * c) + g * cg + ci) * h * w..][..h * w];
+                for ky in 0..k[0] {
+                    for kx in 0..k[1] {
+                        let row = &mut col[((ci * k[0] + ky) * k[1] + kx) * oh * ow..][..oh * ow];
+                        for oy in 0..oh {
+                            let iy = (oy * st[0] + ky * dil[0]) as isize - pad[0] as isize;
+                            for ox in 0..ow {
+                                let ix = (ox * st[1] + kx * dil[1]) as isize - pad[1] as isize;
+                                row[oy * ow + ox] =
+                                    if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                        0.0
+                                    } else {
+                                        plane[iy as usize * w + ix as usize]
+                                    };
+                            }
+                        }
+                    }
+                }
+            }
+            let wg = &wt[g * og * kk..(g + 1) * og * kk];
+            let y = kernels::matmul(wg, &col, og, kk, oh * ow, false, false);
+            let dst = &mut out[(b * o + g * og) * oh * ow..][..og * oh * ow];
+            dst.copy_from_slice(&y);
+            if let Some(bias) = bias {
+                for (j, chunk) in dst.chunks_mut(oh * ow).enumerate() {
+                    let bv = bias[g * og + j];
+                    chunk.iter_mut().for_each(|v| *v += bv);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Caffe pooling: windows start at -pad; MAX over the real pixels; AVE
+/// divides by the window clipped to the padded input (padding counts).
+#[allow(clippy::too_many_arguments)]
+fn pool_nchw(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    max: bool,
+    k: [usize; 2],
+    st: [usize; 2],
+    pad: [usize; 2],
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    for plane_i in 0..n * c {
+        let plane = &x[plane_i * h * w..][..h * w];
+        let dst = &mut out[plane_i * oh * ow..][..oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let hs = (oy * st[0]) as isize - pad[0] as isize;
+                let ws = (ox * st[1]) as isize - pad[1] as isize;
+                let he = (hs + k[0] as isize).min((h + pad[0]) as isize);
+                let we = (ws + k[1] as isize).min((w + pad[1]) as isize);
+                let pool_size = ((he - hs) * (we - ws)).max(1) as f32;
+                let (hs, ws) = (hs.max(0) as usize, ws.max(0) as usize);
+                let (he, we) = (
+                    he.min(h as isize).max(0) as usize,
+                    we.min(w as isize).max(0) as usize,
+                );
+                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                for iy in hs..he {
+                    for ix in ws..we {
+                        let v = plane[iy * w + ix];
+                        if max {
+                            acc = acc.max(v);
+                        } else {
+                            acc += v;
+                        }
+                    }
+                }
+                dst[oy * ow + ox] = if max { acc } else { acc / pool_size };
+            }
+        }
+    }
+    out
+}

@@ -99,14 +99,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    let caffe = emit::caffe::emit(&graph, &name).map_err(|e| e.in_file(&a.model))?;
-    let (text, bin) = emit::caffe::serialize(&caffe.net)?;
-    let files = vec![
-        (format!("{name}.prototxt"), text.into_bytes()),
-        (format!("{name}.caffemodel"), bin),
+    let mut caffe = emit::caffe::emit(&graph, &name).map_err(|e| e.in_file(&a.model))?;
+    let text = emit::caffe::prototxt(&mut caffe.net);
+    let net = &caffe.net;
+    let files: Vec<(String, emit::files::Producer)> = vec![
+        (
+            format!("{name}.prototxt"),
+            Box::new(move |w| Ok(w.write_all(text.as_bytes())?)),
+        ),
+        (
+            format!("{name}.caffemodel"),
+            Box::new(move |w| emit::caffe::write_caffemodel(net, w)),
+        ),
     ];
     let written =
-        emit::files::write_all(&a.out_dir, &files).context("writing the converted model")?;
+        emit::files::write_all(&a.out_dir, files).context("writing the converted model")?;
     let r = Report {
         model: a.model.display().to_string(),
         files: written.iter().map(|p| p.display().to_string()).collect(),

@@ -275,16 +275,16 @@ impl<'g> Em<'g> {
         Ok(())
     }
 
-    fn konst(&self, w: Wire) -> R<Vec<f32>> {
-        let t = self.g.const_of(w).ok_or_else(|| {
+    /// A constant input's values, borrowed from the graph where possible.
+    fn konst(&self, w: Wire) -> R<std::borrow::Cow<'g, [f32]>> {
+        let g: &'g Graph = self.g;
+        let t = g.const_of(w).ok_or_else(|| {
             format!(
                 "'{}' must be a constant (run the fold_constants pass)",
-                self.g.wire_name(w)
+                g.wire_name(w)
             )
         })?;
-        t.as_f32()
-            .map(|c| c.into_owned())
-            .map_err(|e| e.to_string())
+        t.as_f32().map_err(|e| e.to_string())
     }
 
     fn emit(&mut self, idx: usize) -> R<Option<Val>> {
@@ -391,7 +391,7 @@ impl<'g> Em<'g> {
                     }
                 }
                 let bias = match n.inputs.get(2) {
-                    Some(b) => Some(self.konst(*b)?),
+                    Some(b) => Some(self.konst(*b)?.into_owned()),
                     None => None,
                 };
                 let ek = |k: usize, d: usize| (k - 1) * d + 1;
@@ -440,7 +440,7 @@ impl<'g> Em<'g> {
                 p.set_axis(axis as i32);
                 p.set_bias_term(true);
                 l.blobs.push(blob(&[c], vec![1.0; c]));
-                l.blobs.push(blob(&[c], b));
+                l.blobs.push(blob(&[c], b.into_owned()));
                 Ok(Some(Val {
                     blob: out_blob,
                     ..x
@@ -452,7 +452,9 @@ impl<'g> Em<'g> {
                 }
                 let x = self.val(n.inputs[0])?;
                 self.need_nchw(&x)?;
-                let p: Vec<Vec<f32>> = (1..5).map(|i| self.konst(n.inputs[i])).collect::<R<_>>()?;
+                let p: Vec<Vec<f32>> = (1..5)
+                    .map(|i| self.konst(n.inputs[i]).map(|c| c.into_owned()))
+                    .collect::<R<_>>()?;
                 let c = p[0].len();
                 let norm = format!("{name}/normalized");
                 let l = self.layer(&format!("{name}/bn"), "BatchNorm", &[&x.blob], &[&norm]);
@@ -706,7 +708,7 @@ impl<'g> Em<'g> {
                     }
                 }
                 let bias = match n.inputs.get(2) {
-                    Some(b) => Some(self.konst(*b)?),
+                    Some(b) => Some(self.konst(*b)?.into_owned()),
                     None => None,
                 };
                 let l = self.layer(&name, "InnerProduct", &[&x.blob], &[&out_blob]);
@@ -1233,18 +1235,26 @@ pub fn emit(g: &Graph, name: &str) -> Result<CaffeNet> {
     })
 }
 
-/// The deploy prototxt (no weights) and the binary caffemodel (with them).
-pub fn serialize(net: &NetParameter) -> Result<(String, Vec<u8>)> {
-    use protobuf::Message;
-    let mut deploy = net.clone();
-    for l in &mut deploy.layer {
-        l.blobs.clear();
+/// The deploy prototxt: the net without its weights, in text format.
+pub fn prototxt(net: &mut NetParameter) -> String {
+    // Take the weights out instead of cloning the net: they are most of it.
+    let blobs: Vec<_> = net
+        .layer
+        .iter_mut()
+        .map(|l| std::mem::take(&mut l.blobs))
+        .collect();
+    let text = protobuf::text_format::print_to_string_pretty(net);
+    for (l, b) in net.layer.iter_mut().zip(blobs) {
+        l.blobs = b;
     }
-    let text = protobuf::text_format::print_to_string_pretty(&deploy);
-    let bin = net
-        .write_to_bytes()
-        .map_err(|e| Error::Format(format!("encoding the caffemodel: {e}")))?;
-    Ok((text, bin))
+    text
+}
+
+/// The binary caffemodel (net with weights), streamed to `w`.
+pub fn write_caffemodel(net: &NetParameter, w: &mut dyn std::io::Write) -> Result<()> {
+    use protobuf::Message;
+    net.write_to_writer(w)
+        .map_err(|e| Error::Format(format!("encoding the caffemodel: {e}")))
 }
 
 impl BlobLayout {

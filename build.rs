@@ -3,7 +3,11 @@
 //! so weights decoded from a memory-mapped file are slices of it, not copies.
 
 fn main() {
-    let protos = ["proto/tensorflow/graph.proto", "proto/caffe/caffe.proto"];
+    let protos = [
+        "proto/tensorflow/graph.proto",
+        "proto/caffe/caffe.proto",
+        "proto/coreml/coreml.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -9,12 +9,13 @@ use faceall::emit;
 use faceall::frontend::tf;
 use faceall::passes::{self, PassOptions};
 use serde::Serialize;
+use sha2::Digest;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Frozen TensorFlow GraphDef (.pb)
     model: PathBuf,
-    /// Target formats, comma-separated: caffe
+    /// Target formats, comma-separated: caffe, coreml
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
     /// Directory for the written files (must exist)
@@ -39,6 +40,21 @@ pub struct Args {
     /// Same as --no-pass fold_batch_norm
     #[arg(long = "no-fold-bn")]
     no_fold_bn: bool,
+    /// Core ML: store weights as float16 (the parity reached is reported by verify-parity)
+    #[arg(long)]
+    fp16: bool,
+    /// Core ML metadata: short description
+    #[arg(long)]
+    description: Option<String>,
+    /// Core ML metadata: author
+    #[arg(long)]
+    author: Option<String>,
+    /// Core ML metadata: version string
+    #[arg(long = "model-version")]
+    model_version: Option<String>,
+    /// Core ML metadata: license
+    #[arg(long)]
+    license: Option<String>,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -56,15 +72,18 @@ struct Report {
     caffe_layers: usize,
     layers: Vec<emit::caffe::LayerNote>,
     blobs: Vec<emit::caffe::BlobMap>,
+    coreml_layers: usize,
+    coreml_blobs: Vec<emit::coreml::CoremlBlob>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     for t in &a.to {
-        if t != "caffe" {
-            bail!("--to {t}: supported targets are: caffe");
+        if t != "caffe" && t != "coreml" {
+            bail!("--to {t}: supported targets are: caffe, coreml");
         }
     }
+    let want = |t: &str| a.to.iter().any(|x| x == t);
     let opts = tf::LoadOptions {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
@@ -99,29 +118,72 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    let mut caffe = emit::caffe::emit(&graph, &name).map_err(|e| e.in_file(&a.model))?;
-    let text = emit::caffe::prototxt(&mut caffe.net);
-    let net = &caffe.net;
-    let files: Vec<(String, emit::files::Producer)> = vec![
-        (
+    let mut caffe = if want("caffe") {
+        Some(emit::caffe::emit(&graph, &name).map_err(|e| e.in_file(&a.model))?)
+    } else {
+        None
+    };
+    let coreml = if want("coreml") {
+        let bytes = std::fs::read(&a.model)
+            .with_context(|| format!("{}: reading for its hash", a.model.display()))?;
+        let sha = sha2::Sha256::digest(&bytes);
+        let copts = emit::coreml::CoremlOptions {
+            short_description: a.description.clone(),
+            author: a.author.clone(),
+            version: a.model_version.clone(),
+            license: a.license.clone(),
+            fp16: a.fp16,
+            source_name: a
+                .model
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source_sha256: sha.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        Some(emit::coreml::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?)
+    } else {
+        None
+    };
+    let mut files: Vec<(String, emit::files::Producer)> = vec![];
+    if let Some(c) = caffe.as_mut() {
+        let text = emit::caffe::prototxt(&mut c.net);
+        files.push((
             format!("{name}.prototxt"),
             Box::new(move |w| Ok(w.write_all(text.as_bytes())?)),
-        ),
-        (
+        ));
+    }
+    if let Some(c) = caffe.as_ref() {
+        let net = &c.net;
+        files.push((
             format!("{name}.caffemodel"),
             Box::new(move |w| emit::caffe::write_caffemodel(net, w)),
-        ),
-    ];
+        ));
+    }
+    if let Some(c) = coreml.as_ref() {
+        let m = &c.model;
+        files.push((
+            format!("{name}.mlmodel"),
+            Box::new(move |w| emit::coreml::write_mlmodel(m, w)),
+        ));
+    }
     let written =
         emit::files::write_all(&a.out_dir, files).context("writing the converted model")?;
     let r = Report {
         model: a.model.display().to_string(),
         files: written.iter().map(|p| p.display().to_string()).collect(),
         seconds: t0.elapsed().as_secs_f64(),
-        caffe_layers: caffe.net.layer.len(),
+        caffe_layers: caffe.as_ref().map(|c| c.net.layer.len()).unwrap_or(0),
         passes: report,
-        layers: caffe.notes,
-        blobs: caffe.blobs,
+        coreml_layers: coreml
+            .as_ref()
+            .map(|c| match &c.model.Type {
+                Some(faceall::proto::coreml::model::Type::NeuralNetwork(n)) => n.layers.len(),
+                _ => 0,
+            })
+            .unwrap_or(0),
+        coreml_blobs: coreml.map(|c| c.blobs).unwrap_or_default(),
+        layers: caffe.as_ref().map(|c| c.notes.clone()).unwrap_or_default(),
+        blobs: caffe.map(|c| c.blobs).unwrap_or_default(),
     };
     let text = if a.json {
         serde_json::to_string_pretty(&r)? + "\n"

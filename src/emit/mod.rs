@@ -1,4 +1,5 @@
 //! Emitters: the IR after the passes, written for another framework.
 
 pub mod caffe;
+pub mod coreml;
 pub mod files;

@@ -6,6 +6,7 @@
 //! input. Values are freed after their last use unless fetched.
 
 pub mod caffe;
+pub mod coreml;
 pub mod kernels;
 
 use std::collections::HashMap;

@@ -153,3 +153,62 @@ pub fn depthwise_nhwc(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f32> {
     }
     out
 }
+
+/// Convolution on NCHW with OIHW weights and symmetric zero padding, in
+/// groups (Caffe's and Core ML's layout).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_nchw(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    wt: &[f32],
+    o: usize,
+    k: [usize; 2],
+    st: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    group: usize,
+    bias: Option<&[f32]>,
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let cg = c / group;
+    let og = o / group;
+    let kk = cg * k[0] * k[1];
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    let mut col = vec![0.0f32; kk * oh * ow];
+    for b in 0..n {
+        for g in 0..group {
+            // col[(ci, ky, kx), (oy, ox)]
+            for ci in 0..cg {
+                let plane = &x[((b * c) + g * cg + ci) * h * w..][..h * w];
+                for ky in 0..k[0] {
+                    for kx in 0..k[1] {
+                        let row = &mut col[((ci * k[0] + ky) * k[1] + kx) * oh * ow..][..oh * ow];
+                        for oy in 0..oh {
+                            let iy = (oy * st[0] + ky * dil[0]) as isize - pad[0] as isize;
+                            for ox in 0..ow {
+                                let ix = (ox * st[1] + kx * dil[1]) as isize - pad[1] as isize;
+                                row[oy * ow + ox] =
+                                    if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                        0.0
+                                    } else {
+                                        plane[iy as usize * w + ix as usize]
+                                    };
+                            }
+                        }
+                    }
+                }
+            }
+            let wg = &wt[g * og * kk..(g + 1) * og * kk];
+            let y = matmul(wg, &col, og, kk, oh * ow, false, false);
+            let dst = &mut out[(b * o + g * og) * oh * ow..][..og * oh * ow];
+            dst.copy_from_slice(&y);
+            if let Some(bias) = bias {
+                for (j, chunk) in dst.chunks_mut(oh * ow).enumerate() {
+                    let bv = bias[g * og + j];
+                    chunk.iter_mut().for_each(|v| *v += bv);
+                }
+            }
+        }
+    }
+    out
+}

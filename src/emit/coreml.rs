@@ -1,0 +1,927 @@
+//! IR -> Core ML `Model` with a `neuralNetwork` (specification version 1,
+//! the lowest that has every layer used), with TensorFlow's semantics:
+//!
+//! - one sample per prediction (Core ML's rank-5 mapping; the TF batch axis
+//!   is the prediction API's): an NHWC value is a (C, H, W) blob, an (N, K)
+//!   value a (K) vector;
+//! - convolution and pooling use `valid` padding with explicit per-edge
+//!   amounts (TF's asymmetric SAME exactly; pooling rounds down like TF),
+//!   average pooling excludes padding as TF does;
+//! - batch norms arrive folded; one that could not fold is a `batchnorm`
+//!   layer with TF's epsilon;
+//! - `x + s * branch` is `activation linear(s)` then a two-input `add`
+//!   (never a 3-input add), Relu6 is `6 - relu(6 - relu(x))`;
+//! - L2 normalisation is `l2normalize`, which computes x / sqrt(sum + eps)
+//!   where TF computes x * rsqrt(max(sum, eps)): equal unless the squared
+//!   norm is below eps (an all-zero embedding);
+//! - MatMul after an NHWC flatten gets permuted innerProduct weights (Core
+//!   ML flattens channel-first).
+//!
+//! Blob names are the TF tensor names they carry, as in the Caffe emitter.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, Unsupported};
+use crate::ir::{
+    resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
+    UnaryOp, Wire,
+};
+use crate::proto::coreml::{
+    activation_params::NonlinearityType, array_feature_type::ArrayDataType,
+    border_amounts::EdgeSizes, feature_type, model, neural_network_layer::Layer,
+    padding_layer_params, pooling_layer_params, reduce_layer_params, unary_function_layer_params,
+    ActivationELU, ActivationLinear, ActivationParams, ActivationReLU, ActivationSigmoid,
+    ActivationTanh, AddLayerParams, ArrayFeatureType, BatchnormLayerParams, BorderAmounts,
+    ConcatLayerParams, ConvolutionLayerParams, FeatureDescription, FeatureType, FlattenLayerParams,
+    InnerProductLayerParams, L2NormalizeLayerParams, Metadata, Model, ModelDescription,
+    MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer, PaddingLayerParams, PoolingLayerParams,
+    ReduceLayerParams, ScaleLayerParams, SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams,
+    ValidPadding, WeightParams,
+};
+
+/// How a Core ML blob holds an IR value (per sample).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoremlLayout {
+    /// TF (N, H, W, C) as (C, H, W).
+    Chw,
+    /// TF (N, K) as (K, 1, 1); TF (N, A, B) as (1, A, B): the same order.
+    Same,
+    /// TF (N, H*W*C) flattened from NHWC, held channel-first.
+    FlatChw { h: usize, w: usize, c: usize },
+}
+
+/// Where the value of a TF tensor lives in the Core ML model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoremlBlob {
+    pub tensor: String,
+    pub blob: String,
+    pub layout: CoremlLayout,
+    /// Per-sample (C, H, W).
+    pub chw: [usize; 3],
+}
+
+/// What the caller states about the model (metadata, precision).
+#[derive(Debug, Clone, Default)]
+pub struct CoremlOptions {
+    pub short_description: Option<String>,
+    pub author: Option<String>,
+    pub version: Option<String>,
+    pub license: Option<String>,
+    /// Store weights as float16.
+    pub fp16: bool,
+    /// The source graph's file name and SHA-256, for the metadata.
+    pub source_name: String,
+    pub source_sha256: String,
+}
+
+pub struct CoremlModel {
+    pub model: Model,
+    pub blobs: Vec<CoremlBlob>,
+}
+
+#[derive(Clone)]
+struct Val {
+    blob: String,
+    layout: CoremlLayout,
+    chw: [usize; 3],
+}
+
+type R<T> = std::result::Result<T, String>;
+
+fn chw_of(shape: &[usize]) -> R<([usize; 3], CoremlLayout)> {
+    match shape {
+        [_, h, w, c] => Ok(([*c, *h, *w], CoremlLayout::Chw)),
+        [_, k] => Ok(([*k, 1, 1], CoremlLayout::Same)),
+        [_, a, b] => Ok(([1, *a, *b], CoremlLayout::Same)),
+        [_] => Ok(([1, 1, 1], CoremlLayout::Same)),
+        s => Err(format!(
+            "a value of shape {s:?} has no Core ML (C, H, W) form"
+        )),
+    }
+}
+
+/// Whether the (C, H, W) blob holds the TF sample in TF's own order.
+fn same_order(v: &Val) -> bool {
+    match v.layout {
+        CoremlLayout::Same => true,
+        CoremlLayout::Chw => v.chw[0] == 1 || v.chw[1] * v.chw[2] == 1,
+        CoremlLayout::FlatChw { .. } => false,
+    }
+}
+
+struct Em<'g> {
+    g: &'g Graph,
+    fp16: bool,
+    layers: Vec<NeuralNetworkLayer>,
+    vals: HashMap<Wire, Val>,
+    names: HashSet<String>,
+}
+
+fn weights(v: &[f32], fp16: bool) -> WeightParams {
+    let mut w = WeightParams::new();
+    if fp16 {
+        let b: Vec<u8> = v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        w.float16Value = b.into();
+    } else {
+        w.floatValue = v.to_vec();
+    }
+    w
+}
+
+fn borders(pairs: [[usize; 2]; 2]) -> BorderAmounts {
+    let mut b = BorderAmounts::new();
+    for [s, e] in pairs {
+        let mut es = EdgeSizes::new();
+        es.startEdgeSize = s as u64;
+        es.endEdgeSize = e as u64;
+        b.borderAmounts.push(es);
+    }
+    b
+}
+
+fn activation(t: NonlinearityType) -> Layer {
+    let mut a = ActivationParams::new();
+    a.NonlinearityType = Some(t);
+    Layer::Activation(a)
+}
+
+fn linear(alpha: f32, beta: f32) -> Layer {
+    let mut l = ActivationLinear::new();
+    l.alpha = alpha;
+    l.beta = beta;
+    activation(NonlinearityType::Linear(l))
+}
+
+impl<'g> Em<'g> {
+    fn layer(&mut self, name: &str, inputs: &[&str], output: &str, l: Layer) {
+        let mut n = output.to_string();
+        if n.is_empty() {
+            n = name.to_string();
+        }
+        let mut unique = n.clone();
+        let mut i = 1;
+        while self.names.contains(&unique) {
+            unique = format!("{n}_{i}");
+            i += 1;
+        }
+        self.names.insert(unique.clone());
+        let mut nl = NeuralNetworkLayer::new();
+        nl.name = unique;
+        nl.input = inputs.iter().map(|s| s.to_string()).collect();
+        nl.output = vec![output.to_string()];
+        nl.layer = Some(l);
+        self.layers.push(nl);
+    }
+
+    fn val(&self, w: Wire) -> R<Val> {
+        self.vals
+            .get(&w)
+            .cloned()
+            .ok_or_else(|| format!("input '{}' has no Core ML blob", self.g.wire_name(w)))
+    }
+
+    fn konst(&self, w: Wire) -> R<std::borrow::Cow<'g, [f32]>> {
+        let g: &'g Graph = self.g;
+        let t = g.const_of(w).ok_or_else(|| {
+            format!(
+                "'{}' must be a constant (run the fold_constants pass)",
+                g.wire_name(w)
+            )
+        })?;
+        t.as_f32().map_err(|e| e.to_string())
+    }
+
+    fn need_chw(v: &Val) -> R<()> {
+        if v.layout != CoremlLayout::Chw {
+            return Err("expects a 4-D NHWC activation".into());
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, idx: usize) -> R<Option<Val>> {
+        let g = self.g;
+        let n: &Node = &g.nodes[idx];
+        let out = n
+            .carries()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}/folded", n.name));
+        let name = n.name.clone();
+        let (chw, lay) = chw_of(&n.outputs[0].shape)?;
+        let done = |blob: String| {
+            Ok(Some(Val {
+                blob,
+                layout: lay.clone(),
+                chw,
+            }))
+        };
+        match &n.op {
+            Op::Const(_) => Ok(None),
+            Op::Input => {
+                if n.outputs[0].dtype != DType::F32 {
+                    return Err("only float32 inputs".into());
+                }
+                done(out)
+            }
+            Op::Identity => {
+                let x = self.val(n.inputs[0])?;
+                self.layer(&name, &[&x.blob], &out, linear(1.0, 0.0));
+                Ok(Some(Val { blob: out, ..x }))
+            }
+            Op::Switch | Op::Merge => {
+                Err("TF1 control flow has no Core ML form (run the resolve_switch pass)".into())
+            }
+            Op::Conv2d(c) => {
+                if c.layout != Layout::Nhwc {
+                    return Err("NCHW data_format is not supported by the Core ML emitter".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                let ws = g
+                    .fact(n.inputs[1])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                let w = self.konst(n.inputs[1])?;
+                let (kh, kw, ci, co) = (ws[0], ws[1], ws[2], ws[3]);
+                let (_, ph) =
+                    resolve_axis(&c.padding, 0, x.chw[1], kh, c.strides[0], c.dilations[0])
+                        .ok_or("window does not fit")?;
+                let (_, pw) =
+                    resolve_axis(&c.padding, 1, x.chw[2], kw, c.strides[1], c.dilations[1])
+                        .ok_or("window does not fit")?;
+                let (num_out, groups, kernel_ch) = if c.depthwise {
+                    (ci * co, ci, 1)
+                } else {
+                    (co, 1, ci)
+                };
+                let mut wc = vec![0.0f32; w.len()];
+                for y in 0..kh {
+                    for xx in 0..kw {
+                        for i in 0..ci {
+                            for o in 0..co {
+                                let src = ((y * kw + xx) * ci + i) * co + o;
+                                let dst = if c.depthwise {
+                                    ((i * co + o) * kh + y) * kw + xx
+                                } else {
+                                    ((o * ci + i) * kh + y) * kw + xx
+                                };
+                                wc[dst] = w[src];
+                            }
+                        }
+                    }
+                }
+                let mut p = ConvolutionLayerParams::new();
+                p.outputChannels = num_out as u64;
+                p.kernelChannels = kernel_ch as u64;
+                p.nGroups = groups as u64;
+                p.kernelSize = vec![kh as u64, kw as u64];
+                p.stride = vec![c.strides[0] as u64, c.strides[1] as u64];
+                p.dilationFactor = vec![c.dilations[0] as u64, c.dilations[1] as u64];
+                let mut v = ValidPadding::new();
+                v.paddingAmounts = Some(borders([ph, pw])).into();
+                p.ConvolutionPaddingType = Some(
+                    crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(
+                        v,
+                    ),
+                );
+                p.weights = Some(weights(&wc, self.fp16)).into();
+                if let Some(b) = n.inputs.get(2) {
+                    p.hasBias = true;
+                    p.bias = Some(weights(&self.konst(*b)?, self.fp16)).into();
+                }
+                self.layer(&name, &[&x.blob], &out, Layer::Convolution(p));
+                done(out)
+            }
+            Op::BiasAdd { .. } => {
+                let x = self.val(n.inputs[0])?;
+                let b = self.konst(n.inputs[1])?;
+                self.scale_layer(&name, &x, &out, vec![1.0; b.len()], Some(b.to_vec()))?;
+                Ok(Some(Val { blob: out, ..x }))
+            }
+            Op::BatchNorm(bn) => {
+                if bn.training || bn.layout != Layout::Nhwc {
+                    return Err("only inference NHWC batch norm".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                let p: Vec<Vec<f32>> = (1..5)
+                    .map(|i| self.konst(n.inputs[i]).map(|c| c.into_owned()))
+                    .collect::<R<_>>()?;
+                let mut b = BatchnormLayerParams::new();
+                b.channels = p[0].len() as u64;
+                b.epsilon = bn.epsilon;
+                b.gamma = Some(weights(&p[0], self.fp16)).into();
+                b.beta = Some(weights(&p[1], self.fp16)).into();
+                b.mean = Some(weights(&p[2], self.fp16)).into();
+                b.variance = Some(weights(&p[3], self.fp16)).into();
+                self.layer(&name, &[&x.blob], &out, Layer::Batchnorm(b));
+                Ok(Some(Val { blob: out, ..x }))
+            }
+            Op::Activation(a) => {
+                let x = self.val(n.inputs[0])?;
+                match a {
+                    Activation::Relu => self.layer(
+                        &name,
+                        &[&x.blob],
+                        &out,
+                        activation(NonlinearityType::ReLU(ActivationReLU::new())),
+                    ),
+                    Activation::Sigmoid => self.layer(
+                        &name,
+                        &[&x.blob],
+                        &out,
+                        activation(NonlinearityType::Sigmoid(ActivationSigmoid::new())),
+                    ),
+                    Activation::Tanh => self.layer(
+                        &name,
+                        &[&x.blob],
+                        &out,
+                        activation(NonlinearityType::Tanh(ActivationTanh::new())),
+                    ),
+                    Activation::Elu => {
+                        let mut e = ActivationELU::new();
+                        e.alpha = 1.0;
+                        self.layer(
+                            &name,
+                            &[&x.blob],
+                            &out,
+                            activation(NonlinearityType::ELU(e)),
+                        )
+                    }
+                    Activation::Relu6 => {
+                        // min(r, 6) = 6 - relu(6 - r), r = relu(x)
+                        let r = format!("{name}/relu");
+                        self.layer(
+                            &r,
+                            &[&x.blob],
+                            &r,
+                            activation(NonlinearityType::ReLU(ActivationReLU::new())),
+                        );
+                        let m = format!("{name}/six_minus");
+                        self.layer(&m, &[&r], &m, linear(-1.0, 6.0));
+                        let r2 = format!("{name}/relu_six_minus");
+                        self.layer(
+                            &r2,
+                            &[&m],
+                            &r2,
+                            activation(NonlinearityType::ReLU(ActivationReLU::new())),
+                        );
+                        self.layer(&name, &[&r2], &out, linear(-1.0, 6.0));
+                    }
+                }
+                Ok(Some(Val { blob: out, ..x }))
+            }
+            Op::Softmax => {
+                let x = self.val(n.inputs[0])?;
+                if !matches!(
+                    (&x.layout, n.outputs[0].shape.len()),
+                    (CoremlLayout::Chw, 4) | (CoremlLayout::Same, 2)
+                ) {
+                    return Err("softmax over the channel axis only".into());
+                }
+                self.layer(
+                    &name,
+                    &[&x.blob],
+                    &out,
+                    Layer::Softmax(SoftmaxLayerParams::new()),
+                );
+                Ok(Some(Val { blob: out, ..x }))
+            }
+            Op::Pool(p) => {
+                if p.layout != Layout::Nhwc {
+                    return Err("NCHW data_format is not supported by the Core ML emitter".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                let (_, ph) = resolve_axis(&p.padding, 0, x.chw[1], p.ksize[0], p.strides[0], 1)
+                    .ok_or("window does not fit")?;
+                let (_, pw) = resolve_axis(&p.padding, 1, x.chw[2], p.ksize[1], p.strides[1], 1)
+                    .ok_or("window does not fit")?;
+                let mut pp = PoolingLayerParams::new();
+                pp.type_ = match p.kind {
+                    PoolKind::Max => pooling_layer_params::PoolingType::MAX,
+                    PoolKind::Avg => pooling_layer_params::PoolingType::AVERAGE,
+                }
+                .into();
+                pp.kernelSize = vec![p.ksize[0] as u64, p.ksize[1] as u64];
+                pp.stride = vec![p.strides[0] as u64, p.strides[1] as u64];
+                let mut v = ValidPadding::new();
+                v.paddingAmounts = Some(borders([ph, pw])).into();
+                pp.PoolingPaddingType = Some(pooling_layer_params::PoolingPaddingType::Valid(v));
+                pp.avgPoolExcludePadding = true;
+                self.layer(&name, &[&x.blob], &out, Layer::Pooling(pp));
+                done(out)
+            }
+            Op::Concat { axis } => {
+                let vs: Vec<Val> = n.inputs.iter().map(|w| self.val(*w)).collect::<R<_>>()?;
+                let rank = n.outputs[0].shape.len();
+                if *axis != rank - 1
+                    || !(rank == 4 || rank == 2)
+                    || vs
+                        .iter()
+                        .any(|v| matches!(v.layout, CoremlLayout::FlatChw { .. }))
+                {
+                    return Err("concatenation on the channel axis only".into());
+                }
+                let refs: Vec<&str> = vs.iter().map(|v| v.blob.as_str()).collect();
+                self.layer(&name, &refs, &out, Layer::Concat(ConcatLayerParams::new()));
+                done(out)
+            }
+            Op::WeightedSum { coeffs } => {
+                let vs: Vec<Val> = n.inputs.iter().map(|w| self.val(*w)).collect::<R<_>>()?;
+                let mut terms = vec![];
+                for (i, (v, &c)) in vs.iter().zip(coeffs).enumerate() {
+                    if c == 1.0 {
+                        terms.push(v.blob.clone());
+                    } else {
+                        let s = format!("{name}/scaled_{i}");
+                        self.layer(&s, &[&v.blob], &s, linear(c, 0.0));
+                        terms.push(s);
+                    }
+                }
+                // Two inputs per add: onnxmltools mis-converts 3-input adds.
+                let mut acc = terms[0].clone();
+                for (i, t) in terms.iter().enumerate().skip(1) {
+                    let o = if i + 1 == terms.len() {
+                        out.clone()
+                    } else {
+                        format!("{name}/partial_{i}")
+                    };
+                    self.layer(&o, &[&acc, t], &o, Layer::Add(AddLayerParams::new()));
+                    acc = o;
+                }
+                Ok(Some(Val {
+                    blob: out,
+                    ..vs[0].clone()
+                }))
+            }
+            Op::Binary(b) => self.binary(n, *b, out),
+            Op::Unary(u) => {
+                let x = self.val(n.inputs[0])?;
+                match u {
+                    UnaryOp::Square => self.layer(
+                        &name,
+                        &[&x.blob, &x.blob],
+                        &out,
+                        Layer::Multiply(MultiplyLayerParams::new()),
+                    ),
+                    UnaryOp::Sqrt | UnaryOp::Rsqrt => {
+                        let mut p = UnaryFunctionLayerParams::new();
+                        p.type_ = if *u == UnaryOp::Sqrt {
+                            unary_function_layer_params::Operation::SQRT
+                        } else {
+                            unary_function_layer_params::Operation::RSQRT
+                        }
+                        .into();
+                        p.alpha = 1.0;
+                        p.scale = 1.0;
+                        self.layer(&name, &[&x.blob], &out, Layer::Unary(p));
+                    }
+                }
+                Ok(Some(Val { blob: out, ..x }))
+            }
+            Op::Reduce {
+                reduce,
+                axes,
+                keep_dims,
+            } => {
+                let x = self.val(n.inputs[0])?;
+                let in_rank = g.fact(n.inputs[0]).map_err(|e| e.to_string())?.shape.len();
+                let (axis, spatial) = match (in_rank, axes.as_slice(), &x.layout) {
+                    (4, [1, 2], CoremlLayout::Chw) => (reduce_layer_params::ReduceAxis::HW, true),
+                    (4, [3], CoremlLayout::Chw) => (reduce_layer_params::ReduceAxis::C, false),
+                    (2, [1], CoremlLayout::Same) => (reduce_layer_params::ReduceAxis::C, false),
+                    _ => return Err(format!("reduction over axes {axes:?} of a rank-{in_rank} value has no Core ML form here")),
+                };
+                let _ = (spatial, keep_dims);
+                let mut p = ReduceLayerParams::new();
+                p.mode = match reduce {
+                    ReduceOp::Sum => reduce_layer_params::ReduceOperation::SUM,
+                    ReduceOp::Mean => reduce_layer_params::ReduceOperation::AVG,
+                }
+                .into();
+                p.axis = axis.into();
+                self.layer(&name, &[&x.blob], &out, Layer::Reduce(p));
+                done(out)
+            }
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            } => {
+                if *transpose_a {
+                    return Err("transpose_a is not supported".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                if x.layout == CoremlLayout::Chw {
+                    return Err("MatMul of a 4-D value".into());
+                }
+                let w = self.konst(n.inputs[1])?;
+                let bs = g
+                    .fact(n.inputs[1])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                let (k, nout) = if *transpose_b {
+                    (bs[1], bs[0])
+                } else {
+                    (bs[0], bs[1])
+                };
+                let perm = |r: usize| -> usize {
+                    match x.layout {
+                        CoremlLayout::FlatChw { h, w, c } => {
+                            let (hh, rest) = (r / (w * c), r % (w * c));
+                            let (ww, cc) = (rest / c, rest % c);
+                            (cc * h + hh) * w + ww
+                        }
+                        _ => r,
+                    }
+                };
+                let mut wc = vec![0.0f32; k * nout];
+                for r in 0..k {
+                    for o in 0..nout {
+                        let src = if *transpose_b {
+                            o * k + r
+                        } else {
+                            r * nout + o
+                        };
+                        wc[o * k + perm(r)] = w[src];
+                    }
+                }
+                let mut p = InnerProductLayerParams::new();
+                p.inputChannels = k as u64;
+                p.outputChannels = nout as u64;
+                p.weights = Some(weights(&wc, self.fp16)).into();
+                if let Some(b) = n.inputs.get(2) {
+                    p.hasBias = true;
+                    p.bias = Some(weights(&self.konst(*b)?, self.fp16)).into();
+                }
+                self.layer(&name, &[&x.blob], &out, Layer::InnerProduct(p));
+                done(out)
+            }
+            Op::Reshape { .. } | Op::Squeeze { .. } | Op::ExpandDims { .. } => {
+                let x = self.val(n.inputs[0])?;
+                let target = Val {
+                    blob: out.clone(),
+                    layout: lay.clone(),
+                    chw,
+                };
+                if same_order(&x) && same_order(&target) {
+                    if x.chw == chw {
+                        // Same blob, another TF name: no layer needed.
+                        return Ok(Some(Val {
+                            blob: x.blob,
+                            layout: lay,
+                            chw,
+                        }));
+                    }
+                    let mut p = crate::proto::coreml::ReshapeLayerParams::new();
+                    p.targetShape = chw.iter().map(|&d| d as i64).collect();
+                    self.layer(&name, &[&x.blob], &out, Layer::Reshape(p));
+                    return done(out);
+                }
+                let ins = &g.fact(n.inputs[0]).map_err(|e| e.to_string())?.shape;
+                if x.layout == CoremlLayout::Chw && n.outputs[0].shape.len() == 2 {
+                    self.layer(
+                        &name,
+                        &[&x.blob],
+                        &out,
+                        Layer::Flatten(FlattenLayerParams::new()),
+                    );
+                    let layout = CoremlLayout::FlatChw {
+                        h: ins[1],
+                        w: ins[2],
+                        c: ins[3],
+                    };
+                    return Ok(Some(Val {
+                        blob: out,
+                        layout,
+                        chw,
+                    }));
+                }
+                Err(format!(
+                    "reshape {ins:?} -> {:?} changes the data order",
+                    n.outputs[0].shape
+                ))
+            }
+            Op::Pad { pads, value } => {
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                if pads[0] != [0, 0] || pads[3] != [0, 0] {
+                    return Err("padding the batch or channel axis".into());
+                }
+                let mut p = PaddingLayerParams::new();
+                let mut c = padding_layer_params::PaddingConstant::new();
+                c.value = *value;
+                p.PaddingType = Some(padding_layer_params::PaddingType::Constant(c));
+                p.paddingAmounts = Some(borders([pads[1], pads[2]])).into();
+                self.layer(&name, &[&x.blob], &out, Layer::Padding(p));
+                done(out)
+            }
+            Op::L2Normalize { axis, epsilon } => {
+                let x = self.val(n.inputs[0])?;
+                if x.layout != CoremlLayout::Same || n.outputs[0].shape.len() != 2 || *axis != 1 {
+                    return Err("L2 normalisation is emitted for (N, C) values over C only".into());
+                }
+                let mut p = L2NormalizeLayerParams::new();
+                p.epsilon = *epsilon;
+                self.layer(&name, &[&x.blob], &out, Layer::L2normalize(p));
+                Ok(Some(Val { blob: out, ..x }))
+            }
+        }
+    }
+
+    fn scale_layer(
+        &mut self,
+        name: &str,
+        x: &Val,
+        out: &str,
+        scale: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> R<()> {
+        if matches!(x.layout, CoremlLayout::FlatChw { .. }) || scale.len() != x.chw[0] {
+            return Err("per-channel constant on a value without that channel axis".into());
+        }
+        let mut p = ScaleLayerParams::new();
+        p.shapeScale = vec![scale.len() as u64];
+        p.scale = Some(weights(&scale, self.fp16)).into();
+        if let Some(b) = bias {
+            p.hasBias = true;
+            p.shapeBias = vec![b.len() as u64];
+            p.bias = Some(weights(&b, self.fp16)).into();
+        }
+        self.layer(name, &[&x.blob], out, Layer::Scale(p));
+        Ok(())
+    }
+
+    fn binary(&mut self, n: &Node, op: BinaryOp, out: String) -> R<Option<Val>> {
+        let name = n.name.clone();
+        let (a, b) = (n.inputs[0], n.inputs[1]);
+        let (ca, cb) = (self.g.const_of(a).is_some(), self.g.const_of(b).is_some());
+        if !ca && !cb {
+            let (va, vb) = (self.val(a)?, self.val(b)?);
+            let same = va.chw == vb.chw && va.layout == vb.layout;
+            // Core ML broadcasts a (C, 1, 1) or (1, 1, 1) factor over (C, H, W).
+            let bcast = |big: &Val, small: &Val| {
+                !matches!(big.layout, CoremlLayout::FlatChw { .. })
+                    && small.chw[1] == 1
+                    && small.chw[2] == 1
+                    && (small.chw[0] == big.chw[0] || small.chw[0] == 1)
+            };
+            match op {
+                BinaryOp::Add if same => self.layer(
+                    &name,
+                    &[&va.blob, &vb.blob],
+                    &out,
+                    Layer::Add(AddLayerParams::new()),
+                ),
+                BinaryOp::Sub if same => {
+                    let neg = format!("{name}/negated");
+                    self.layer(&neg, &[&vb.blob], &neg, linear(-1.0, 0.0));
+                    self.layer(
+                        &name,
+                        &[&va.blob, &neg],
+                        &out,
+                        Layer::Add(AddLayerParams::new()),
+                    );
+                }
+                BinaryOp::Mul if same || bcast(&va, &vb) || bcast(&vb, &va) => self.layer(
+                    &name,
+                    &[&va.blob, &vb.blob],
+                    &out,
+                    Layer::Multiply(MultiplyLayerParams::new()),
+                ),
+                BinaryOp::Div if same || bcast(&va, &vb) => {
+                    let inv = format!("{name}/inverse");
+                    let mut p = UnaryFunctionLayerParams::new();
+                    p.type_ = unary_function_layer_params::Operation::INVERSE.into();
+                    p.alpha = 1.0;
+                    p.scale = 1.0;
+                    self.layer(&inv, &[&vb.blob], &inv, Layer::Unary(p));
+                    self.layer(
+                        &name,
+                        &[&va.blob, &inv],
+                        &out,
+                        Layer::Multiply(MultiplyLayerParams::new()),
+                    );
+                }
+                _ => {
+                    return Err(format!(
+                        "{} of {:?} and {:?} has no Core ML form here",
+                        n.op.kind(),
+                        va.chw,
+                        vb.chw
+                    ))
+                }
+            }
+            let big = if va.chw.iter().product::<usize>() >= vb.chw.iter().product::<usize>() {
+                va
+            } else {
+                vb
+            };
+            return Ok(Some(Val { blob: out, ..big }));
+        }
+        if ca && cb {
+            return Err("both inputs constant (run the fold_constants pass)".into());
+        }
+        let (x, k, k_first) = if ca { (b, a, true) } else { (a, b, false) };
+        let v = self.val(x)?;
+        let kt = self.g.const_of(k).ok_or("constant vanished")?;
+        let kv = kt.as_f32().map_err(|e| e.to_string())?.into_owned();
+        if self.g.fact(x).map_err(|e| e.to_string())?.shape != n.outputs[0].shape {
+            return Err("the constant broadcasts the value to a larger shape".into());
+        }
+        if kv.len() == 1 {
+            let c = kv[0];
+            let (alpha, beta) = match (op, k_first) {
+                (BinaryOp::Add, _) => (1.0, c),
+                (BinaryOp::Sub, false) => (1.0, -c),
+                (BinaryOp::Sub, true) => (-1.0, c),
+                (BinaryOp::Mul, _) => (c, 0.0),
+                (BinaryOp::Div, false) => (1.0 / c, 0.0),
+                (BinaryOp::Max, _) | (BinaryOp::Min, _) => {
+                    // max(x, c) = relu(x - c) + c; min(x, c) = c - relu(c - x)
+                    let s = if op == BinaryOp::Max { 1.0 } else { -1.0 };
+                    let shifted = format!("{name}/shifted");
+                    self.layer(&shifted, &[&v.blob], &shifted, linear(s, -s * c));
+                    let r = format!("{name}/relu");
+                    self.layer(
+                        &r,
+                        &[&shifted],
+                        &r,
+                        activation(NonlinearityType::ReLU(ActivationReLU::new())),
+                    );
+                    self.layer(&name, &[&r], &out, linear(s, c));
+                    return Ok(Some(Val { blob: out, ..v }));
+                }
+                (BinaryOp::Div, true) => return Err("constant divided by a value".into()),
+            };
+            self.layer(&name, &[&v.blob], &out, linear(alpha, beta));
+            return Ok(Some(Val { blob: out, ..v }));
+        }
+        let c = *n.outputs[0].shape.last().unwrap_or(&0);
+        let ks = kt.shape();
+        let per_channel =
+            kv.len() == c && ks.last() == Some(&c) && ks.iter().rev().skip(1).all(|&d| d == 1);
+        if !per_channel {
+            return Err(format!(
+                "constant of shape {ks:?} is neither a scalar nor per-channel"
+            ));
+        }
+        let (scale, bias) = match (op, k_first) {
+            (BinaryOp::Mul, _) => (kv, None),
+            (BinaryOp::Add, _) => (vec![1.0; c], Some(kv)),
+            (BinaryOp::Sub, false) => (vec![1.0; c], Some(kv.iter().map(|x| -x).collect())),
+            (BinaryOp::Sub, true) => (vec![-1.0; c], Some(kv)),
+            _ => return Err("per-channel Max/Min/Div has no Core ML form here".into()),
+        };
+        self.scale_layer(&name, &v, &out, scale, bias)?;
+        Ok(Some(Val { blob: out, ..v }))
+    }
+}
+
+fn feature(
+    name: &str,
+    chw: [usize; 3],
+    layout: &CoremlLayout,
+    description: String,
+) -> FeatureDescription {
+    let mut a = ArrayFeatureType::new();
+    a.shape = match layout {
+        CoremlLayout::Chw => chw.iter().map(|&d| d as i64).collect(),
+        _ if chw[0] == 1 && (chw[1] > 1 || chw[2] > 1) => chw.iter().map(|&d| d as i64).collect(),
+        _ => vec![chw[0] as i64],
+    };
+    a.dataType = ArrayDataType::FLOAT32.into();
+    let mut t = FeatureType::new();
+    t.Type = Some(feature_type::Type::MultiArrayType(a));
+    let mut f = FeatureDescription::new();
+    f.name = name.to_string();
+    f.shortDescription = description;
+    f.type_ = Some(t).into();
+    f
+}
+
+/// Emit the model; every node without a Core ML form is reported at once.
+pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
+    let mut needed = vec![false; g.nodes.len()];
+    let mut stack: Vec<usize> = g.outputs.iter().map(|w| w.node).collect();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut needed[i], true) {
+            stack.extend(g.nodes[i].inputs.iter().map(|w| w.node));
+        }
+    }
+    let mut em = Em {
+        g,
+        fp16: opts.fp16,
+        layers: vec![],
+        vals: HashMap::new(),
+        names: HashSet::new(),
+    };
+    let mut unsupported = vec![];
+    let mut failed = HashSet::new();
+    let mut blobs = vec![];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        if node.inputs.iter().any(|w| failed.contains(&w.node)) {
+            failed.insert(i);
+            continue;
+        }
+        match em.emit(i) {
+            Ok(Some(v)) => {
+                if let Some(t) = node.carries() {
+                    blobs.push(CoremlBlob {
+                        tensor: t.to_string(),
+                        blob: v.blob.clone(),
+                        layout: v.layout.clone(),
+                        chw: v.chw,
+                    });
+                }
+                em.vals.insert(Wire { node: i, slot: 0 }, v);
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                failed.insert(i);
+                unsupported.push(Unsupported {
+                    node: node.name.clone(),
+                    op: node.source_op.clone(),
+                    reason: format!("no Core ML form: {reason}"),
+                });
+            }
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
+    }
+    let mut desc = ModelDescription::new();
+    for &i in &g.inputs {
+        let v = em
+            .vals
+            .get(&Wire { node: i, slot: 0 })
+            .ok_or_else(|| Error::Graph("input not emitted".into()))?;
+        let text = match v.layout {
+            CoremlLayout::Chw => format!(
+                "float32 {}x{}x{} (C, H, W: channel-first) for TF input '{}' {:?}; one sample per prediction",
+                v.chw[0], v.chw[1], v.chw[2], g.nodes[i].name, g.nodes[i].outputs[0].shape
+            ),
+            _ => format!("float32 vector for TF input '{}' {:?}; one sample per prediction", g.nodes[i].name, g.nodes[i].outputs[0].shape),
+        };
+        desc.input.push(feature(&v.blob, v.chw, &v.layout, text));
+    }
+    // Core ML outputs are layer outputs named after the TF outputs.
+    for w in &g.outputs {
+        let v =
+            em.vals.get(w).cloned().ok_or_else(|| {
+                Error::Graph(format!("output '{}' was not emitted", g.wire_name(*w)))
+            })?;
+        let text = format!("TF output '{}' {:?}", g.wire_name(*w), g.fact(*w)?.shape);
+        desc.output.push(feature(&v.blob, v.chw, &v.layout, text));
+    }
+    let mut meta = Metadata::new();
+    meta.shortDescription = opts.short_description.clone().unwrap_or_else(|| {
+        format!(
+            "{} converted from TensorFlow by faceall {}",
+            opts.source_name,
+            env!("CARGO_PKG_VERSION")
+        )
+    });
+    meta.author = opts.author.clone().unwrap_or_default();
+    meta.versionString = opts.version.clone().unwrap_or_default();
+    meta.license = opts.license.clone().unwrap_or_default();
+    for (k, v) in [
+        ("faceall.source", opts.source_name.clone()),
+        ("faceall.source_sha256", opts.source_sha256.clone()),
+        ("faceall.version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "faceall.weights",
+            if opts.fp16 { "float16" } else { "float32" }.to_string(),
+        ),
+    ] {
+        let mut e = StringEntry::new();
+        e.key = k.into();
+        e.value = v;
+        meta.userDefined.push(e);
+    }
+    desc.metadata = Some(meta).into();
+    let mut nn = NeuralNetwork::new();
+    nn.layers = em.layers;
+    let mut model = Model::new();
+    model.specificationVersion = 1;
+    model.description = Some(desc).into();
+    model.Type = Some(model::Type::NeuralNetwork(nn));
+    Ok(CoremlModel { model, blobs })
+}
+
+pub fn write_mlmodel(model: &Model, w: &mut dyn std::io::Write) -> Result<()> {
+    use protobuf::Message;
+    model
+        .write_to_writer(w)
+        .map_err(|e| Error::Format(format!("encoding the mlmodel: {e}")))
+}

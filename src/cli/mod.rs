@@ -22,15 +22,15 @@ struct Cli {
 enum Cmd {
     /// Summarise a frozen TensorFlow graph: ops, inputs, outputs, parameters, FLOPs, unsupported ops.
     Inspect(inspect::Args),
-    /// Convert a frozen TensorFlow graph (batch norms folded) to Caffe.
-    ConvertTf(convert::Args),
+    /// Convert a frozen TensorFlow graph (batch norms folded) to Caffe and/or Core ML.
+    ConvertTf(Box<convert::Args>),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::run(a),
-        Cmd::ConvertTf(a) => convert::run(a),
+        Cmd::ConvertTf(a) => convert::run(*a),
     };
     match result {
         Ok(code) => code,

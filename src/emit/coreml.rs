@@ -212,6 +212,9 @@ impl<'g> Em<'g> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{}/folded", n.name));
         let name = n.name.clone();
+        if let Op::Const(_) = n.op {
+            return Ok(None);
+        }
         let (chw, lay) = chw_of(&n.outputs[0].shape)?;
         let done = |blob: String| {
             Ok(Some(Val {

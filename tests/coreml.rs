@@ -306,7 +306,10 @@ fn reader_rejects_what_is_not_a_model() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("x.mlmodel");
     std::fs::write(&p, b"\xff\xff\xff garbage").unwrap();
-    let e = CoremlModel::load(&p).err().expect("an error").to_string();
+    let e = match CoremlModel::load(&p) {
+        Ok(_) => panic!("garbage loaded"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         e.contains("x.mlmodel") && e.contains("not a Core ML model"),
         "{e}"

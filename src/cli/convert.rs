@@ -15,7 +15,7 @@ use sha2::Digest;
 pub struct Args {
     /// Frozen TensorFlow GraphDef (.pb)
     model: PathBuf,
-    /// Target formats, comma-separated: caffe, coreml
+    /// Target formats, comma-separated: caffe, coreml, safetensors
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
     /// Directory for the written files (must exist)
@@ -79,8 +79,8 @@ struct Report {
 pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     for t in &a.to {
-        if t != "caffe" && t != "coreml" {
-            bail!("--to {t}: supported targets are: caffe, coreml");
+        if !["caffe", "coreml", "safetensors"].contains(&t.as_str()) {
+            bail!("--to {t}: supported targets are: caffe, coreml, safetensors");
         }
     }
     let want = |t: &str| a.to.iter().any(|x| x == t);
@@ -123,22 +123,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let coreml = if want("coreml") {
+    let source = {
         let bytes = std::fs::read(&a.model)
             .with_context(|| format!("{}: reading for its hash", a.model.display()))?;
-        let sha = sha2::Sha256::digest(&bytes);
+        emit::safetensors::Source {
+            name: a
+                .model
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        }
+    };
+    let coreml = if want("coreml") {
         let copts = emit::coreml::CoremlOptions {
             short_description: a.description.clone(),
             author: a.author.clone(),
             version: a.model_version.clone(),
             license: a.license.clone(),
             fp16: a.fp16,
-            source_name: a
-                .model
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            source_sha256: sha.iter().map(|b| format!("{b:02x}")).collect(),
+            source_name: source.name.clone(),
+            source_sha256: source.sha256.clone(),
         };
         Some(emit::coreml::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?)
     } else {
@@ -164,6 +172,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         files.push((
             format!("{name}.mlmodel"),
             Box::new(move |w| emit::coreml::write_mlmodel(m, w)),
+        ));
+    }
+    if want("safetensors") {
+        let weights = format!("{name}.safetensors");
+        let json = emit::safetensors::graph_json(&graph, source.clone(), &weights)?;
+        let (g, src) = (&graph, &source);
+        files.push((
+            weights,
+            Box::new(move |w| emit::safetensors::write_safetensors(g, src, w)),
+        ));
+        files.push((
+            format!("{name}.graph.json"),
+            Box::new(move |w| Ok(w.write_all(json.as_bytes())?)),
         ));
     }
     let written =

@@ -54,6 +54,9 @@ struct Report {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if a.model.to_string_lossy().ends_with(".graph.json") {
+        return bundle(a);
+    }
     let model = tf::read_graph_def(&a.model)?;
     let mut ops = BTreeMap::new();
     for n in &model.graph_def.node {
@@ -166,4 +169,42 @@ fn print_text(r: &Report) {
             println!("  {} ({}): {}", u.node, u.op, u.reason);
         }
     }
+}
+
+/// `inspect NAME.graph.json`: a converted bundle, loaded as faceall loads it.
+fn bundle(a: Args) -> Result<ExitCode> {
+    let t0 = std::time::Instant::now();
+    let g = faceall::runtime::bundle::load(&a.model)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let value = |w: faceall::ir::Wire| -> Result<Value> {
+        let f = g.fact(w)?;
+        Ok(Value {
+            name: g.wire_name(w),
+            dtype: f.dtype.name(),
+            shape: f.shape.clone(),
+        })
+    };
+    let s = g.stats();
+    let report = Report {
+        file: a.model.display().to_string(),
+        file_bytes: std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0),
+        nodes: s.nodes,
+        ops: s.ops,
+        inputs: g
+            .inputs
+            .iter()
+            .map(|&i| value(faceall::ir::Wire { node: i, slot: 0 }))
+            .collect::<Result<_>>()?,
+        outputs: g.outputs.iter().map(|&w| value(w)).collect::<Result<_>>()?,
+        parameters: s.params,
+        flops: s.flops,
+        unsupported: vec![],
+    };
+    if a.json {
+        super::print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"));
+    } else {
+        print_text(&report);
+        println!("loaded the bundle in {:.1} ms", secs * 1000.0);
+    }
+    Ok(ExitCode::SUCCESS)
 }

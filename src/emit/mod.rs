@@ -3,3 +3,4 @@
 pub mod caffe;
 pub mod coreml;
 pub mod files;
+pub mod safetensors;

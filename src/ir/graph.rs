@@ -25,30 +25,73 @@ pub struct Node {
     pub inputs: Vec<Wire>,
     /// One fact per output.
     pub outputs: Vec<Fact>,
-    /// TF nodes folded into this one by passes, in order; the node's value
-    /// is the TF value of the last of them (or of the node itself).
+    /// TF nodes folded into this one by passes, in order (the record for
+    /// the conversion report).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub absorbed: Vec<String>,
-    /// The value was changed by folding through a reshape and equals no TF tensor.
+    /// TF tensor names whose value equals this node's output now, besides
+    /// its own (see `own_changed`); the last is the one it is known by.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// A pass changed the value, so the node's own TF name no longer names it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub altered: bool,
+    pub own_changed: bool,
 }
 
 impl Node {
-    /// The TF tensor name whose value this node's first output carries
-    /// (None when folding changed it into a value TF never computes).
-    pub fn carries(&self) -> Option<&str> {
-        match self.absorbed.last() {
-            Some(a) if !self.altered => Some(a),
-            None if !self.altered => Some(&self.name),
-            _ => None,
+    pub fn new(
+        name: String,
+        source_op: String,
+        op: Op,
+        inputs: Vec<Wire>,
+        outputs: Vec<Fact>,
+    ) -> Self {
+        Node {
+            name,
+            source_op,
+            op,
+            inputs,
+            outputs,
+            absorbed: vec![],
+            aliases: vec![],
+            own_changed: false,
         }
     }
 
-    /// Record that this node now computes the value of TF node(s) `names`.
+    /// The TF tensor whose value this node's output is (None when folding
+    /// turned it into a value TF never computes).
+    pub fn carries(&self) -> Option<&str> {
+        match self.aliases.last() {
+            Some(a) => Some(a),
+            None if !self.own_changed => Some(&self.name),
+            None => None,
+        }
+    }
+
+    /// Whether the output equals the TF tensor `name`.
+    pub fn is(&self, name: &str) -> bool {
+        (!self.own_changed && self.name == name) || self.aliases.iter().any(|a| a == name)
+    }
+
+    /// This node now also computes `names` without its value changing
+    /// (a bypassed Identity, a resolved Merge).
+    pub fn alias(&mut self, names: impl IntoIterator<Item = String>) {
+        let names: Vec<String> = names.into_iter().collect();
+        self.absorbed.extend(names.iter().cloned());
+        self.aliases.extend(names);
+    }
+
+    /// A pass folded `names` into this node: its value is now theirs.
     pub fn absorb(&mut self, names: impl IntoIterator<Item = String>) {
-        self.absorbed.extend(names);
-        self.altered = false;
+        self.own_changed = true;
+        self.aliases.clear();
+        self.alias(names);
+    }
+
+    /// A pass changed the value into one no TF tensor has.
+    pub fn mark_changed(&mut self) {
+        self.own_changed = true;
+        self.aliases.clear();
     }
 }
 
@@ -79,15 +122,8 @@ impl Graph {
         let outputs = op
             .infer(&facts)
             .map_err(|m| Error::node(&name, &source_op, m))?;
-        self.nodes.push(Node {
-            name,
-            source_op,
-            op,
-            inputs,
-            outputs,
-            absorbed: vec![],
-            altered: false,
-        });
+        self.nodes
+            .push(Node::new(name, source_op, op, inputs, outputs));
         Ok(self.nodes.len() - 1)
     }
 
@@ -105,18 +141,16 @@ impl Graph {
     /// Resolve "name" or "name:k" to a wire.
     pub fn wire_by_name(&self, name: &str) -> Result<Wire> {
         let (base, slot) = split_tensor_name(name);
+        // The node with that name, unless a pass changed its value; else the
+        // node a pass folded it into.
         let node = match self.node_by_name(base) {
-            Some(n) => n,
-            // A TF node folded away by a pass: the node that absorbed it carries its value.
-            None if slot == 0 => self
+            Some(n) if slot > 0 || self.nodes[n].is(base) => n,
+            _ if slot == 0 => self
                 .nodes
                 .iter()
-                .position(|n| {
-                    n.carries() == Some(base)
-                        || (!n.altered && n.absorbed.iter().any(|a| a == base))
-                })
+                .position(|n| n.is(base))
                 .ok_or_else(|| Error::Usage(format!("no node named '{base}' in the graph")))?,
-            None => return Err(Error::Usage(format!("no node named '{base}' in the graph"))),
+            _ => return Err(Error::Usage(format!("no node named '{base}' in the graph"))),
         };
         if slot >= self.nodes[node].outputs.len() {
             return Err(Error::Usage(format!(
@@ -238,15 +272,13 @@ impl Graph {
             dtype: t.dtype(),
             shape: t.shape().to_vec(),
         };
-        self.nodes.push(Node {
+        self.nodes.push(Node::new(
             name,
-            source_op: "Const".into(),
-            op: Op::Const(t),
-            inputs: vec![],
-            outputs: vec![fact],
-            absorbed: vec![],
-            altered: false,
-        });
+            "Const".into(),
+            Op::Const(t),
+            vec![],
+            vec![fact],
+        ));
         self.nodes.len() - 1
     }
 

@@ -2,12 +2,12 @@
 //! shape inference. Parameters that TensorFlow passes as constant inputs
 //! (axes, shapes, paddings) are resolved at import and live here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::tensor::{DType, Tensor};
 
 /// Where the channel axis of a 4-D activation lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Layout {
     Nhwc,
     Nchw,
@@ -27,7 +27,7 @@ impl Layout {
 }
 
 /// Spatial padding as TensorFlow states it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Padding {
     Same,
     Valid,
@@ -82,7 +82,7 @@ pub fn resolve_axis(
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conv2d {
     pub strides: [usize; 2],
     pub dilations: [usize; 2],
@@ -92,13 +92,13 @@ pub struct Conv2d {
     pub depthwise: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PoolKind {
     Max,
     Avg,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     pub kind: PoolKind,
     pub ksize: [usize; 2],
@@ -107,7 +107,7 @@ pub struct Pool {
     pub layout: Layout,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
     pub epsilon: f32,
     pub layout: Layout,
@@ -115,7 +115,7 @@ pub struct BatchNorm {
     pub training: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Activation {
     Relu,
     Relu6,
@@ -124,7 +124,7 @@ pub enum Activation {
     Tanh,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -134,26 +134,27 @@ pub enum BinaryOp {
     Min,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnaryOp {
     Square,
     Sqrt,
     Rsqrt,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReduceOp {
     Sum,
     Mean,
 }
 
 /// One IR operation. Inputs are wires on the node; see `Op::arity`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", content = "params", rename_all = "snake_case")]
 pub enum Op {
     /// A graph input (TF Placeholder); its shape is the node's output fact.
     Input,
-    #[serde(serialize_with = "ser_const")]
+    /// The value lives beside the graph (safetensors); JSON holds dtype and shape.
+    #[serde(serialize_with = "ser_const", skip_deserializing)]
     Const(Tensor),
     /// Passes its input through (TF Identity, PlaceholderWithDefault).
     Identity,
@@ -221,7 +222,7 @@ fn ser_const<S: serde::Serializer>(t: &Tensor, s: S) -> Result<S::Ok, S::Error> 
 }
 
 /// The type and shape of one value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fact {
     pub dtype: DType,
     pub shape: Vec<usize>,

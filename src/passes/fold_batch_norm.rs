@@ -138,7 +138,14 @@ pub(crate) fn finish_fold(
 ) {
     let f = &g.nodes[folded];
     let (fname, fop) = (f.name.clone(), f.source_op.clone());
-    let mut absorbed = f.absorbed.clone();
+    // The names whose value the folded node had: its own (unless a pass
+    // changed it) and its aliases.
+    let mut names: Vec<String> = if f.own_changed {
+        vec![]
+    } else {
+        vec![fname.clone()]
+    };
+    names.extend(f.aliases.iter().cloned());
     g.replace_uses(
         Wire {
             node: folded,
@@ -146,12 +153,10 @@ pub(crate) fn finish_fold(
         },
         through,
     );
-    let mut names = vec![fname.clone()];
-    names.append(&mut absorbed);
     g.nodes[through.node].absorb(names);
     // Folded through reshapes: the producer's own value changed.
     if through.node != producer {
-        g.nodes[producer].altered = true;
+        g.nodes[producer].mark_changed();
     }
     log.push(Rewrite {
         pass,

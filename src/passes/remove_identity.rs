@@ -30,12 +30,11 @@ pub fn run(g: &mut Graph, log: &mut Vec<Rewrite>) -> Result<usize> {
                 continue;
             }
             let name = node.name.clone();
-            let mut absorbed = node.absorbed.clone();
+            let mut names = vec![name.clone()];
+            names.extend(node.aliases.iter().cloned());
             g.replace_uses(me, input);
             if input.slot == 0 {
-                let mut names = vec![name.clone()];
-                names.append(&mut absorbed);
-                g.nodes[input.node].absorb(names);
+                g.nodes[input.node].alias(names);
             }
             log.push(Rewrite {
                 pass: "remove_identity",

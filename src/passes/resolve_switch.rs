@@ -99,7 +99,7 @@ pub fn run(g: &mut Graph, log: &mut Vec<Rewrite>) -> Result<usize> {
                     g.replace_uses(index, Wire { node: c, slot: 0 });
                 }
                 if w.slot == 0 {
-                    g.nodes[w.node].absorb([name.clone()]);
+                    g.nodes[w.node].alias([name.clone()]);
                 }
                 changed += 1;
                 log.push(Rewrite {

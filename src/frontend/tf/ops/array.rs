@@ -43,15 +43,13 @@ pub fn placeholder(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         }
     };
     let id = n.ctx.graph.nodes.len();
-    n.ctx.graph.nodes.push(crate::ir::Node {
-        name: n.node.name.clone(),
-        source_op: n.node.op.clone(),
-        op: Op::Input,
-        inputs: vec![],
-        outputs: vec![Fact { dtype, shape }],
-        absorbed: vec![],
-        altered: false,
-    });
+    n.ctx.graph.nodes.push(crate::ir::Node::new(
+        n.node.name.clone(),
+        n.node.op.clone(),
+        Op::Input,
+        vec![],
+        vec![Fact { dtype, shape }],
+    ));
     Ok(vec![Wire { node: id, slot: 0 }])
 }
 

@@ -12,6 +12,7 @@ pub mod ir;
 pub mod npy;
 pub mod parity;
 pub mod passes;
+pub mod preprocess;
 pub mod proto;
 pub mod runtime;
 

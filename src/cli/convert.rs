@@ -58,6 +58,9 @@ pub struct Args {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Testing only: write a Caffe model with a deliberate mistake (repeatable)
+    #[arg(long = "inject-fault", hide = true)]
+    inject_fault: Vec<emit::caffe::Fault>,
     /// List every layer in the text report
     #[arg(long, short)]
     verbose: bool,
@@ -119,7 +122,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .unwrap_or_else(|| "model".into()),
     };
     let mut caffe = if want("caffe") {
-        Some(emit::caffe::emit(&graph, &name).map_err(|e| e.in_file(&a.model))?)
+        Some(
+            emit::caffe::emit_with_faults(&graph, &name, &a.inject_fault)
+                .map_err(|e| e.in_file(&a.model))?,
+        )
     } else {
         None
     };

@@ -2,6 +2,7 @@
 
 mod convert;
 mod inspect;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Convert a frozen TensorFlow graph (batch norms folded) to Caffe and/or Core ML.
     ConvertTf(Box<convert::Args>),
+    /// Run the TF graph and converted models on the same inputs and compare them layer by layer.
+    VerifyParity(Box<verify::Args>),
 }
 
 pub fn main() -> ExitCode {
@@ -31,6 +34,7 @@ pub fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::ConvertTf(a) => convert::run(*a),
+        Cmd::VerifyParity(a) => verify::run(*a),
     };
     match result {
         Ok(code) => code,
@@ -42,7 +46,7 @@ pub fn main() -> ExitCode {
 }
 
 /// The error and its causes on one line.
-fn one_line(e: &anyhow::Error) -> String {
+pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = vec![];
     for c in e.chain() {
         let s = c.to_string();

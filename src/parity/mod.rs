@@ -1,7 +1,9 @@
 //! Numerical agreement between tensors: named tolerances and a comparison
 //! that reports the worst element, where it is, and how many are off.
 
+pub mod html;
 pub mod reference;
+pub mod verify;
 
 use serde::Serialize;
 

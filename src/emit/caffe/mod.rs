@@ -34,6 +34,36 @@ use crate::proto::caffe::{
     LayerParameter, NetParameter,
 };
 
+/// A deliberate conversion mistake, for testing that verify-parity catches
+/// (and names) each classic error. Never used by a normal conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Unfolded batch norm written with Caffe's default epsilon 1e-5.
+    BnEpsilon,
+    /// SAME padding's extra row/column put on the top/left.
+    SamePadTopLeft,
+    /// Pooling left to Caffe's ceil rounding.
+    PoolCeil,
+    /// InnerProduct after an NHWC flatten without permuting its rows.
+    FlattenNchw,
+    /// Conv weights read as IHWO instead of HWIO.
+    WeightsIhwo,
+    /// Residual `x + s * branch` written as `x + branch`.
+    DropResidualScale,
+    /// L2 normalisation left out.
+    DropL2Norm,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+            format!("unknown fault '{s}' (bn-epsilon, same-pad-top-left, pool-ceil, flatten-nchw, weights-ihwo, drop-residual-scale, drop-l2-norm)")
+        })
+    }
+}
+
 /// How a Caffe blob holds an IR value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +153,7 @@ fn caffe_axis(axis: usize, rank: usize) -> usize {
 
 struct Em<'g> {
     g: &'g Graph,
+    faults: &'g [Fault],
     net: NetParameter,
     vals: HashMap<Wire, Val>,
     layer_names: HashSet<String>,
@@ -352,6 +383,11 @@ impl<'g> Em<'g> {
                     resolve_axis(&c.padding, 1, wd, kw, c.strides[1], c.dilations[1])
                         .ok_or("window does not fit")?;
                 let (sh, sw) = (pt.min(pb), pl.min(pr));
+                let (pt, pb, pl, pr) = if self.faults.contains(&Fault::SamePadTopLeft) {
+                    (pb, pt, pr, pl)
+                } else {
+                    (pt, pb, pl, pr)
+                };
                 let mut x = self.pad_axis(
                     &format!("{name}/pad_h"),
                     x,
@@ -379,7 +415,11 @@ impl<'g> Em<'g> {
                     for xx in 0..kw {
                         for i in 0..ci {
                             for o in 0..co {
-                                let src = ((y * kw + xx) * ci + i) * co + o;
+                                let src = if self.faults.contains(&Fault::WeightsIhwo) {
+                                    ((i * kh + y) * kw + xx) * co + o
+                                } else {
+                                    ((y * kw + xx) * ci + i) * co + o
+                                };
                                 let dst = if c.depthwise {
                                     ((i * co + o) * kh + y) * kw + xx
                                 } else {
@@ -457,10 +497,15 @@ impl<'g> Em<'g> {
                     .collect::<R<_>>()?;
                 let c = p[0].len();
                 let norm = format!("{name}/normalized");
+                let eps = if self.faults.contains(&Fault::BnEpsilon) {
+                    1e-5
+                } else {
+                    bn.epsilon
+                };
                 let l = self.layer(&format!("{name}/bn"), "BatchNorm", &[&x.blob], &[&norm]);
                 let bp = l.batch_norm_param.mut_or_insert_default();
                 bp.set_use_global_stats(true);
-                bp.set_eps(bn.epsilon);
+                bp.set_eps(eps);
                 l.blobs.push(blob(&[c], p[2].clone()));
                 l.blobs.push(blob(&[c], p[3].clone()));
                 l.blobs.push(blob(&[1], vec![1.0]));
@@ -539,10 +584,15 @@ impl<'g> Em<'g> {
             Op::WeightedSum { coeffs } => {
                 let vs: Vec<Val> = n.inputs.iter().map(|w| self.val(*w)).collect::<R<_>>()?;
                 let refs: Vec<&str> = vs.iter().map(|v| v.blob.as_str()).collect();
+                let coeff = if self.faults.contains(&Fault::DropResidualScale) {
+                    vec![]
+                } else {
+                    coeffs.clone()
+                };
                 let l = self.layer(&name, "Eltwise", &refs, &[&out_blob]);
                 let e = l.eltwise_param.mut_or_insert_default();
                 e.set_operation(EltwiseOp::SUM);
-                e.coeff = coeffs.clone();
+                e.coeff = coeff;
                 Ok(Some(Val {
                     blob: out_blob,
                     ..vs[0].clone()
@@ -686,8 +736,10 @@ impl<'g> Em<'g> {
                     (bs[0], bs[1])
                 };
                 // Caffe's input index for TF input index r.
+                let keep_order = self.faults.contains(&Fault::FlattenNchw);
                 let perm = |r: usize| -> usize {
                     match x.layout {
+                        _ if keep_order => r,
                         BlobLayout::FlatChw { h, w, c } => {
                             let (hh, rest) = (r / (w * c), r % (w * c));
                             let (ww, cc) = (rest / c, rest % c);
@@ -751,6 +803,10 @@ impl<'g> Em<'g> {
             }
             Op::L2Normalize { axis, epsilon } => {
                 let x = self.val(n.inputs[0])?;
+                if self.faults.contains(&Fault::DropL2Norm) {
+                    let top = self.power(&out_blob, &x.blob, 1.0, 1.0, 0.0);
+                    return Ok(Some(Val { blob: top, ..x }));
+                }
                 if x.shape.len() != 2 || *axis != 1 || x.layout != BlobLayout::Plain {
                     return Err("L2 normalisation is emitted for (N, C) values over C only".into());
                 }
@@ -795,6 +851,24 @@ impl<'g> Em<'g> {
         let name = n.name.clone();
         let x = self.val(n.inputs[0])?;
         self.need_nchw(&x)?;
+        if self.faults.contains(&Fault::PoolCeil) {
+            let l = self.layer(&name, "Pooling", &[&x.blob], &[&out_blob]);
+            let pp = l.pooling_param.mut_or_insert_default();
+            pp.set_pool(if p.kind == PoolKind::Max {
+                PoolMethod::MAX
+            } else {
+                PoolMethod::AVE
+            });
+            pp.set_kernel_h(p.ksize[0] as u32);
+            pp.set_kernel_w(p.ksize[1] as u32);
+            pp.set_stride_h(p.strides[0] as u32);
+            pp.set_stride_w(p.strides[1] as u32);
+            return Ok(Some(Val {
+                blob: out_blob,
+                layout: BlobLayout::Nchw,
+                shape: out_shape,
+            }));
+        }
         let mut plan = vec![];
         for (i, axis) in [2usize, 3].into_iter().enumerate() {
             let dim = x.shape[axis];
@@ -1144,6 +1218,12 @@ impl<'g> Em<'g> {
 /// Emit the nodes the outputs need. Every node without a Caffe form is
 /// reported, all at once.
 pub fn emit(g: &Graph, name: &str) -> Result<CaffeNet> {
+    emit_with_faults(g, name, &[])
+}
+
+/// `emit` with deliberate mistakes (see `Fault`), for verify-parity's tests.
+#[doc(hidden)]
+pub fn emit_with_faults(g: &Graph, name: &str, faults: &[Fault]) -> Result<CaffeNet> {
     let mut needed = vec![false; g.nodes.len()];
     let mut stack: Vec<usize> = g.outputs.iter().map(|w| w.node).collect();
     while let Some(i) = stack.pop() {
@@ -1153,6 +1233,7 @@ pub fn emit(g: &Graph, name: &str) -> Result<CaffeNet> {
     }
     let mut em = Em {
         g,
+        faults,
         net: NetParameter::new(),
         vals: HashMap::new(),
         layer_names: HashSet::new(),

@@ -54,6 +54,19 @@ impl CaffeModel {
         &self,
         feeds: &HashMap<String, Tensor>,
     ) -> Result<(HashMap<String, Tensor>, Trace)> {
+        let (blobs, trace, err) = self.forward_partial(feeds)?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok((blobs, trace)),
+        }
+    }
+
+    /// Like `forward`, but a layer that fails stops the run and is returned
+    /// with everything computed before it (verify-parity reports both).
+    pub fn forward_partial(
+        &self,
+        feeds: &HashMap<String, Tensor>,
+    ) -> Result<(HashMap<String, Tensor>, Trace, Option<Error>)> {
         let mut blobs: HashMap<String, Tensor> = HashMap::new();
         let mut trace = vec![];
         for (name, shape) in &self.inputs {
@@ -82,17 +95,21 @@ impl CaffeModel {
                         )
                     })
                 })
-                .collect::<Result<Vec<_>>>()?;
-            let outs = run_layer(l, &ins).map_err(|e| match e {
+                .collect::<Result<Vec<_>>>();
+            let outs = ins.and_then(|ins| run_layer(l, &ins)).map_err(|e| match e {
                 e @ Error::Node { .. } => e,
                 e => Error::node(l.name(), l.kind(), e.to_string()),
-            })?;
+            });
+            let outs = match outs {
+                Ok(o) => o,
+                Err(e) => return Ok((blobs, trace, Some(e))),
+            };
             for (top, t) in l.param.top.iter().zip(outs) {
                 trace.push((top.clone(), t.clone()));
                 blobs.insert(top.clone(), t);
             }
         }
-        Ok((blobs, trace))
+        Ok((blobs, trace, None))
     }
 }
 

@@ -1,0 +1,251 @@
+//! `faceall verify-parity`: exit 0 when every converted model is within
+//! tolerance, 1 when not, 2 on usage or input errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use faceall::frontend::tf;
+use faceall::parity::verify::{self, Reference, Report};
+use faceall::parity::Tolerance;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The source frozen TensorFlow graph
+    #[arg(long)]
+    tf: PathBuf,
+    /// Converted Caffe deploy net (with --caffemodel)
+    #[arg(long, requires = "caffemodel")]
+    caffe: Option<PathBuf>,
+    /// Converted Caffe weights
+    #[arg(long, requires = "caffe")]
+    caffemodel: Option<PathBuf>,
+    /// Converted Core ML model
+    #[arg(long)]
+    coreml: Option<PathBuf>,
+    /// Face crops: every image in DIR, centre square, resized, prewhitened
+    #[arg(long, conflicts_with = "random")]
+    images: Option<PathBuf>,
+    /// Number of seeded random inputs (default 1)
+    #[arg(long)]
+    random: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// exact (1e-6), close (1e-5, default) or approximate (1e-3): abs + rel x max|reference|
+    #[arg(long, default_value = "close")]
+    tolerance: String,
+    /// Per-tensor override: NAME=exact|close|approximate (repeatable)
+    #[arg(long = "tensor-tolerance")]
+    tensor_tolerance: Vec<String>,
+    /// builtin (faceall's TF executor) or tensorflow (real TensorFlow via Python)
+    #[arg(long, default_value = "builtin")]
+    reference: String,
+    /// Python with TensorFlow, for --reference tensorflow
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match check(a) {
+        Ok(report) => Ok(if report.passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+        Err(e) => {
+            eprintln!("error: {}", super::one_line(&e));
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn level(s: &str) -> Result<Tolerance> {
+    Tolerance::by_name(s)
+        .with_context(|| format!("tolerance '{s}': use exact, close or approximate"))
+}
+
+fn check(a: Args) -> Result<Report> {
+    if a.caffe.is_none() && a.coreml.is_none() {
+        bail!("nothing to verify: give --caffe/--caffemodel and/or --coreml");
+    }
+    let tol = level(&a.tolerance)?;
+    let mut overrides = verify::Overrides::new();
+    for t in &a.tensor_tolerance {
+        let (n, l) = t
+            .rsplit_once('=')
+            .with_context(|| format!("--tensor-tolerance {t}: expected NAME=LEVEL"))?;
+        overrides.insert(n.to_string(), level(l)?);
+    }
+    let reference = match a.reference.as_str() {
+        "builtin" => Reference::Builtin,
+        "tensorflow" => Reference::TensorFlow {
+            python: a.python.clone(),
+        },
+        r => bail!("--reference {r}: use builtin or tensorflow"),
+    };
+    let g = tf::load(&a.tf, &tf::LoadOptions::default())?;
+    let samples = match &a.images {
+        Some(dir) => image_samples(&g, dir)?,
+        None => verify::random_samples(&g, a.random.unwrap_or(1).max(1), a.seed)?,
+    };
+    // The TF tensors that have a blob in some converted model.
+    let mut wanted: Vec<String> = vec![];
+    let caffe_model = match (&a.caffe, &a.caffemodel) {
+        (Some(p), Some(m)) => {
+            let net = faceall::runtime::caffe::CaffeModel::load(p, Some(m))?;
+            wanted.extend(net.layers.iter().flat_map(|l| l.param.top.clone()));
+            Some((p.clone(), m.clone()))
+        }
+        _ => None,
+    };
+    if let Some(c) = &a.coreml {
+        let m = faceall::runtime::coreml::CoremlModel::load(c)?;
+        wanted.extend(m.layers().iter().flat_map(|l| l.output.clone()));
+    }
+    wanted.extend(g.outputs.iter().map(|w| g.nodes[w.node].name.clone()));
+    let refs = verify::reference_for(&a.tf, &g, &samples, &wanted, &reference)?;
+    let checked = verify::Checked {
+        model: &a.tf,
+        graph: &g,
+        samples: &samples,
+        refs: &refs,
+        tolerance: tol,
+        overrides: &overrides,
+    };
+    let mut targets = vec![];
+    if let Some((p, m)) = caffe_model {
+        targets.push(verify::verify_caffe(&checked, &p, &m)?);
+    }
+    if let Some(c) = &a.coreml {
+        targets.push(verify::verify_coreml(&checked, c)?);
+    }
+    let report = Report {
+        model: a.tf.display().to_string(),
+        reference: a.reference.clone(),
+        tolerance: tol,
+        samples: samples.len(),
+        passed: targets.iter().all(|t| t.passed),
+        targets,
+    };
+    super::print_stdout(&table(&report));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.html {
+        std::fs::write(p, faceall::parity::html::render(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(report)
+}
+
+fn image_samples(g: &faceall::ir::Graph, dir: &std::path::Path) -> Result<Vec<verify::Sample>> {
+    let &[input] = g.inputs.as_slice() else {
+        bail!("--images needs a graph with one input")
+    };
+    let shape = &g.nodes[input].outputs[0].shape;
+    let &[1, h, w, 3] = shape.as_slice() else {
+        bail!("--images needs a 1xHxWx3 input, the graph's is {shape:?}")
+    };
+    if h != w {
+        bail!("--images needs a square input, the graph's is {shape:?}");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("--images {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| {
+                ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().to_str().unwrap_or(""))
+            })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("--images {}: no .jpg/.jpeg/.png files", dir.display());
+    }
+    files
+        .iter()
+        .map(|f| {
+            let img = faceall::preprocess::decode(f)?;
+            let t = faceall::preprocess::face_input(
+                &img,
+                faceall::preprocess::center_square(&img),
+                h as u32,
+            )?;
+            Ok(std::collections::HashMap::from([(
+                g.nodes[input].name.clone(),
+                t,
+            )]))
+        })
+        .collect()
+}
+
+fn table(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "verify-parity {} (reference {}, tolerance {}, {} sample(s)): {}",
+        r.model,
+        r.reference,
+        r.tolerance.name,
+        r.samples,
+        if r.passed { "PASS" } else { "FAIL" }
+    );
+    for t in &r.targets {
+        let _ = writeln!(
+            o,
+            "\n{} {}: {}",
+            t.target,
+            t.file,
+            if t.passed { "PASS" } else { "FAIL" }
+        );
+        if let Some(f) = &t.first_failure {
+            let l = t.layers.iter().find(|l| &l.tensor == f);
+            let why = l
+                .map(|l| {
+                    l.comparison
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .or(l.error.clone())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(o, "  FIRST LAYER OUTSIDE TOLERANCE: {f}\n    {why}");
+        }
+        if let Some(e) = &t.run_error {
+            let _ = writeln!(o, "  the converted model failed to run: {e}");
+        }
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:<64} {:>10} {:>10} {:>12}  ",
+            "#", "TF tensor", "max abs", "max rel", "cosine"
+        );
+        for (i, l) in t.layers.iter().enumerate() {
+            let name = if l.tensor.len() > 64 {
+                format!("...{}", &l.tensor[l.tensor.len() - 61..])
+            } else {
+                l.tensor.clone()
+            };
+            let (a, rel, cos) = match &l.comparison {
+                Some(c) => (
+                    format!("{:.2e}", c.max_abs),
+                    format!("{:.2e}", c.max_rel),
+                    format!("{:.9}", c.cosine),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let mark = if l.passed { "" } else { "  FAIL" };
+            let _ = writeln!(
+                o,
+                "  {i:>4}  {name:<64} {a:>10} {rel:>10} {cos:>12}{mark}{}",
+                if l.output { "  (output)" } else { "" }
+            );
+        }
+    }
+    o
+}

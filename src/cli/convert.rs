@@ -91,6 +91,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
     };
+    let progress = Progress::new(!a.json);
+    progress.stage("reading the graph");
     let mut graph = tf::load(&a.model, &opts)?;
     if !a.input.is_empty() {
         for name in &a.input {
@@ -112,7 +114,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.no_fold_bn {
         popts = popts.without("fold_batch_norm");
     }
+    progress.stage("running the passes");
     let report = passes::run(&mut graph, &popts).map_err(|e| e.in_file(&a.model))?;
+    progress.stage("emitting");
     let name = match a.name {
         Some(n) => n,
         None => a
@@ -193,8 +197,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Box::new(move |w| Ok(w.write_all(json.as_bytes())?)),
         ));
     }
+    progress.stage("writing the files");
     let written =
         emit::files::write_all(&a.out_dir, files).context("writing the converted model")?;
+    drop(progress);
     let r = Report {
         model: a.model.display().to_string(),
         files: written.iter().map(|p| p.display().to_string()).collect(),
@@ -269,4 +275,38 @@ fn render(r: &Report, verbose: bool) -> String {
         let _ = writeln!(o, "  ({hidden} nodes map to one layer each; --verbose lists them with what they absorbed)");
     }
     o
+}
+
+/// Stage-by-stage progress on a terminal (stderr), erased when done; silent
+/// when stderr is not a terminal or with --json.
+struct Progress {
+    on: bool,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(wanted: bool) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            on: wanted && std::io::stderr().is_terminal(),
+            start: Instant::now(),
+        }
+    }
+
+    fn stage(&self, what: &str) {
+        if self.on {
+            eprint!(
+                "\r\x1b[2K[{:>6.2} s] {what}...",
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.on {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }

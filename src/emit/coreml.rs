@@ -263,22 +263,7 @@ impl<'g> Em<'g> {
                 } else {
                     (co, 1, ci)
                 };
-                let mut wc = vec![0.0f32; w.len()];
-                for y in 0..kh {
-                    for xx in 0..kw {
-                        for i in 0..ci {
-                            for o in 0..co {
-                                let src = ((y * kw + xx) * ci + i) * co + o;
-                                let dst = if c.depthwise {
-                                    ((i * co + o) * kh + y) * kw + xx
-                                } else {
-                                    ((o * ci + i) * kh + y) * kw + xx
-                                };
-                                wc[dst] = w[src];
-                            }
-                        }
-                    }
-                }
+                let wc = super::layout::conv_oihw(&w, [kh, kw, ci, co], c.depthwise, false);
                 let mut p = ConvolutionLayerParams::new();
                 p.outputChannels = num_out as u64;
                 p.kernelChannels = kernel_ch as u64;
@@ -535,27 +520,11 @@ impl<'g> Em<'g> {
                 } else {
                     (bs[0], bs[1])
                 };
-                let perm = |r: usize| -> usize {
-                    match x.layout {
-                        CoremlLayout::FlatChw { h, w, c } => {
-                            let (hh, rest) = (r / (w * c), r % (w * c));
-                            let (ww, cc) = (rest / c, rest % c);
-                            (cc * h + hh) * w + ww
-                        }
-                        _ => r,
-                    }
+                let flat = match x.layout {
+                    CoremlLayout::FlatChw { h, w, c } => Some([h, w, c]),
+                    _ => None,
                 };
-                let mut wc = vec![0.0f32; k * nout];
-                for r in 0..k {
-                    for o in 0..nout {
-                        let src = if *transpose_b {
-                            o * k + r
-                        } else {
-                            r * nout + o
-                        };
-                        wc[o * k + perm(r)] = w[src];
-                    }
-                }
+                let wc = super::layout::inner_product(&w, k, nout, *transpose_b, flat);
                 let mut p = InnerProductLayerParams::new();
                 p.inputChannels = k as u64;
                 p.outputChannels = nout as u64;

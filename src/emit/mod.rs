@@ -3,4 +3,5 @@
 pub mod caffe;
 pub mod coreml;
 pub mod files;
+pub mod layout;
 pub mod safetensors;

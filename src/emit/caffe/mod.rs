@@ -410,26 +410,12 @@ impl<'g> Em<'g> {
                 } else {
                     (co, 1, ci)
                 };
-                let mut wc = vec![0.0f32; w.len()];
-                for y in 0..kh {
-                    for xx in 0..kw {
-                        for i in 0..ci {
-                            for o in 0..co {
-                                let src = if self.faults.contains(&Fault::WeightsIhwo) {
-                                    ((i * kh + y) * kw + xx) * co + o
-                                } else {
-                                    ((y * kw + xx) * ci + i) * co + o
-                                };
-                                let dst = if c.depthwise {
-                                    ((i * co + o) * kh + y) * kw + xx
-                                } else {
-                                    ((o * ci + i) * kh + y) * kw + xx
-                                };
-                                wc[dst] = w[src];
-                            }
-                        }
-                    }
-                }
+                let wc = super::layout::conv_oihw(
+                    &w,
+                    [kh, kw, ci, co],
+                    c.depthwise,
+                    self.faults.contains(&Fault::WeightsIhwo),
+                );
                 let bias = match n.inputs.get(2) {
                     Some(b) => Some(self.konst(*b)?.into_owned()),
                     None => None,
@@ -735,30 +721,15 @@ impl<'g> Em<'g> {
                 } else {
                     (bs[0], bs[1])
                 };
-                // Caffe's input index for TF input index r.
-                let keep_order = self.faults.contains(&Fault::FlattenNchw);
-                let perm = |r: usize| -> usize {
-                    match x.layout {
-                        _ if keep_order => r,
-                        BlobLayout::FlatChw { h, w, c } => {
-                            let (hh, rest) = (r / (w * c), r % (w * c));
-                            let (ww, cc) = (rest / c, rest % c);
-                            (cc * h + hh) * w + ww
-                        }
-                        _ => r,
+                let flat = match x.layout {
+                    BlobLayout::FlatChw { h, w, c }
+                        if !self.faults.contains(&Fault::FlattenNchw) =>
+                    {
+                        Some([h, w, c])
                     }
+                    _ => None,
                 };
-                let mut wc = vec![0.0f32; k * nout];
-                for r in 0..k {
-                    for o in 0..nout {
-                        let src = if *transpose_b {
-                            o * k + r
-                        } else {
-                            r * nout + o
-                        };
-                        wc[o * k + perm(r)] = w[src];
-                    }
-                }
+                let wc = super::layout::inner_product(&w, k, nout, *transpose_b, flat);
                 let bias = match n.inputs.get(2) {
                     Some(b) => Some(self.konst(*b)?.into_owned()),
                     None => None,

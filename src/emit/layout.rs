@@ -1,0 +1,95 @@
+//! Weight layouts shared by the Caffe and Core ML emitters (both take
+//! OIHW convolutions and [out, in] inner products on channel-first data).
+
+/// TF HWIO `[kh, kw, ci, co]` (or depthwise `[kh, kw, ci, multiplier]`) to
+/// OIHW (depthwise: `[ci * multiplier, 1, kh, kw]`, output channel
+/// `c * multiplier + m` as TF numbers it). `read_ihwo` is a deliberate
+/// mistake for verify-parity's tests.
+pub fn conv_oihw(
+    w: &[f32],
+    [kh, kw, ci, co]: [usize; 4],
+    depthwise: bool,
+    read_ihwo: bool,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..ci {
+                for o in 0..co {
+                    let src = if read_ihwo {
+                        ((i * kh + y) * kw + x) * co + o
+                    } else {
+                        ((y * kw + x) * ci + i) * co + o
+                    };
+                    let dst = if depthwise {
+                        ((i * co + o) * kh + y) * kw + x
+                    } else {
+                        ((o * ci + i) * kh + y) * kw + x
+                    };
+                    out[dst] = w[src];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// TF MatMul weights (`[k, n]`, or `[n, k]` with `transpose_b`) to `[n, k]`
+/// for an input held channel-first: when the input was flattened from an
+/// NHWC map of `flat_hwc` (h, w, c), its rows are permuted from (h, w, c) to
+/// (c, h, w) order.
+pub fn inner_product(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    transpose_b: bool,
+    flat_hwc: Option<[usize; 3]>,
+) -> Vec<f32> {
+    let perm = |r: usize| -> usize {
+        match flat_hwc {
+            Some([h, wd, c]) => {
+                let (hh, rest) = (r / (wd * c), r % (wd * c));
+                let (ww, cc) = (rest / c, rest % c);
+                (cc * h + hh) * wd + ww
+            }
+            None => r,
+        }
+    };
+    let mut out = vec![0.0f32; k * n];
+    for r in 0..k {
+        for o in 0..n {
+            let src = if transpose_b { o * k + r } else { r * n + o };
+            out[o * k + perm(r)] = w[src];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_and_depthwise_layouts() {
+        // HWIO 1x1x2x3: w[0,0,i,o] = 10*i + o
+        let w: Vec<f32> = (0..6).map(|j| (10 * (j / 3) + j % 3) as f32).collect();
+        assert_eq!(
+            conv_oihw(&w, [1, 1, 2, 3], false, false),
+            vec![0.0, 10.0, 1.0, 11.0, 2.0, 12.0]
+        );
+        // depthwise [1,1,2 channels,3 mult]: output channel c*3+m keeps TF's order
+        assert_eq!(conv_oihw(&w, [1, 1, 2, 3], true, false), w);
+    }
+
+    #[test]
+    fn inner_product_permutes_flattened_rows() {
+        // input (h=1, w=2, c=2) flattened hwc: r = w*2 + c; weights [4, 1] = r
+        let w = vec![0.0, 1.0, 2.0, 3.0];
+        // channel-first order (c, w): c0w0=r0, c0w1=r2, c1w0=r1, c1w1=r3
+        assert_eq!(
+            inner_product(&w, 4, 1, false, Some([1, 2, 2])),
+            vec![0.0, 2.0, 1.0, 3.0]
+        );
+        assert_eq!(inner_product(&w, 4, 1, false, None), w);
+    }
+}

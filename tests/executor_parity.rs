@@ -100,3 +100,87 @@ fn real_facenet() {
     );
     check_case(&dir);
 }
+
+/// NCHW graphs (TF's data_format="NCHW", which TF's CPU kernels mostly do
+/// not run) give the NHWC results transposed.
+#[test]
+fn nchw_data_format_equals_nhwc_transposed() {
+    use faceall::frontend::tf::build::{self, NodeBuilder};
+    use faceall::ir::Tensor;
+    use faceall::runtime::kernels::{nchw_to_nhwc, nhwc_to_nchw};
+    let graph = |fmt: &str, shape: &[i64]| {
+        let ints = |nhwc: [i64; 4]| {
+            if fmt == "NHWC" {
+                nhwc.to_vec()
+            } else {
+                vec![nhwc[0], nhwc[3], nhwc[1], nhwc[2]]
+            }
+        };
+        let w: Vec<f32> = (0..3 * 3 * 2 * 4)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0)
+            .collect();
+        let g = build::graph(vec![
+            build::placeholder("x", shape),
+            build::constant("w", build::f32_tensor(&[3, 3, 2, 4], &w)),
+            NodeBuilder::new("conv", "Conv2D", &["x", "w"])
+                .attr_s("data_format", fmt)
+                .attr_s("padding", "SAME")
+                .attr_ints("strides", &ints([1, 2, 2, 1]))
+                .build(),
+            build::constant("b", build::f32_tensor(&[4], &[0.1, -0.2, 0.3, -0.4])),
+            NodeBuilder::new("bias", "BiasAdd", &["conv", "b"])
+                .attr_s("data_format", fmt)
+                .build(),
+            build::constant("g", build::f32_tensor(&[4], &[1.0, 0.5, 2.0, 1.5])),
+            build::constant("be", build::f32_tensor(&[4], &[0.0, 0.1, 0.2, 0.3])),
+            build::constant("m", build::f32_tensor(&[4], &[0.1, 0.2, 0.3, 0.4])),
+            build::constant("v", build::f32_tensor(&[4], &[1.0, 2.0, 0.5, 0.25])),
+            NodeBuilder::new("bn", "FusedBatchNormV3", &["bias", "g", "be", "m", "v"])
+                .attr_s("data_format", fmt)
+                .build(),
+            NodeBuilder::new("pool", "MaxPool", &["bn"])
+                .attr_s("data_format", fmt)
+                .attr_s("padding", "SAME")
+                .attr_ints("ksize", &ints([1, 3, 3, 1]))
+                .attr_ints("strides", &ints([1, 2, 2, 1]))
+                .build(),
+            NodeBuilder::new("avg", "AvgPool", &["pool"])
+                .attr_s("data_format", fmt)
+                .attr_s("padding", "SAME")
+                .attr_ints("ksize", &ints([1, 2, 2, 1]))
+                .attr_ints("strides", &ints([1, 1, 1, 1]))
+                .build(),
+        ]);
+        tf::import(&g, &tf::LoadOptions::default()).unwrap()
+    };
+    let x: Vec<f32> = (0..2 * 7 * 6 * 2)
+        .map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0)
+        .collect();
+    let nhwc = graph("NHWC", &[2, 7, 6, 2]);
+    let nchw = graph("NCHW", &[2, 2, 7, 6]);
+    let xa = Tensor::f32(vec![2, 7, 6, 2], x.clone()).unwrap();
+    let xb = Tensor::f32(vec![2, 2, 7, 6], nhwc_to_nchw(&x, [2, 7, 6, 2])).unwrap();
+    let fetch = vec!["conv".to_string(), "bn".to_string(), "avg".to_string()];
+    let a = faceall::runtime::run(
+        &nhwc,
+        &std::collections::HashMap::from([("x".to_string(), xa)]),
+        &fetch,
+    )
+    .unwrap();
+    let b = faceall::runtime::run(
+        &nchw,
+        &std::collections::HashMap::from([("x".to_string(), xb)]),
+        &fetch,
+    )
+    .unwrap();
+    for ((name, a), b) in fetch.iter().zip(&a).zip(&b) {
+        let s = b.shape();
+        let back = Tensor::f32(
+            a.shape().to_vec(),
+            nchw_to_nhwc(&b.as_f32().unwrap(), [s[0], s[1], s[2], s[3]]),
+        )
+        .unwrap();
+        let c = compare(&back, a, Tolerance::EXACT).unwrap();
+        assert!(c.passed(), "{name}: {c}");
+    }
+}

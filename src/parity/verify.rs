@@ -465,7 +465,12 @@ pub fn verify_coreml(c: &Checked, mlmodel: &Path) -> Result<TargetReport> {
     let mut layers = vec![];
     let mut run_error = None;
     for (s, sample) in samples.iter().enumerate() {
-        let batch = sample.values().next().map(|t| t.shape()[0]).unwrap_or(1);
+        let batch = sample
+            .values()
+            .next()
+            .and_then(|t| t.shape().first().copied())
+            .unwrap_or(1)
+            .max(1);
         for n in 0..batch {
             let mut feeds = HashMap::new();
             for (name, t) in sample {
@@ -502,7 +507,7 @@ pub fn verify_coreml(c: &Checked, mlmodel: &Path) -> Result<TargetReport> {
                 }
                 let output = g.outputs.iter().any(|w| g.nodes[w.node].name == node.name);
                 let tol = overrides.get(&node.name).copied().unwrap_or(tol);
-                let per = want.len() / want.shape()[0].max(1);
+                let per = want.len() / want.shape().first().copied().unwrap_or(1).max(1);
                 let want_n = Tensor::f32(
                     std::iter::once(1)
                         .chain(want.shape()[1..].iter().copied())

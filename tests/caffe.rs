@@ -387,6 +387,14 @@ mod bad_input {
             assert!(files_in(out.path()).is_empty());
         }
         std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A directory nobody (root included) may create files in: sysfs.
+        let sys = Path::new("/sys/kernel");
+        if sys.is_dir() {
+            let res = faceall(&["convert-tf", model.to_str().unwrap(), "--to", "caffe", "--out-dir", "/sys/kernel"]);
+            assert_eq!(res.status.code(), Some(1));
+            let err = stderr(&res);
+            assert!(err.contains("/sys/kernel/model.prototxt") && err.contains("denied"), "{err}");
+        }
     }
 
     #[test]

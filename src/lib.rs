@@ -5,6 +5,7 @@
 //! the IR with TensorFlow's semantics so any intermediate value can be
 //! compared with a converted model.
 
+pub mod detect;
 pub mod emit;
 pub mod error;
 pub mod frontend;

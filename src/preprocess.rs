@@ -50,18 +50,18 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// A square crop (x, y, side) resized to `size` x `size`, prewhitened, as a
-/// 1 x size x size x 3 NHWC tensor.
-pub fn face_input(img: &image::RgbImage, crop: [u32; 3], size: u32) -> Result<Tensor> {
-    let [x, y, side] = crop;
-    if side == 0 || x + side > img.width() || y + side > img.height() {
+/// A crop (x, y, width, height) resized to `size` x `size`, prewhitened, as
+/// a 1 x size x size x 3 NHWC tensor.
+pub fn face_input(img: &image::RgbImage, crop: [u32; 4], size: u32) -> Result<Tensor> {
+    let [x, y, w, h] = crop;
+    if w == 0 || h == 0 || x + w > img.width() || y + h > img.height() {
         return Err(Error::Usage(format!(
             "crop {crop:?} is outside the {}x{} image",
             img.width(),
             img.height()
         )));
     }
-    let view = image::imageops::crop_imm(img, x, y, side, side).to_image();
+    let view = image::imageops::crop_imm(img, x, y, w, h).to_image();
     let resized = image::imageops::resize(&view, size, size, image::imageops::FilterType::Triangle);
     let mut v: Vec<f32> = resized.as_raw().iter().map(|&b| b as f32).collect();
     prewhiten(&mut v);
@@ -70,9 +70,14 @@ pub fn face_input(img: &image::RgbImage, crop: [u32; 3], size: u32) -> Result<Te
 
 /// The centred largest square of an image: the crop for a picture that is
 /// already a face (no detector involved).
-pub fn center_square(img: &image::RgbImage) -> [u32; 3] {
+pub fn center_square(img: &image::RgbImage) -> [u32; 4] {
     let side = img.width().min(img.height());
-    [(img.width() - side) / 2, (img.height() - side) / 2, side]
+    [
+        (img.width() - side) / 2,
+        (img.height() - side) / 2,
+        side,
+        side,
+    ]
 }
 
 #[cfg(test)]

@@ -390,10 +390,20 @@ mod bad_input {
         // A directory nobody (root included) may create files in: sysfs.
         let sys = Path::new("/sys/kernel");
         if sys.is_dir() {
-            let res = faceall(&["convert-tf", model.to_str().unwrap(), "--to", "caffe", "--out-dir", "/sys/kernel"]);
+            let res = faceall(&[
+                "convert-tf",
+                model.to_str().unwrap(),
+                "--to",
+                "caffe",
+                "--out-dir",
+                "/sys/kernel",
+            ]);
             assert_eq!(res.status.code(), Some(1));
             let err = stderr(&res);
-            assert!(err.contains("/sys/kernel/model.prototxt") && err.contains("denied"), "{err}");
+            assert!(
+                err.contains("/sys/kernel/model.prototxt") && err.contains("denied"),
+                "{err}"
+            );
         }
     }
 

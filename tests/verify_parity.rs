@@ -406,6 +406,47 @@ mod bad_input {
 }
 
 #[test]
+fn real_face_crops_found_by_mtcnn() {
+    let model = case_dir("inception_resnet_v1_switch").join("model.pb");
+    let d = tempfile::tempdir().unwrap();
+    convert(&model, d.path(), &[]);
+    let mtcnn = shared().join("models/mtcnn");
+    let r = verify(
+        &model,
+        d.path(),
+        &[
+            "--images",
+            shared().join("images/faces/query").to_str().unwrap(),
+            "--mtcnn",
+            mtcnn.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.report["samples"], 6);
+    // A photo without a face is an input error.
+    let imgs = tempfile::tempdir().unwrap();
+    image::RgbImage::from_pixel(120, 100, image::Rgb([90, 90, 90]))
+        .save(imgs.path().join("wall.png"))
+        .unwrap();
+    let r = verify(
+        &model,
+        d.path(),
+        &[
+            "--images",
+            imgs.path().to_str().unwrap(),
+            "--mtcnn",
+            mtcnn.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("wall.png") && r.stderr.contains("no face found"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn real_face_crops() {
     let model = case_dir("inception_resnet_v1_switch").join("model.pb");
     let d = tempfile::tempdir().unwrap();

@@ -23,9 +23,13 @@ pub struct Args {
     /// Converted Core ML model
     #[arg(long)]
     coreml: Option<PathBuf>,
-    /// Face crops: every image in DIR, centre square, resized, prewhitened
+    /// Face photos: every .jpg/.png in DIR; with --mtcnn, the largest face
+    /// found (margin 44, as FaceNet), else the centre square; resized, prewhitened
     #[arg(long, conflicts_with = "random")]
     images: Option<PathBuf>,
+    /// MTCNN Caffe models (det1/det2/det3 .prototxt + .caffemodel) to find the faces in --images
+    #[arg(long, requires = "images")]
+    mtcnn: Option<PathBuf>,
     /// Number of seeded random inputs (default 1)
     #[arg(long)]
     random: Option<usize>,
@@ -89,7 +93,7 @@ fn check(a: Args) -> Result<Report> {
     };
     let g = tf::load(&a.tf, &tf::LoadOptions::default())?;
     let samples = match &a.images {
-        Some(dir) => image_samples(&g, dir)?,
+        Some(dir) => image_samples(&g, dir, a.mtcnn.as_deref())?,
         None => verify::random_samples(&g, a.random.unwrap_or(1).max(1), a.seed)?,
     };
     // The TF tensors that have a blob in some converted model.
@@ -143,7 +147,12 @@ fn check(a: Args) -> Result<Report> {
     Ok(report)
 }
 
-fn image_samples(g: &faceall::ir::Graph, dir: &std::path::Path) -> Result<Vec<verify::Sample>> {
+fn image_samples(
+    g: &faceall::ir::Graph,
+    dir: &std::path::Path,
+    mtcnn: Option<&std::path::Path>,
+) -> Result<Vec<verify::Sample>> {
+    let detector = mtcnn.map(faceall::detect::mtcnn::Mtcnn::load).transpose()?;
     let &[input] = g.inputs.as_slice() else {
         bail!("--images needs a graph with one input")
     };
@@ -171,11 +180,19 @@ fn image_samples(g: &faceall::ir::Graph, dir: &std::path::Path) -> Result<Vec<ve
         .iter()
         .map(|f| {
             let img = faceall::preprocess::decode(f)?;
-            let t = faceall::preprocess::face_input(
-                &img,
-                faceall::preprocess::center_square(&img),
-                h as u32,
-            )?;
+            let crop = match &detector {
+                Some(d) => {
+                    let faces = d.detect(&img)?;
+                    let area = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
+                    let best = faces
+                        .iter()
+                        .max_by(|a, b| area(&a.bbox).total_cmp(&area(&b.bbox)))
+                        .with_context(|| format!("{}: no face found", f.display()))?;
+                    faceall::detect::mtcnn::face_crop(&img, best, 44.0)
+                }
+                None => faceall::preprocess::center_square(&img),
+            };
+            let t = faceall::preprocess::face_input(&img, crop, h as u32)?;
             Ok(std::collections::HashMap::from([(
                 g.nodes[input].name.clone(),
                 t,

@@ -1,0 +1,3 @@
+//! Face detection.
+
+pub mod mtcnn;

@@ -1,0 +1,310 @@
+//! MTCNN (Zhang et al. 2016): PNet over an image pyramid, then RNet and
+//! ONet on the candidates, with box regression, NMS and five landmarks, run
+//! by faceall's Caffe executor. The algorithm and constants follow FaceNet's
+//! `detect_face.py` (which feeds these same weights): pixels scaled as
+//! (x - 127.5) / 128 and fed transposed (the nets were trained column-major).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use image::RgbImage;
+
+use crate::error::{Error, Result};
+use crate::ir::Tensor;
+use crate::runtime::caffe::CaffeModel;
+
+/// One detected face: box (x1, y1, x2, y2) in pixels, score, landmarks
+/// (left eye, right eye, nose, mouth left, mouth right) as (x, y).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Face {
+    pub bbox: [f32; 4],
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
+}
+
+pub struct Mtcnn {
+    pnet: CaffeModel,
+    rnet: CaffeModel,
+    onet: CaffeModel,
+    /// Smallest face searched, in pixels.
+    pub min_size: f32,
+    pub factor: f32,
+    pub thresholds: [f32; 3],
+}
+
+#[derive(Clone, Copy)]
+struct Cand {
+    b: [f32; 4],
+    score: f32,
+    reg: [f32; 4],
+}
+
+impl Mtcnn {
+    /// Load det1/det2/det3 (.prototxt + .caffemodel) from a directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let net = |n: &str| {
+            CaffeModel::load(
+                &dir.join(format!("{n}.prototxt")),
+                Some(&dir.join(format!("{n}.caffemodel"))),
+            )
+        };
+        Ok(Mtcnn {
+            pnet: net("det1")?,
+            rnet: net("det2")?,
+            onet: net("det3")?,
+            min_size: 20.0,
+            factor: 0.709,
+            thresholds: [0.6, 0.7, 0.7],
+        })
+    }
+
+    pub fn detect(&self, img: &RgbImage) -> Result<Vec<Face>> {
+        let (w, h) = (img.width() as f32, img.height() as f32);
+        // Pyramid.
+        let mut scales = vec![];
+        let m = 12.0 / self.min_size;
+        let mut minl = w.min(h) * m;
+        let mut f = 1.0;
+        while minl >= 12.0 {
+            scales.push(m * f);
+            minl *= self.factor;
+            f *= self.factor;
+        }
+        let mut total = vec![];
+        for &scale in &scales {
+            let (hs, ws) = ((h * scale).ceil() as u32, (w * scale).ceil() as u32);
+            if hs < 12 || ws < 12 {
+                continue;
+            }
+            let resized =
+                image::imageops::resize(img, ws, hs, image::imageops::FilterType::Triangle);
+            let out = run(&self.pnet, blob(&[resized])?, &["prob1", "conv4-2"])?;
+            let (prob, reg) = (&out[0], &out[1]);
+            let &[_, _, pw, ph] = prob.shape() else {
+                return Err(Error::Usage("PNet output is not 4-D".into()));
+            };
+            let (p, r) = (prob.as_f32()?, reg.as_f32()?);
+            let mut boxes = vec![];
+            for x in 0..pw {
+                for y in 0..ph {
+                    let s = p[(pw + x) * ph + y];
+                    if s >= self.thresholds[0] {
+                        let q = |v: usize| v as f32;
+                        let b = [
+                            ((2.0 * q(x) + 1.0) / scale).trunc(),
+                            ((2.0 * q(y) + 1.0) / scale).trunc(),
+                            ((2.0 * q(x) + 12.0) / scale).trunc(),
+                            ((2.0 * q(y) + 12.0) / scale).trunc(),
+                        ];
+                        let reg = [0, 1, 2, 3].map(|k| r[(k * pw + x) * ph + y]);
+                        boxes.push(Cand { b, score: s, reg });
+                    }
+                }
+            }
+            total.extend(nms(boxes, 0.5, false));
+        }
+        let total = nms(total, 0.7, false);
+        let mut boxes: Vec<Cand> = total
+            .iter()
+            .map(|c| {
+                let (rw, rh) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
+                let b = [
+                    c.b[0] + c.reg[0] * rw,
+                    c.b[1] + c.reg[1] * rh,
+                    c.b[2] + c.reg[2] * rw,
+                    c.b[3] + c.reg[3] * rh,
+                ];
+                Cand {
+                    b: rerec(b).map(f32::trunc),
+                    ..*c
+                }
+            })
+            .collect();
+        // RNet
+        if boxes.is_empty() {
+            return Ok(vec![]);
+        }
+        let crops: Vec<RgbImage> = boxes.iter().map(|c| crop(img, c.b, 24)).collect();
+        let out = run(&self.rnet, blob(&crops)?, &["prob1", "conv5-2"])?;
+        let (p, r) = (out[0].as_f32()?, out[1].as_f32()?);
+        let mut kept = vec![];
+        for (i, c) in boxes.iter().enumerate() {
+            let s = p[i * 2 + 1];
+            if s > self.thresholds[1] {
+                kept.push(Cand {
+                    b: c.b,
+                    score: s,
+                    reg: [0, 1, 2, 3].map(|k| r[i * 4 + k]),
+                });
+            }
+        }
+        boxes = nms(kept, 0.7, false)
+            .into_iter()
+            .map(|c| Cand {
+                b: rerec(bbreg(c.b, c.reg)),
+                ..c
+            })
+            .collect();
+        if boxes.is_empty() {
+            return Ok(vec![]);
+        }
+        // ONet
+        let boxes_fixed: Vec<[f32; 4]> = boxes.iter().map(|c| c.b.map(f32::trunc)).collect();
+        let crops: Vec<RgbImage> = boxes_fixed.iter().map(|b| crop(img, *b, 48)).collect();
+        let out = run(&self.onet, blob(&crops)?, &["prob1", "conv6-2", "conv6-3"])?;
+        let (p, r, l) = (out[0].as_f32()?, out[1].as_f32()?, out[2].as_f32()?);
+        let mut faces: Vec<(Cand, [[f32; 2]; 5])> = vec![];
+        for (i, b) in boxes_fixed.iter().enumerate() {
+            let s = p[i * 2 + 1];
+            if s <= self.thresholds[2] {
+                continue;
+            }
+            let (bw, bh) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+            let lm = [0, 1, 2, 3, 4].map(|k| {
+                [
+                    bw * l[i * 10 + k] + b[0] - 1.0,
+                    bh * l[i * 10 + 5 + k] + b[1] - 1.0,
+                ]
+            });
+            let c = Cand {
+                b: *b,
+                score: s,
+                reg: [0, 1, 2, 3].map(|k| r[i * 4 + k]),
+            };
+            faces.push((
+                Cand {
+                    b: bbreg(c.b, c.reg),
+                    ..c
+                },
+                lm,
+            ));
+        }
+        let picked = nms_idx(
+            &faces.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            0.7,
+            true,
+        );
+        Ok(picked
+            .into_iter()
+            .map(|i| {
+                let (c, lm) = faces[i];
+                Face {
+                    bbox: c.b,
+                    score: c.score,
+                    landmarks: lm,
+                }
+            })
+            .collect())
+    }
+}
+
+fn run(net: &CaffeModel, x: Tensor, outs: &[&str]) -> Result<Vec<Tensor>> {
+    let name = net
+        .inputs
+        .first()
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| "data".into());
+    let (blobs, _) = net.forward(&HashMap::from([(name, x)]))?;
+    outs.iter()
+        .map(|o| {
+            blobs
+                .get(*o)
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("MTCNN net has no output '{o}'")))
+        })
+        .collect()
+}
+
+/// Images (same size) as an N x 3 x W x H blob: transposed, (x - 127.5) / 128.
+fn blob(imgs: &[RgbImage]) -> Result<Tensor> {
+    let (w, h) = (imgs[0].width() as usize, imgs[0].height() as usize);
+    let mut v = vec![0.0f32; imgs.len() * 3 * w * h];
+    for (n, img) in imgs.iter().enumerate() {
+        for (x, y, p) in img.enumerate_pixels() {
+            for c in 0..3 {
+                v[((n * 3 + c) * w + x as usize) * h + y as usize] =
+                    (p.0[c] as f32 - 127.5) * 0.0078125;
+            }
+        }
+    }
+    Tensor::f32(vec![imgs.len(), 3, w, h], v)
+}
+
+/// The box (1-based inclusive pixel coordinates as FaceNet's `pad`), zero
+/// outside the image, resized to size x size.
+fn crop(img: &RgbImage, b: [f32; 4], size: u32) -> RgbImage {
+    let (x1, y1, x2, y2) = (b[0] as i64, b[1] as i64, b[2] as i64, b[3] as i64);
+    let (tw, th) = ((x2 - x1 + 1).max(1) as u32, (y2 - y1 + 1).max(1) as u32);
+    let mut tmp = RgbImage::new(tw, th);
+    for ty in 0..th as i64 {
+        for tx in 0..tw as i64 {
+            let (sx, sy) = (x1 + tx - 1, y1 + ty - 1);
+            if sx >= 0 && sy >= 0 && (sx as u32) < img.width() && (sy as u32) < img.height() {
+                tmp.put_pixel(tx as u32, ty as u32, *img.get_pixel(sx as u32, sy as u32));
+            }
+        }
+    }
+    image::imageops::resize(&tmp, size, size, image::imageops::FilterType::Triangle)
+}
+
+fn bbreg(b: [f32; 4], r: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+    [
+        b[0] + r[0] * w,
+        b[1] + r[1] * h,
+        b[2] + r[2] * w,
+        b[3] + r[3] * h,
+    ]
+}
+
+/// Square the box around its centre.
+fn rerec(b: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0], b[3] - b[1]);
+    let l = w.max(h);
+    let (x1, y1) = (b[0] + w * 0.5 - l * 0.5, b[1] + h * 0.5 - l * 0.5);
+    [x1, y1, x1 + l, y1 + l]
+}
+
+fn nms(c: Vec<Cand>, t: f32, min: bool) -> Vec<Cand> {
+    nms_idx(&c, t, min).into_iter().map(|i| c[i]).collect()
+}
+
+/// Greedy NMS by score; overlap by union or by the smaller box ("Min").
+fn nms_idx(c: &[Cand], t: f32, min: bool) -> Vec<usize> {
+    let area = |b: &[f32; 4]| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0);
+    let mut order: Vec<usize> = (0..c.len()).collect();
+    order.sort_by(|&a, &b| c[a].score.total_cmp(&c[b].score));
+    let mut pick = vec![];
+    while let Some(i) = order.pop() {
+        pick.push(i);
+        order.retain(|&j| {
+            let (a, b) = (&c[i].b, &c[j].b);
+            let w = (a[2].min(b[2]) - a[0].max(b[0]) + 1.0).max(0.0);
+            let h = (a[3].min(b[3]) - a[1].max(b[1]) + 1.0).max(0.0);
+            let inter = w * h;
+            let o = if min {
+                inter / area(a).min(area(b))
+            } else {
+                inter / (area(a) + area(b) - inter)
+            };
+            o <= t
+        });
+    }
+    pick
+}
+
+/// FaceNet's alignment: the box grown by `margin` pixels (half each side),
+/// clipped to the image, as a crop for `preprocess::face_input`.
+pub fn face_crop(img: &RgbImage, f: &Face, margin: f32) -> [u32; 4] {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let x1 = (f.bbox[0] - margin / 2.0).max(0.0);
+    let y1 = (f.bbox[1] - margin / 2.0).max(0.0);
+    let x2 = (f.bbox[2] + margin / 2.0).min(w);
+    let y2 = (f.bbox[3] + margin / 2.0).min(h);
+    [
+        x1 as u32,
+        y1 as u32,
+        (x2 - x1).max(1.0) as u32,
+        (y2 - y1).max(1.0) as u32,
+    ]
+}

@@ -1,0 +1,77 @@
+//! MTCNN on faceall's Caffe executor with FaceAll's original models, on the
+//! real photos: a face in every training photo, Obama and Biden in
+//! obama_and_biden.jpg, none in a blank image.
+
+mod common;
+
+use common::*;
+use faceall::detect::mtcnn::Mtcnn;
+
+fn detector() -> Mtcnn {
+    Mtcnn::load(&shared().join("models/mtcnn")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn finds_the_faces_in_the_real_photos() {
+    let m = detector();
+    let mut seen = 0;
+    for person in std::fs::read_dir(shared().join("images/faces/train")).unwrap() {
+        for f in std::fs::read_dir(person.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let img = faceall::preprocess::decode(&p).unwrap();
+            let faces = m.detect(&img).unwrap();
+            eprintln!(
+                "{}: {:?}",
+                p.display(),
+                faces
+                    .iter()
+                    .map(|f| (f.bbox.map(|v| v.round()), f.score))
+                    .collect::<Vec<_>>()
+            );
+            assert!(!faces.is_empty(), "{}: no face", p.display());
+            let best = &faces[0];
+            assert!(best.score > 0.9, "{}: {best:?}", p.display());
+            let [x1, y1, x2, y2] = best.bbox;
+            assert!(
+                x2 > x1 + 20.0 && y2 > y1 + 20.0,
+                "{}: {best:?}",
+                p.display()
+            );
+            // Landmarks lie inside the box: eyes above the mouth.
+            let lm = best.landmarks;
+            assert!(
+                lm.iter().all(|[x, y]| *x >= x1 - 5.0
+                    && *x <= x2 + 5.0
+                    && *y >= y1 - 5.0
+                    && *y <= y2 + 5.0),
+                "{}: {best:?}",
+                p.display()
+            );
+            assert!(
+                lm[0][1] < lm[3][1] && lm[1][1] < lm[4][1],
+                "{}: eyes below the mouth {best:?}",
+                p.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 9);
+    let img = faceall::preprocess::decode(&shared().join("images/faces/query/obama_and_biden.jpg"))
+        .unwrap();
+    let faces = m.detect(&img).unwrap();
+    // Biden, Obama, and the girl at the bottom right (partly in frame).
+    let mut big: Vec<_> = faces.iter().filter(|f| f.score > 0.95).collect();
+    big.sort_by(|a, b| (b.bbox[2] - b.bbox[0]).total_cmp(&(a.bbox[2] - a.bbox[0])));
+    assert!(big.len() >= 2, "{faces:?}");
+    let centres: Vec<f32> = big[..2]
+        .iter()
+        .map(|f| (f.bbox[0] + f.bbox[2]) / 2.0)
+        .collect();
+    assert!(
+        centres.iter().any(|c| (750.0..950.0).contains(c))
+            && centres.iter().any(|c| (1100.0..1350.0).contains(c)),
+        "{faces:?}"
+    );
+    let blank = image::RgbImage::from_pixel(200, 160, image::Rgb([128, 128, 128]));
+    assert!(m.detect(&blank).unwrap().is_empty());
+}

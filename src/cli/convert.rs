@@ -134,18 +134,27 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None
     };
     let source = {
-        let bytes = std::fs::read(&a.model)
-            .with_context(|| format!("{}: reading for its hash", a.model.display()))?;
+        // Hash the file through a read-only map: no copy of the weights.
+        let sha = if want("coreml") || want("safetensors") {
+            let f = std::fs::File::open(&a.model)
+                .with_context(|| format!("{}: opening for its hash", a.model.display()))?;
+            // SAFETY: read-only map of the model file, which faceall does not modify.
+            let map = unsafe { memmap2::Mmap::map(&f) }
+                .with_context(|| format!("{}: mapping for its hash", a.model.display()))?;
+            sha2::Sha256::digest(&map[..])
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        } else {
+            String::new()
+        };
         emit::safetensors::Source {
             name: a
                 .model
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            sha256: sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            sha256: sha,
         }
     };
     let coreml = if want("coreml") {

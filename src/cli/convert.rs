@@ -125,26 +125,35 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    let mut caffe = if want("caffe") {
-        Some(
-            emit::caffe::emit_with_faults(&graph, &name, &a.inject_fault)
-                .map_err(|e| e.in_file(&a.model))?,
-        )
-    } else {
-        None
-    };
+    // Each model is emitted, staged to a temporary file and dropped before
+    // the next: peak memory holds one converted model, not all of them.
+    let mut staging =
+        emit::files::Staging::new(&a.out_dir).context("writing the converted model")?;
+    let (mut caffe_layers, mut notes, mut blobs) = (0, vec![], vec![]);
+    if want("caffe") {
+        let mut c = emit::caffe::emit_with_faults(&graph, &name, &a.inject_fault)
+            .map_err(|e| e.in_file(&a.model))?;
+        let text = emit::caffe::prototxt(&mut c.net);
+        staging.stage(&format!("{name}.prototxt"), |w| {
+            Ok(w.write_all(text.as_bytes())?)
+        })?;
+        staging.stage(&format!("{name}.caffemodel"), |w| {
+            emit::caffe::write_caffemodel(&c.net, w)
+        })?;
+        caffe_layers = c.net.layer.len();
+        notes = c.notes;
+        blobs = c.blobs;
+    }
     let source = {
-        // Hash the file through a read-only map: no copy of the weights.
+        // Hash the file by streaming it through a small buffer: a second
+        // map would count the whole file again in the resident set.
         let sha = if want("coreml") || want("safetensors") {
-            let f = std::fs::File::open(&a.model)
+            let mut f = std::fs::File::open(&a.model)
                 .with_context(|| format!("{}: opening for its hash", a.model.display()))?;
-            // SAFETY: read-only map of the model file, which faceall does not modify.
-            let map = unsafe { memmap2::Mmap::map(&f) }
-                .with_context(|| format!("{}: mapping for its hash", a.model.display()))?;
-            sha2::Sha256::digest(&map[..])
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut f, &mut h)
+                .with_context(|| format!("{}: reading for its hash", a.model.display()))?;
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect()
         } else {
             String::new()
         };
@@ -157,7 +166,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             sha256: sha,
         }
     };
-    let coreml = if want("coreml") {
+    let (mut coreml_layers, mut coreml_blobs) = (0, vec![]);
+    if want("coreml") {
         let copts = emit::coreml::CoremlOptions {
             short_description: a.description.clone(),
             author: a.author.clone(),
@@ -167,66 +177,41 @@ pub fn run(a: Args) -> Result<ExitCode> {
             source_name: source.name.clone(),
             source_sha256: source.sha256.clone(),
         };
-        Some(emit::coreml::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?)
-    } else {
-        None
-    };
-    let mut files: Vec<(String, emit::files::Producer)> = vec![];
-    if let Some(c) = caffe.as_mut() {
-        let text = emit::caffe::prototxt(&mut c.net);
-        files.push((
-            format!("{name}.prototxt"),
-            Box::new(move |w| Ok(w.write_all(text.as_bytes())?)),
-        ));
-    }
-    if let Some(c) = caffe.as_ref() {
-        let net = &c.net;
-        files.push((
-            format!("{name}.caffemodel"),
-            Box::new(move |w| emit::caffe::write_caffemodel(net, w)),
-        ));
-    }
-    if let Some(c) = coreml.as_ref() {
-        let m = &c.model;
-        files.push((
-            format!("{name}.mlmodel"),
-            Box::new(move |w| emit::coreml::write_mlmodel(m, w)),
-        ));
+        let c = emit::coreml::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?;
+        staging.stage(&format!("{name}.mlmodel"), |w| {
+            emit::coreml::write_mlmodel(&c.model, w)
+        })?;
+        coreml_layers = match &c.model.Type {
+            Some(faceall::proto::coreml::model::Type::NeuralNetwork(n)) => n.layers.len(),
+            _ => 0,
+        };
+        coreml_blobs = c.blobs;
     }
     if want("safetensors") {
         let weights = format!("{name}.safetensors");
         let json = emit::safetensors::graph_json(&graph, source.clone(), &weights)?;
-        let (g, src) = (&graph, &source);
-        files.push((
-            weights,
-            Box::new(move |w| emit::safetensors::write_safetensors(g, src, w)),
-        ));
-        files.push((
-            format!("{name}.graph.json"),
-            Box::new(move |w| Ok(w.write_all(json.as_bytes())?)),
-        ));
+        staging.stage(&weights, |w| {
+            emit::safetensors::write_safetensors(&graph, &source, w)
+        })?;
+        staging.stage(&format!("{name}.graph.json"), |w| {
+            Ok(w.write_all(json.as_bytes())?)
+        })?;
     }
     progress.stage("writing the files");
-    let written =
-        emit::files::write_all(&a.out_dir, files).context("writing the converted model")?;
+    let written = staging.commit().context("writing the converted model")?;
     drop(progress);
     let r = Report {
         model: a.model.display().to_string(),
         files: written.iter().map(|p| p.display().to_string()).collect(),
         seconds: t0.elapsed().as_secs_f64(),
-        caffe_layers: caffe.as_ref().map(|c| c.net.layer.len()).unwrap_or(0),
+        caffe_layers,
         passes: report,
-        coreml_layers: coreml
-            .as_ref()
-            .map(|c| match &c.model.Type {
-                Some(faceall::proto::coreml::model::Type::NeuralNetwork(n)) => n.layers.len(),
-                _ => 0,
-            })
-            .unwrap_or(0),
-        coreml_blobs: coreml.map(|c| c.blobs).unwrap_or_default(),
-        layers: caffe.as_ref().map(|c| c.notes.clone()).unwrap_or_default(),
-        blobs: caffe.map(|c| c.blobs).unwrap_or_default(),
+        coreml_layers,
+        coreml_blobs,
+        layers: notes,
+        blobs,
     };
+
     let text = if a.json {
         serde_json::to_string_pretty(&r)? + "\n"
     } else {

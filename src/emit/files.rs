@@ -1,29 +1,39 @@
 //! Writing outputs atomically: every file goes to a temporary name in the
 //! target directory and is renamed into place only when all are written, so
-//! a failure leaves no partial files behind.
+//! a failure (or an early return) leaves no partial files behind. Files are
+//! staged one at a time, so a large model can be dropped from memory as soon
+//! as its file is staged.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Produces one file's bytes into a writer.
-pub type Producer<'a> = Box<dyn FnOnce(&mut dyn std::io::Write) -> Result<()> + 'a>;
+/// Files staged under temporary names in one directory; `commit` renames
+/// them all into place, dropping without `commit` removes them.
+pub struct Staging {
+    dir: PathBuf,
+    staged: Vec<(PathBuf, PathBuf)>,
+}
 
-/// Write all `(file name, producer)` into `dir` or none of them.
-pub fn write_all(dir: &Path, files: Vec<(String, Producer<'_>)>) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(dir).map_err(|e| Error::from(e).in_file(dir))?;
-    if !meta.is_dir() {
-        return Err(Error::Usage("output path is not a directory".into()).in_file(dir));
-    }
-    let mut temps: Vec<PathBuf> = vec![];
-    let cleanup = |temps: &[PathBuf]| {
-        for t in temps {
-            let _ = std::fs::remove_file(t);
+impl Staging {
+    pub fn new(dir: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::from(e).in_file(dir))?;
+        if !meta.is_dir() {
+            return Err(Error::Usage("output path is not a directory".into()).in_file(dir));
         }
-    };
-    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
-    for (name, produce) in files {
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        Ok(Staging {
+            dir: dir.to_path_buf(),
+            staged: vec![],
+        })
+    }
+
+    /// Write `name`'s bytes (through `produce`) to a temporary file.
+    pub fn stage(
+        &mut self,
+        name: &str,
+        produce: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+    ) -> Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let written = std::fs::File::create(&tmp)
             .map_err(Error::from)
             .and_then(|f| {
@@ -32,21 +42,39 @@ pub fn write_all(dir: &Path, files: Vec<(String, Producer<'_>)>) -> Result<Vec<P
                 std::io::Write::flush(&mut w)?;
                 Ok(())
             });
-        if let Err(e) = written {
-            cleanup(&temps);
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.in_file(dir.join(&name)));
+        match written {
+            Ok(()) => {
+                self.staged.push((tmp, self.dir.join(name)));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e.in_file(self.dir.join(name)))
+            }
         }
-        temps.push(tmp);
     }
-    let mut done = vec![];
-    for (name, tmp) in names.iter().zip(&temps) {
-        let dst = dir.join(name);
-        if let Err(e) = std::fs::rename(tmp, &dst) {
-            cleanup(&temps);
-            return Err(Error::from(e).in_file(dst));
+
+    /// Rename every staged file into place.
+    pub fn commit(mut self) -> Result<Vec<PathBuf>> {
+        let staged = std::mem::take(&mut self.staged);
+        let mut done = vec![];
+        for (i, (tmp, dst)) in staged.iter().enumerate() {
+            if let Err(e) = std::fs::rename(tmp, dst) {
+                for (t, _) in &staged[i..] {
+                    let _ = std::fs::remove_file(t);
+                }
+                return Err(Error::from(e).in_file(dst));
+            }
+            done.push(dst.clone());
         }
-        done.push(dst);
+        Ok(done)
     }
-    Ok(done)
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }

@@ -88,10 +88,18 @@ pub fn run_wires(
                 values[w.node] = None;
             }
         }
+        let t0 = profile().then(std::time::Instant::now);
         let out = eval_node(node, ins, feeds).map_err(|e| match e {
             e @ Error::Node { .. } => e,
             e => Error::node(&node.name, &node.source_op, e.to_string()),
         })?;
+        if let Some(t0) = t0 {
+            eprintln!(
+                "profile {} {:.3}",
+                node.op.kind(),
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+        }
         values[i] = Some(out);
     }
     fetch
@@ -110,6 +118,11 @@ pub fn run_wires(
             },
         )
         .collect()
+}
+
+fn profile() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FACEALL_PROFILE").is_some())
 }
 
 fn eval_node(node: &Node, ins: Vec<Slot>, feeds: &HashMap<String, Tensor>) -> Result<Vec<Slot>> {

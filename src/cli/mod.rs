@@ -1,5 +1,6 @@
 //! Command-line front end (clap). `anyhow` lives here only.
 
+mod bench;
 mod convert;
 mod inspect;
 mod verify;
@@ -27,6 +28,8 @@ enum Cmd {
     ConvertTf(Box<convert::Args>),
     /// Run the TF graph and converted models on the same inputs and compare them layer by layer.
     VerifyParity(Box<verify::Args>),
+    /// Time faceall's engine on a model (ms per image, images per second).
+    Bench(bench::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -35,6 +38,7 @@ pub fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::ConvertTf(a) => convert::run(*a),
         Cmd::VerifyParity(a) => verify::run(*a),
+        Cmd::Bench(a) => bench::run(a),
     };
     match result {
         Ok(code) => code,

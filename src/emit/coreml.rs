@@ -474,20 +474,16 @@ impl<'g> Em<'g> {
                 }
                 Ok(Some(Val { blob: out, ..x }))
             }
-            Op::Reduce {
-                reduce,
-                axes,
-                keep_dims,
-            } => {
+            Op::Reduce { reduce, axes, .. } => {
                 let x = self.val(n.inputs[0])?;
                 let in_rank = g.fact(n.inputs[0]).map_err(|e| e.to_string())?.shape.len();
-                let (axis, spatial) = match (in_rank, axes.as_slice(), &x.layout) {
-                    (4, [1, 2], CoremlLayout::Chw) => (reduce_layer_params::ReduceAxis::HW, true),
-                    (4, [3], CoremlLayout::Chw) => (reduce_layer_params::ReduceAxis::C, false),
-                    (2, [1], CoremlLayout::Same) => (reduce_layer_params::ReduceAxis::C, false),
+                // keep_dims or not, the per-sample (C, H, W) blob is the same:
+                // a reduced axis is 1 either way.
+                let axis = match (in_rank, axes.as_slice(), &x.layout) {
+                    (4, [1, 2], CoremlLayout::Chw) => reduce_layer_params::ReduceAxis::HW,
+                    (4, [3], CoremlLayout::Chw) | (2, [1], CoremlLayout::Same) => reduce_layer_params::ReduceAxis::C,
                     _ => return Err(format!("reduction over axes {axes:?} of a rank-{in_rank} value has no Core ML form here")),
                 };
-                let _ = (spatial, keep_dims);
                 let mut p = ReduceLayerParams::new();
                 p.mode = match reduce {
                     ReduceOp::Sum => reduce_layer_params::ReduceOperation::SUM,

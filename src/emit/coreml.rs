@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Result};
 use crate::ir::{
     resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
     UnaryOp, Wire,
@@ -777,13 +777,6 @@ fn feature(
 
 /// Emit the model; every node without a Core ML form is reported at once.
 pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
-    let mut needed = vec![false; g.nodes.len()];
-    let mut stack: Vec<usize> = g.outputs.iter().map(|w| w.node).collect();
-    while let Some(i) = stack.pop() {
-        if !std::mem::replace(&mut needed[i], true) {
-            stack.extend(g.nodes[i].inputs.iter().map(|w| w.node));
-        }
-    }
     let mut em = Em {
         g,
         fp16: opts.fp16,
@@ -791,43 +784,21 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
         vals: HashMap::new(),
         names: HashSet::new(),
     };
-    let mut unsupported = vec![];
-    let mut failed = HashSet::new();
     let mut blobs = vec![];
-    for (i, node) in g.nodes.iter().enumerate() {
-        if !needed[i] {
-            continue;
-        }
-        if node.inputs.iter().any(|w| failed.contains(&w.node)) {
-            failed.insert(i);
-            continue;
-        }
-        match em.emit(i) {
-            Ok(Some(v)) => {
-                if let Some(t) = node.carries() {
-                    blobs.push(CoremlBlob {
-                        tensor: t.to_string(),
-                        blob: v.blob.clone(),
-                        layout: v.layout.clone(),
-                        chw: v.chw,
-                    });
-                }
-                em.vals.insert(Wire { node: i, slot: 0 }, v);
-            }
-            Ok(None) => {}
-            Err(reason) => {
-                failed.insert(i);
-                unsupported.push(Unsupported {
-                    node: node.name.clone(),
-                    op: node.source_op.clone(),
-                    reason: format!("no Core ML form: {reason}"),
+    super::walk_needed(g, "Core ML", |i| {
+        if let Some(v) = em.emit(i)? {
+            if let Some(t) = g.nodes[i].carries() {
+                blobs.push(CoremlBlob {
+                    tensor: t.to_string(),
+                    blob: v.blob.clone(),
+                    layout: v.layout.clone(),
+                    chw: v.chw,
                 });
             }
+            em.vals.insert(Wire { node: i, slot: 0 }, v);
         }
-    }
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
+        Ok(())
+    })?;
     let mut desc = ModelDescription::new();
     for &i in &g.inputs {
         let v = em

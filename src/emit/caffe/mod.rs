@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Result};
 use crate::ir::{
     resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
     UnaryOp, Wire,
@@ -1195,13 +1195,6 @@ pub fn emit(g: &Graph, name: &str) -> Result<CaffeNet> {
 /// `emit` with deliberate mistakes (see `Fault`), for verify-parity's tests.
 #[doc(hidden)]
 pub fn emit_with_faults(g: &Graph, name: &str, faults: &[Fault]) -> Result<CaffeNet> {
-    let mut needed = vec![false; g.nodes.len()];
-    let mut stack: Vec<usize> = g.outputs.iter().map(|w| w.node).collect();
-    while let Some(i) = stack.pop() {
-        if !std::mem::replace(&mut needed[i], true) {
-            stack.extend(g.nodes[i].inputs.iter().map(|w| w.node));
-        }
-    }
     let mut em = Em {
         g,
         faults,
@@ -1211,22 +1204,13 @@ pub fn emit_with_faults(g: &Graph, name: &str, faults: &[Fault]) -> Result<Caffe
         current: vec![],
     };
     em.net.set_name(name.to_string());
-    let mut unsupported = vec![];
     let mut notes = vec![];
     let mut blobs = vec![];
-    let mut failed = HashSet::new();
-    for (i, node) in g.nodes.iter().enumerate() {
-        if !needed[i] {
-            continue;
-        }
-        // A node fed by a node that already failed is not reported again.
-        if node.inputs.iter().any(|w| failed.contains(&w.node)) {
-            failed.insert(i);
-            continue;
-        }
+    super::walk_needed(g, "Caffe", |i| {
+        let node = &g.nodes[i];
         em.current.clear();
-        match em.emit(i) {
-            Ok(Some(v)) => {
+        if let Some(v) = em.emit(i)? {
+            if let Some(tensor) = node.carries() {
                 let layer = em
                     .net
                     .layer
@@ -1235,41 +1219,28 @@ pub fn emit_with_faults(g: &Graph, name: &str, faults: &[Fault]) -> Result<Caffe
                     .find(|l| l.top.contains(&v.blob))
                     .map(|l| l.name().to_string())
                     .unwrap_or_default();
-                if let Some(tensor) = node.carries() {
-                    blobs.push(BlobMap {
-                        tensor: tensor.to_string(),
-                        blob: v.blob.clone(),
-                        layer,
-                        layout: v.layout.clone(),
-                    });
-                }
-                em.vals.insert(Wire { node: i, slot: 0 }, v);
-                let absorbed = if node.absorbed.is_empty() {
-                    String::new()
-                } else {
-                    format!("absorbed {}", node.absorbed.join(", "))
-                };
-                notes.push(LayerNote {
-                    node: node.name.clone(),
-                    op: node.op.kind().to_string(),
-                    layers: em.current.clone(),
-                    note: absorbed,
+                blobs.push(BlobMap {
+                    tensor: tensor.to_string(),
+                    blob: v.blob.clone(),
+                    layer,
+                    layout: v.layout.clone(),
                 });
             }
-            Ok(None) => {}
-            Err(reason) => {
-                failed.insert(i);
-                unsupported.push(Unsupported {
-                    node: node.name.clone(),
-                    op: node.source_op.clone(),
-                    reason: format!("no Caffe form: {reason}"),
-                })
-            }
+            em.vals.insert(Wire { node: i, slot: 0 }, v);
+            let note = if node.absorbed.is_empty() {
+                String::new()
+            } else {
+                format!("absorbed {}", node.absorbed.join(", "))
+            };
+            notes.push(LayerNote {
+                node: node.name.clone(),
+                op: node.op.kind().to_string(),
+                layers: em.current.clone(),
+                note,
+            });
         }
-    }
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
+        Ok(())
+    })?;
     let outputs = g
         .outputs
         .iter()

@@ -511,16 +511,11 @@ impl<'g> Em<'g> {
                     .map_err(|e| e.to_string())?
                     .shape
                     .clone();
-                let (k, nout) = if *transpose_b {
-                    (bs[1], bs[0])
-                } else {
-                    (bs[0], bs[1])
-                };
                 let flat = match x.layout {
                     CoremlLayout::FlatChw { h, w, c } => Some([h, w, c]),
                     _ => None,
                 };
-                let wc = super::layout::inner_product(&w, k, nout, *transpose_b, flat);
+                let (wc, k, nout) = super::layout::inner_product_of(&w, &bs, *transpose_b, flat);
                 let mut p = InnerProductLayerParams::new();
                 p.inputChannels = k as u64;
                 p.outputChannels = nout as u64;

@@ -34,6 +34,22 @@ pub fn conv_oihw(
     out
 }
 
+/// `inner_product` for weights of TF shape `shape` (2-D, checked by shape
+/// inference): returns the `[n, k]` weights, k and n.
+pub fn inner_product_of(
+    w: &[f32],
+    shape: &[usize],
+    transpose_b: bool,
+    flat_hwc: Option<[usize; 3]>,
+) -> (Vec<f32>, usize, usize) {
+    let (k, n) = match (shape, transpose_b) {
+        (&[a, b], false) => (a, b),
+        (&[a, b], true) => (b, a),
+        _ => (w.len(), 1),
+    };
+    (inner_product(w, k, n, transpose_b, flat_hwc), k, n)
+}
+
 /// TF MatMul weights (`[k, n]`, or `[n, k]` with `transpose_b`) to `[n, k]`
 /// for an input held channel-first: when the input was flattened from an
 /// NHWC map of `flat_hwc` (h, w, c), its rows are permuted from (h, w, c) to

@@ -716,11 +716,6 @@ impl<'g> Em<'g> {
                     .map_err(|e| e.to_string())?
                     .shape
                     .clone();
-                let (k, nout) = if *transpose_b {
-                    (bs[1], bs[0])
-                } else {
-                    (bs[0], bs[1])
-                };
                 let flat = match x.layout {
                     BlobLayout::FlatChw { h, w, c }
                         if !self.faults.contains(&Fault::FlattenNchw) =>
@@ -729,7 +724,7 @@ impl<'g> Em<'g> {
                     }
                     _ => None,
                 };
-                let wc = super::layout::inner_product(&w, k, nout, *transpose_b, flat);
+                let (wc, k, nout) = super::layout::inner_product_of(&w, &bs, *transpose_b, flat);
                 let bias = match n.inputs.get(2) {
                     Some(b) => Some(self.konst(*b)?.into_owned()),
                     None => None,

@@ -1,7 +1,8 @@
-//! `faceall bench MODEL`: time faceall's engine on a model, one image after
-//! another (batches are run image by image: batched kernels are issue #7's
-//! work), after a warm-up. MODEL is a converted bundle (NAME.graph.json), a
-//! Caffe deploy net (NAME.prototxt beside NAME.caffemodel) or a TF graph.
+//! `faceall bench MODEL`: time faceall's fast engine on a model after a
+//! warm-up: a batch of N images runs as one call. MODEL is a converted
+//! bundle (NAME.graph.json; a directory holding one) or a TF graph; `--engine
+//! reference` times the reference executor instead (image by image), and a
+//! Caffe deploy net (NAME.prototxt) always runs on the Caffe executor.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,8 +15,12 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// NAME.graph.json, NAME.prototxt (with NAME.caffemodel beside it) or MODEL.pb
+    /// NAME.graph.json (or a directory with one), NAME.prototxt (with
+    /// NAME.caffemodel beside it) or MODEL.pb
     model: PathBuf,
+    /// fast (packed, fused, batched) or reference (the exact executor)
+    #[arg(long, default_value = "fast")]
+    engine: String,
     /// Images per timed batch
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -31,6 +36,8 @@ struct Out {
     model: String,
     engine: &'static str,
     batch: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<faceall::runtime::engine::EngineStats>,
     iters: usize,
     ms_per_image: f64,
     images_per_second: f64,
@@ -40,10 +47,47 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.batch == 0 || a.iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
-    let path = a.model.to_string_lossy().into_owned();
+    if a.engine != "fast" && a.engine != "reference" {
+        bail!("--engine is fast or reference, not '{}'", a.engine);
+    }
+    let model = super::resolve_bundle(&a.model)?;
+    let path = model.to_string_lossy().into_owned();
+    // One call = one batch for the fast engine, one image for the others.
     let run_one: Box<dyn Fn() -> Result<()>>;
+    let per_call;
     let engine;
-    if path.ends_with(".prototxt") {
+    let mut stats = None;
+    if a.engine == "fast" && !path.ends_with(".prototxt") {
+        let g = if path.ends_with(".graph.json") {
+            engine = "fast engine (bundle)";
+            faceall::runtime::bundle::load_owned(&model)?
+        } else {
+            engine = "fast engine (TF graph)";
+            let mut g = faceall::frontend::tf::load(&model, &Default::default())?;
+            faceall::passes::run(&mut g, &Default::default())?;
+            g
+        };
+        let e = faceall::runtime::engine::Engine::compile(g)?;
+        stats = Some(e.stats());
+        let xs: Vec<Vec<f32>> = e
+            .inputs()
+            .iter()
+            .map(|p| {
+                let mut shape = p.shape.clone();
+                if let Some(d) = shape.first_mut() {
+                    *d *= a.batch;
+                }
+                Ok(input(&shape)?.as_f32()?.into_owned())
+            })
+            .collect::<Result<_>>()?;
+        let batch = a.batch;
+        per_call = a.batch;
+        run_one = Box::new(move || {
+            let refs: Vec<&[f32]> = xs.iter().map(|v| &v[..]).collect();
+            e.run(&refs, batch)?;
+            Ok(())
+        });
+    } else if path.ends_with(".prototxt") {
         let weights = a.model.with_extension("caffemodel");
         let net = faceall::runtime::caffe::CaffeModel::load(&a.model, Some(&weights))?;
         let feeds: HashMap<String, Tensor> = net
@@ -52,6 +96,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map(|(n, s)| Ok((n.clone(), input(s)?)))
             .collect::<Result<_>>()?;
         engine = "caffe executor";
+        per_call = 1;
         run_one = Box::new(move || {
             net.forward(&feeds)?;
             Ok(())
@@ -59,11 +104,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         let g = if path.ends_with(".graph.json") {
             engine = "bundle (IR executor)";
-            faceall::runtime::bundle::load(&a.model)?
+            faceall::runtime::bundle::load(&model)?
         } else {
             engine = "TF graph (IR executor)";
-            faceall::frontend::tf::load(&a.model, &Default::default())?
+            faceall::frontend::tf::load(&model, &Default::default())?
         };
+        per_call = 1;
         let feeds: HashMap<String, Tensor> = g
             .inputs
             .iter()
@@ -80,13 +126,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Ok(())
         });
     }
-    for _ in 0..a.batch {
+    let calls = a.batch / per_call;
+    for _ in 0..calls {
         run_one().context("warm-up")?;
     }
     let mut per_image = vec![];
     for _ in 0..a.iters {
         let t = Instant::now();
-        for _ in 0..a.batch {
+        for _ in 0..calls {
             run_one()?;
         }
         per_image.push(t.elapsed().as_secs_f64() * 1000.0 / a.batch as f64);
@@ -97,6 +144,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         model: path,
         engine,
         batch: a.batch,
+        stats,
         iters: a.iters,
         ms_per_image: ms,
         images_per_second: 1000.0 / ms,

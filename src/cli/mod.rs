@@ -83,3 +83,31 @@ pub fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
+
+/// A model path as given, or the one NAME.graph.json inside a directory.
+pub fn resolve_bundle(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let mut found = vec![];
+    for e in std::fs::read_dir(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().ends_with(".graph.json") {
+            found.push(e.path());
+        }
+    }
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => anyhow::bail!(
+            "{}: no NAME.graph.json here (convert with `faceall convert-tf MODEL.pb --to safetensors`)",
+            path.display()
+        ),
+        _ => anyhow::bail!(
+            "{}: several .graph.json files; name one of them",
+            path.display()
+        ),
+    }
+}

@@ -25,6 +25,17 @@ fn dtype(s: &str) -> Result<DType> {
 
 /// Load `NAME.graph.json` and the safetensors file it names.
 pub fn load(graph_json: &Path) -> Result<Graph> {
+    load_with(graph_json, true)
+}
+
+/// As `load`, but every constant owns its bytes (read, not mapped), so a
+/// consumer that drops weights as it repacks them (the fast engine) gives
+/// their memory back at once; a mapped file stays resident until unmapped.
+pub fn load_owned(graph_json: &Path) -> Result<Graph> {
+    load_with(graph_json, false)
+}
+
+fn load_with(graph_json: &Path, mapped: bool) -> Result<Graph> {
     let text =
         std::fs::read_to_string(graph_json).map_err(|e| Error::from(e).in_file(graph_json))?;
     let gj: GraphJson = serde_json::from_str(&text)
@@ -47,7 +58,36 @@ pub fn load(graph_json: &Path) -> Result<Graph> {
         .unwrap_or(Path::new("."))
         .join(&gj.weights);
     let bytes = map(&weights).map_err(|e| e.in_file(&weights))?;
-    build(&gj, &bytes).map_err(|e| e.in_file(&weights))
+    let mut g = build(&gj, &bytes).map_err(|e| e.in_file(&weights))?;
+    if !mapped {
+        // Read each tensor into its own allocation, so each can be freed on
+        // its own; the map's data pages are never touched.
+        let file = std::fs::File::open(&weights).map_err(|e| Error::from(e).in_file(&weights))?;
+        let base = bytes.as_ptr() as usize;
+        for n in &mut g.nodes {
+            if let Op::Const(t) = &mut n.op {
+                if let crate::ir::Data::Raw(b) = t.data() {
+                    let mut own = vec![0u8; b.len()];
+                    read_at(&file, &mut own, (b.as_ptr() as usize - base) as u64)
+                        .map_err(|e| Error::from(e).in_file(&weights))?;
+                    *t = Tensor::from_raw(t.dtype(), t.shape().to_vec(), Bytes::from(own))?;
+                }
+            }
+        }
+    }
+    Ok(g)
+}
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, at)
+}
+
+#[cfg(not(unix))]
+fn read_at(mut f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(at))?;
+    f.read_exact(buf)
 }
 
 fn map(path: &Path) -> Result<Bytes> {

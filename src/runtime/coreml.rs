@@ -36,7 +36,7 @@ pub fn weight_values(w: &WeightParams) -> Result<Vec<f32>> {
         return Ok(w.floatValue.clone());
     }
     if !w.float16Value.is_empty() {
-        if w.float16Value.len() % 2 != 0 {
+        if !w.float16Value.len().is_multiple_of(2) {
             return Err(bad("float16 weights with an odd byte count"));
         }
         return Ok(w
@@ -275,7 +275,7 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
             ];
             let groups = (p.nGroups as usize).max(1);
             let o = p.outputChannels as usize;
-            if p.kernelChannels as usize * groups != c || o % groups != 0 {
+            if p.kernelChannels as usize * groups != c || !o.is_multiple_of(groups) {
                 return Err(bad(format!(
                     "{c} input channels do not match kernelChannels {} x nGroups {groups}",
                     p.kernelChannels

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod caffe;
 pub mod coreml;
+pub mod engine;
 pub mod kernels;
 
 use std::collections::HashMap;
@@ -202,7 +203,7 @@ fn from_nhwc(v: Vec<f32>, layout: Layout, nhwc: [usize; 4]) -> Vec<f32> {
 }
 
 /// Spatial padding before (top, left) and the output size.
-fn geometry(
+pub(crate) fn geometry(
     padding: &Padding,
     hw: [usize; 2],
     k: [usize; 2],

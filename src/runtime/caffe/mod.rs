@@ -143,7 +143,10 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
             let group = cp.group().max(1) as usize;
             let wt = blob(0)?;
             let o = cp.num_output() as usize;
-            if wt.len() != o * (c / group) * k[0] * k[1] || c % group != 0 || o % group != 0 {
+            if wt.len() != o * (c / group) * k[0] * k[1]
+                || c % group != 0
+                || !o.is_multiple_of(group)
+            {
                 return Err(Error::Usage(format!("weights {:?} do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}", wt.shape())));
             }
             let ek = |i: usize| (k[i] - 1) * dil[i] + 1;

@@ -3,8 +3,25 @@
 
 use crate::ir::PoolKind;
 
+/// Pool into a new buffer (see `pool_nhwc_into`).
 #[allow(clippy::too_many_arguments)]
 pub fn pool_nhwc(
+    x: &[f32],
+    dims: [usize; 4],
+    kind: PoolKind,
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    out_hw: [usize; 2],
+) -> Vec<f32> {
+    let mut out = vec![0.0; dims[0] * out_hw[0] * out_hw[1] * dims[3]];
+    pool_nhwc_into(x, dims, kind, k, stride, pad, out_hw, &mut out);
+    out
+}
+
+/// As `pool_nhwc`, into `out` (n * oh * ow * c floats).
+#[allow(clippy::too_many_arguments)]
+pub fn pool_nhwc_into(
     x: &[f32],
     [n, h, w, c]: [usize; 4],
     kind: PoolKind,
@@ -12,8 +29,8 @@ pub fn pool_nhwc(
     stride: [usize; 2],
     pad: [usize; 2],
     [oh, ow]: [usize; 2],
-) -> Vec<f32> {
-    let mut out = vec![0.0; n * oh * ow * c];
+    out: &mut [f32],
+) {
     let mut acc = vec![0.0f32; c];
     for b in 0..n {
         for oy in 0..oh {
@@ -50,5 +67,4 @@ pub fn pool_nhwc(
             }
         }
     }
-    out
 }

@@ -1,0 +1,578 @@
+//! The fast engine's matrix multiply: C = epilogue(A x B) with B (the
+//! weights) packed once at load into panels of `NR` columns, A packed per
+//! block of rows while it is gathered (so im2col never materialises the whole
+//! patch matrix), and bias, residual add and ReLU applied in registers before
+//! the one store. Rows are split across rayon's threads.
+//!
+//! The microkernel is AVX-512 (12 x 32 tile, 24 accumulators) when the CPU
+//! has it, and a portable loop otherwise; both sum over k in the same order,
+//! one product at a time, so results do not depend on the path.
+
+use std::cell::RefCell;
+
+/// Columns per packed panel of B: two AVX-512 vectors.
+pub const NR: usize = 32;
+/// Rows per microkernel tile.
+pub const MR: usize = 12;
+/// Bytes of packed A each task keeps hot (about a quarter of L2).
+const A_BLOCK_BYTES: usize = 256 * 1024;
+const MAX_BLOCK_ROWS: usize = 16 * MR;
+
+/// A 64-byte aligned f32 buffer (vector loads never straddle a cache line).
+#[derive(Clone, Default)]
+pub struct AlignedBuf {
+    raw: Vec<f32>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> Self {
+        let raw = vec![0.0f32; len + 16];
+        let offset = raw.as_ptr().align_offset(64).min(15);
+        AlignedBuf { raw, offset, len }
+    }
+    pub fn as_slice(&self) -> &[f32] {
+        &self.raw[self.offset..self.offset + self.len]
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.raw[self.offset..self.offset + self.len]
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// B [k, n] packed: panel j holds columns j*NR.. as k rows of NR floats
+/// (zero past n), panels one after another; the bias padded likewise.
+#[derive(Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    panels: AlignedBuf,
+    bias: AlignedBuf,
+}
+
+impl PackedB {
+    /// `b[i * rs + j * cs]` is B[i, j]; `bias` has n entries when present.
+    pub fn pack(b: &[f32], k: usize, n: usize, rs: usize, cs: usize, bias: Option<&[f32]>) -> Self {
+        let np = n.div_ceil(NR);
+        let mut panels = AlignedBuf::zeroed(np * k * NR);
+        let dst = panels.as_mut_slice();
+        for j in 0..np {
+            let cols = NR.min(n - j * NR);
+            for i in 0..k {
+                let row = &mut dst[(j * k + i) * NR..][..cols];
+                for (c, d) in row.iter_mut().enumerate() {
+                    *d = b[i * rs + (j * NR + c) * cs];
+                }
+            }
+        }
+        let mut padded = AlignedBuf::zeroed(np * NR);
+        if let Some(bias) = bias {
+            padded.as_mut_slice()[..n].copy_from_slice(&bias[..n]);
+        }
+        PackedB {
+            k,
+            n,
+            panels,
+            bias: padded,
+        }
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Bytes held (for memory accounting).
+    pub fn bytes(&self) -> usize {
+        (self.panels.len() + self.bias.len()) * 4
+    }
+    fn panel(&self, j: usize) -> &[f32] {
+        &self.panels.as_slice()[j * self.k * NR..][..self.k * NR]
+    }
+}
+
+/// Activation applied last, in registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+}
+
+/// What happens to a tile of A x B before it is stored:
+/// `act(res_scale * R + scale * (acc + bias))`, R being the residual.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: f32,
+    /// (values with row stride, res_scale)
+    pub residual: Option<(&'a [f32], usize, f32)>,
+    pub act: Act,
+}
+
+impl Default for Epilogue<'_> {
+    fn default() -> Self {
+        Epilogue {
+            scale: 1.0,
+            residual: None,
+            act: Act::None,
+        }
+    }
+}
+
+/// Where the rows of A come from. `pack` writes rows `m0..m0+rows` (rows <=
+/// MR) as k-major groups of MR floats, zeros for rows past `rows`.
+pub trait ASource: Sync {
+    fn rows(&self) -> usize;
+    fn k(&self) -> usize;
+    fn pack(&self, m0: usize, rows: usize, dst: &mut [f32]);
+    /// Row-major storage with its row stride, when the kernel can read A
+    /// in place (no packing at all).
+    fn direct(&self) -> Option<(&[f32], usize)> {
+        None
+    }
+}
+
+/// Interleave MR sources of `len` floats (None = zeros) into k-major groups.
+#[inline]
+fn interleave(src: &[Option<&[f32]>; MR], len: usize, dst: &mut [f32]) {
+    let dst = &mut dst[..len * MR];
+    if src.iter().all(Option::is_some) {
+        let rows: [&[f32]; MR] = std::array::from_fn(|r| src[r].map_or(&[][..], |s| &s[..len]));
+        for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+            for r in 0..MR {
+                d[r] = rows[r][p];
+            }
+        }
+    } else {
+        for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+            for r in 0..MR {
+                d[r] = src[r].map_or(0.0, |s| s[p]);
+            }
+        }
+    }
+}
+
+/// A dense row-major A (a 1x1 convolution's input, a matmul's activations).
+pub struct Dense<'a> {
+    pub a: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    pub lda: usize,
+}
+
+impl ASource for Dense<'_> {
+    fn rows(&self) -> usize {
+        self.m
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn pack(&self, m0: usize, rows: usize, dst: &mut [f32]) {
+        let src: [Option<&[f32]>; MR] =
+            std::array::from_fn(|r| (r < rows).then(|| &self.a[(m0 + r) * self.lda..][..self.k]));
+        interleave(&src, self.k, dst);
+    }
+    fn direct(&self) -> Option<(&[f32], usize)> {
+        Some((self.a, self.lda))
+    }
+}
+
+/// Patches of an NHWC batch, gathered row by row (im2col one block at a time).
+pub struct Patches<'a> {
+    pub x: &'a [f32],
+    pub g: super::ConvGeometry,
+}
+
+impl ASource for Patches<'_> {
+    fn rows(&self) -> usize {
+        self.g.n * self.g.oh * self.g.ow
+    }
+    fn k(&self) -> usize {
+        self.g.kh * self.g.kw * self.g.c
+    }
+    fn pack(&self, m0: usize, rows: usize, dst: &mut [f32]) {
+        let g = &self.g;
+        let per_image = g.oh * g.ow;
+        let at: [Option<(usize, usize, usize)>; MR] = std::array::from_fn(|r| {
+            (r < rows).then(|| {
+                let m = m0 + r;
+                let pix = m % per_image;
+                (m / per_image, pix / g.ow, pix % g.ow)
+            })
+        });
+        // One (ky, kx) segment of c floats at a time, all rows together.
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let src: [Option<&[f32]>; MR] = std::array::from_fn(|r| {
+                    let (b, oy, ox) = at[r]?;
+                    let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0])?;
+                    let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1])?;
+                    (iy < g.h && ix < g.w)
+                        .then(|| &self.x[((b * g.h + iy) * g.w + ix) * g.c..][..g.c])
+                });
+                let base = (ky * g.kw + kx) * g.c;
+                interleave(&src, g.c, &mut dst[base * MR..]);
+            }
+        }
+    }
+}
+
+/// One tile's destination and epilogue, as raw pointers for the kernels.
+struct Tile {
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    bias: *const f32,
+    res: *const f32,
+    ldr: usize,
+    res_scale: f32,
+    scale: f32,
+    act: Act,
+}
+
+thread_local! {
+    static A_PACK: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint tiles of C (see `gemm`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// A method, so closures capture the wrapper and not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// C[m, n] (row stride ldc, n = b.n()) = epilogue(A x B).
+///
+/// Panics if a slice is shorter than the sizes say: the engine sizes every
+/// buffer from the plan, so a short one is a bug, not bad input.
+pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    let (m, k, n) = (a.rows(), b.k(), b.n());
+    assert_eq!(a.k(), k, "gemm: A has {} columns, B {} rows", a.k(), k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm: C too small"
+    );
+    if let Some((r, ldr, _)) = epi.residual {
+        assert!(
+            ldr >= n && r.len() >= (m - 1) * ldr + n,
+            "gemm: residual too small"
+        );
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let tiles_total = m.div_ceil(MR);
+    // Row blocks: as many as the A budget needs, rounded up to a multiple of
+    // the threads, with tiles shared out evenly.
+    let cap_tiles = (A_BLOCK_BYTES / (4 * k.max(1)) / MR).clamp(1, MAX_BLOCK_ROWS / MR);
+    let row_blocks = tiles_total
+        .div_ceil(cap_tiles)
+        .next_multiple_of(threads)
+        .min(tiles_total);
+    let block_start = |b: usize| (b * tiles_total / row_blocks * MR).min(m);
+    let panels = n.div_ceil(NR);
+    // Too few rows for every thread: split the panels (A is small then).
+    let panel_groups = if row_blocks >= threads {
+        1
+    } else {
+        threads.div_ceil(row_blocks).min(panels)
+    };
+    let per_group = panels.div_ceil(panel_groups);
+    let tasks = row_blocks * panel_groups;
+    let cptr = SendPtr(c.as_mut_ptr());
+    let kernel = pick_kernel();
+    let run = |t: usize| {
+        let (rb, pg) = (t / panel_groups, t % panel_groups);
+        let (r0, r1) = (block_start(rb), block_start(rb + 1));
+        let tiles = (r1 - r0).div_ceil(MR);
+        A_PACK.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < tiles * k * MR {
+                *buf = AlignedBuf::zeroed((MAX_BLOCK_ROWS + MR).max(tiles * MR) * k);
+            }
+            let ap = buf.as_mut_slice();
+            // Full tiles of a dense A are read in place; the rest is packed.
+            let direct = a.direct();
+            for t in 0..tiles {
+                let m0 = r0 + t * MR;
+                if direct.is_none() || r1 - m0 < MR {
+                    a.pack(m0, MR.min(r1 - m0), &mut ap[t * k * MR..][..k * MR]);
+                }
+            }
+            for j in pg * per_group..((pg + 1) * per_group).min(panels) {
+                let bp = b.panel(j);
+                let cols = NR.min(n - j * NR);
+                for t in 0..tiles {
+                    let m0 = r0 + t * MR;
+                    let rows = MR.min(r1 - m0);
+                    let (res, ldr, res_scale) = match epi.residual {
+                        // SAFETY: in bounds, asserted above.
+                        Some((r, ldr, s)) => (unsafe { r.as_ptr().add(m0 * ldr + j * NR) }, ldr, s),
+                        None => (std::ptr::null(), 0, 0.0),
+                    };
+                    let tile = Tile {
+                        // SAFETY: in bounds (asserted above); tiles are disjoint across tasks.
+                        c: unsafe { cptr.get().add(m0 * ldc + j * NR) },
+                        ldc,
+                        rows,
+                        cols,
+                        bias: b.bias.as_slice()[j * NR..].as_ptr(),
+                        res,
+                        ldr,
+                        res_scale,
+                        scale: epi.scale,
+                        act: epi.act,
+                    };
+                    let (aptr, rs, cs) = match direct {
+                        Some((d, lda)) if rows == MR => (d[m0 * lda..].as_ptr(), lda, 1),
+                        _ => (ap[t * k * MR..].as_ptr(), 1, MR),
+                    };
+                    // SAFETY: A covers MR rows x k at (rs, cs); B holds k * NR floats.
+                    unsafe { kernel(k, aptr, rs, cs, bp.as_ptr(), &tile) };
+                }
+            }
+        });
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
+
+type Kernel = unsafe fn(usize, *const f32, usize, usize, *const f32, &Tile);
+
+fn pick_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::env::var_os("FACEALL_NO_AVX512").is_none()
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            return kernel_avx512;
+        }
+    }
+    kernel_portable
+}
+
+#[inline(always)]
+fn finish(v: f32, bias: f32, res: Option<(f32, f32)>, scale: f32, act: Act) -> f32 {
+    let mut y = (v + bias) * scale;
+    if let Some((r, s)) = res {
+        y += r * s;
+    }
+    match act {
+        Act::None => y,
+        Act::Relu => y.max(0.0),
+        Act::Relu6 => y.clamp(0.0, 6.0),
+    }
+}
+
+/// # Safety
+/// A(r, p) is `a[r * rs + p * cs]` for r < MR, p < k; `b` holds k*NR
+/// floats; the tile's pointers cover rows x cols.
+unsafe fn kernel_portable(k: usize, a: *const f32, rs: usize, cs: usize, b: *const f32, t: &Tile) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..k {
+        let bs = std::slice::from_raw_parts(b.add(p * NR), NR);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = *a.add(r * rs + p * cs);
+            for (x, &bv) in row.iter_mut().zip(bs) {
+                *x = av.mul_add(bv, *x);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(t.rows) {
+        for (cc, &v) in row.iter().enumerate().take(t.cols) {
+            let res = (!t.res.is_null()).then(|| (*t.res.add(r * t.ldr + cc), t.res_scale));
+            *t.c.add(r * t.ldc + cc) = finish(v, *t.bias.add(cc), res, t.scale, t.act);
+        }
+    }
+}
+
+/// # Safety
+/// As `kernel_portable`, and the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(k: usize, a: *const f32, rs: usize, cs: usize, b: *const f32, t: &Tile) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..k {
+        let b0 = _mm512_load_ps(b.add(p * NR));
+        let b1 = _mm512_load_ps(b.add(p * NR + 16));
+        let ap = a.add(p * cs);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r * rs));
+            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+        }
+    }
+    let bias = [_mm512_loadu_ps(t.bias), _mm512_loadu_ps(t.bias.add(16))];
+    let scale = _mm512_set1_ps(t.scale);
+    let res_scale = _mm512_set1_ps(t.res_scale);
+    let zero = _mm512_setzero_ps();
+    let six = _mm512_set1_ps(6.0);
+    let masks: [__mmask16; 2] = [
+        mask_for(t.cols.min(16)),
+        mask_for(t.cols.saturating_sub(16)),
+    ];
+    for (r, row) in acc.iter().enumerate().take(t.rows) {
+        for h in 0..2 {
+            if masks[h] == 0 {
+                continue;
+            }
+            let mut y = _mm512_mul_ps(_mm512_add_ps(row[h], bias[h]), scale);
+            if !t.res.is_null() {
+                let rv = _mm512_maskz_loadu_ps(masks[h], t.res.add(r * t.ldr + h * 16));
+                y = _mm512_add_ps(y, _mm512_mul_ps(rv, res_scale));
+            }
+            y = match t.act {
+                Act::None => y,
+                Act::Relu => _mm512_max_ps(zero, y),
+                Act::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, y)),
+            };
+            _mm512_mask_storeu_ps(t.c.add(r * t.ldc + h * 16), masks[h], y);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn mask_for(cols: usize) -> u16 {
+    if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    c[i * n + j] = a[i * k + p].mul_add(b[p * n + j], c[i * n + j]);
+                }
+            }
+        }
+        c
+    }
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 - 500.0) / 250.0)
+            .collect()
+    }
+
+    #[test]
+    fn matches_naive_on_ragged_sizes_with_epilogue() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (13, 27, 33),
+            (50, 300, 80),
+            (200, 17, 64),
+            (7, 1000, 5),
+        ] {
+            let a = data(m * k, 1);
+            let b = data(k * n, 2);
+            let bias = data(n, 3);
+            let res = data(m * n, 4);
+            let pb = PackedB::pack(&b, k, n, n, 1, Some(&bias));
+            let mut c = vec![f32::NAN; m * n];
+            let epi = Epilogue {
+                scale: 0.17,
+                residual: Some((&res, n, 1.0)),
+                act: Act::Relu,
+            };
+            gemm(
+                &Dense {
+                    a: &a,
+                    m,
+                    k,
+                    lda: k,
+                },
+                &pb,
+                &mut c,
+                n,
+                &epi,
+            );
+            let want = naive(&a, &b, m, k, n);
+            for i in 0..m * n {
+                let w = (((want[i] + bias[i % n]) * 0.17) + res[i]).max(0.0);
+                assert!(
+                    (c[i] - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{m}x{k}x{n} at {i}: {} vs {w}",
+                    c[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_simd_kernels_agree_exactly() {
+        let (m, k, n) = (30, 77, 45);
+        let a = data(m * k, 5);
+        let b = data(k * n, 6);
+        let pb = PackedB::pack(&b, k, n, n, 1, None);
+        let mut c1 = vec![0.0; m * n];
+        gemm(
+            &Dense {
+                a: &a,
+                m,
+                k,
+                lda: k,
+            },
+            &pb,
+            &mut c1,
+            n,
+            &Epilogue::default(),
+        );
+        let mut ap = AlignedBuf::zeroed(k * MR);
+        let mut c2 = vec![0.0; m * n];
+        for m0 in (0..m).step_by(MR) {
+            let rows = MR.min(m - m0);
+            Dense {
+                a: &a,
+                m,
+                k,
+                lda: k,
+            }
+            .pack(m0, rows, ap.as_mut_slice());
+            for j in 0..n.div_ceil(NR) {
+                let t = Tile {
+                    c: c2[m0 * n + j * NR..].as_mut_ptr(),
+                    ldc: n,
+                    rows,
+                    cols: NR.min(n - j * NR),
+                    bias: pb.bias.as_slice()[j * NR..].as_ptr(),
+                    res: std::ptr::null(),
+                    ldr: 0,
+                    res_scale: 0.0,
+                    scale: 1.0,
+                    act: Act::None,
+                };
+                unsafe {
+                    kernel_portable(k, ap.as_slice().as_ptr(), 1, MR, pb.panel(j).as_ptr(), &t)
+                };
+            }
+        }
+        assert_eq!(c1, c2);
+    }
+}

@@ -1,0 +1,194 @@
+//! The fast engine (packed, fused, batched) against TensorFlow's own values:
+//! every fixture and the real FaceNet, through the bundle `convert-tf`
+//! writes, within 1e-5 per element. Batches must equal the samples run one
+//! by one, and the graph with passes switched off (batch norms not folded,
+//! so they run on the fallback path) must agree as well.
+
+mod common;
+
+use std::path::Path;
+
+use common::{case_dir, faceall, stderr, FIXTURES};
+use faceall::ir::{numel, Tensor};
+use faceall::parity::{compare, reference::ReferenceCase, Tolerance};
+use faceall::runtime::engine::Engine;
+
+/// Per-element bound of the issue: 1e-5 absolute on every output.
+const MAX_ABS: f32 = 1e-5;
+
+fn convert(case: &ReferenceCase, out: &Path) -> std::path::PathBuf {
+    let o = faceall(&[
+        "convert-tf",
+        case.model.to_str().unwrap(),
+        "--to",
+        "safetensors",
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--name",
+        "m",
+    ]);
+    assert!(o.status.success(), "{}: {}", case.name, stderr(&o));
+    out.join("m.graph.json")
+}
+
+fn inputs_for(e: &Engine, case: &ReferenceCase) -> Vec<Vec<f32>> {
+    e.inputs()
+        .iter()
+        .map(|p| {
+            case.inputs
+                .get(&p.name)
+                .unwrap_or_else(|| panic!("{}: no input {}", case.name, p.name))
+                .as_f32()
+                .unwrap()
+                .into_owned()
+        })
+        .collect()
+}
+
+fn check_outputs(case: &ReferenceCase, e: &Engine, got: &[Tensor], what: &str) {
+    for (port, got) in e.outputs().iter().zip(got) {
+        let want = case
+            .tensors
+            .iter()
+            .find(|(n, _)| *n == port.name || n.trim_end_matches(":0") == port.name)
+            .map(|(_, t)| t)
+            .unwrap_or_else(|| panic!("{}: TF reference has no {}", case.name, port.name));
+        let c = compare(got, want, Tolerance::CLOSE).unwrap();
+        eprintln!("{} ({what}): {}: {c}", case.name, port.name);
+        assert!(
+            c.max_abs <= MAX_ABS,
+            "{} ({what}): {}: {c}",
+            case.name,
+            port.name
+        );
+    }
+}
+
+fn check(name: &str) {
+    let case = ReferenceCase::load(&case_dir(name)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = convert(&case, dir.path());
+    let g = faceall::runtime::bundle::load_owned(&bundle).unwrap();
+    let e = Engine::compile(g).unwrap_or_else(|err| panic!("{name}: {err}"));
+    let xs = inputs_for(&e, &case);
+    let refs: Vec<&[f32]> = xs.iter().map(|v| &v[..]).collect();
+    let got = e.run(&refs, 1).unwrap();
+    check_outputs(&case, &e, &got, "bundle, batch 1");
+
+    // A batch of 3: the reference sample, its negation and a scaled copy;
+    // each row of the result must equal that sample run alone.
+    let variants = [1.0f32, -1.0, 0.5];
+    let batched: Vec<Vec<f32>> = xs
+        .iter()
+        .map(|x| {
+            variants
+                .iter()
+                .flat_map(|s| x.iter().map(move |v| v * s))
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[f32]> = batched.iter().map(|v| &v[..]).collect();
+    let got3 = e.run(&refs, 3).unwrap();
+    for (i, s) in variants.iter().enumerate() {
+        let single: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| x.iter().map(|v| v * s).collect())
+            .collect();
+        let refs: Vec<&[f32]> = single.iter().map(|v| &v[..]).collect();
+        let one = e.run(&refs, 1).unwrap();
+        for (o, t3) in one.iter().zip(&got3) {
+            let per = numel(o.shape());
+            let a = &t3.as_f32().unwrap()[i * per..(i + 1) * per];
+            let b = o.as_f32().unwrap();
+            let worst = a
+                .iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "{name}: sample {i} of a batch differs from it alone by {worst}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fixtures_match_tensorflow() {
+    for name in FIXTURES {
+        check(name);
+    }
+}
+
+#[test]
+fn real_facenet_matches_tensorflow() {
+    check("facenet");
+}
+
+/// Without folding, batch norms and bias adds run on the fallback path
+/// (the reference kernels, sample by sample) between fast convolutions.
+#[test]
+fn unfolded_graph_runs_with_fallbacks() {
+    for name in ["inception_resnet_v1_fused", "decomposed_bn", "misc_ops"] {
+        let case = ReferenceCase::load(&case_dir(name)).unwrap();
+        let mut g = faceall::frontend::tf::load(&case.model, &Default::default()).unwrap();
+        let opts = faceall::passes::PassOptions::default()
+            .without("fold_batch_norm")
+            .without("fold_bias");
+        faceall::passes::run(&mut g, &opts).unwrap();
+        let e = Engine::compile(g).unwrap();
+        assert!(e.stats().fallback_steps > 0, "{name}: {:?}", e.stats());
+        let xs = inputs_for(&e, &case);
+        let refs: Vec<&[f32]> = xs.iter().map(|v| &v[..]).collect();
+        check_outputs(&case, &e, &e.run(&refs, 1).unwrap(), "unfolded");
+        let twice: Vec<Vec<f32>> = xs.iter().map(|x| [&x[..], &x[..]].concat()).collect();
+        let refs: Vec<&[f32]> = twice.iter().map(|v| &v[..]).collect();
+        let got = e.run(&refs, 2).unwrap();
+        for t in &got {
+            let v = t.as_f32().unwrap();
+            let half = v.len() / 2;
+            assert_eq!(v[..half], v[half..], "{name}: two equal samples differ");
+        }
+    }
+}
+
+#[test]
+fn wrong_input_sizes_are_errors() {
+    let case = ReferenceCase::load(&case_dir("same_conv_stride2")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e =
+        Engine::compile(faceall::runtime::bundle::load_owned(&convert(&case, dir.path())).unwrap())
+            .unwrap();
+    let per = numel(&e.inputs()[0].shape);
+    let x = vec![0.0f32; per * 2 - 1];
+    let err = e.run(&[&x], 2).unwrap_err().to_string();
+    assert!(err.contains("needs"), "{err}");
+    let err = e.run(&[], 1).unwrap_err().to_string();
+    assert!(err.contains("takes 1 inputs"), "{err}");
+}
+
+/// `faceall bench` runs the fast engine on a bundle directory and reports
+/// the JSON keys the benchmark script reads (no timing is asserted).
+#[test]
+fn bench_reports_engine_and_keys() {
+    let case = ReferenceCase::load(&case_dir("inception_resnet_v1_fused")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    convert(&case, dir.path());
+    let o = faceall(&[
+        "bench",
+        dir.path().to_str().unwrap(),
+        "--batch",
+        "4",
+        "--iters",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["engine"], "fast engine (bundle)");
+    assert_eq!(v["batch"], 4);
+    assert!(v["ms_per_image"].as_f64().unwrap() > 0.0);
+    assert!(v["images_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["stats"]["gemm_steps"].as_u64().unwrap() > 0);
+    assert_eq!(v["stats"]["fallback_steps"], 0);
+}

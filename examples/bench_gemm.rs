@@ -6,6 +6,14 @@ use std::time::Instant;
 fn main() {
     // (h, w, c, k, co, stride)
     for &(h, w, c, k, co, s) in &[
+        (8, 12, 256, 1, 64, 1),
+        (8, 12, 1024, 1, 64, 1),
+        (48, 12, 512, 1, 64, 1),
+        (64, 64, 128, 1, 128, 1),
+        (64, 64, 256, 1, 256, 1),
+        (36, 36, 80, 3, 192, 1),
+        (8, 8, 896, 1, 128, 1),
+        (24, 24, 896, 1, 128, 1),
         (73, 73, 80, 3, 192, 1),
         (71, 71, 192, 3, 256, 2),
         (35, 35, 256, 1, 32, 1),
@@ -38,7 +46,7 @@ fn main() {
         let mut out = vec![0.0; oh * oh * co];
         let a = Patches { x: &x, g };
         gemm(&a, &pb, &mut out, co, &Epilogue::default());
-        let iters = 20;
+        let iters = 200;
         let t = Instant::now();
         for _ in 0..iters {
             gemm(&a, &pb, &mut out, co, &Epilogue::default());

@@ -16,5 +16,6 @@ pub mod passes;
 pub mod preprocess;
 pub mod proto;
 pub mod runtime;
+pub mod serve;
 
 pub use error::{Error, Result};

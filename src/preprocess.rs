@@ -27,6 +27,20 @@ pub fn decode(path: &Path) -> Result<image::RgbImage> {
 }
 
 pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
+    // The JPEG decoder fills a truncated file's missing rows with grey and
+    // reports success; a complete JPEG ends with the EOI marker (FF D9),
+    // possibly followed by padding.
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let end = bytes
+            .iter()
+            .rposition(|&b| b != 0 && !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
+            return Err(Error::Format(
+                "truncated JPEG (no end-of-image marker)".into(),
+            ));
+        }
+    }
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;

@@ -3,6 +3,7 @@
 mod bench;
 mod convert;
 mod inspect;
+mod serve;
 mod verify;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Cmd {
     VerifyParity(Box<verify::Args>),
     /// Time faceall's engine on a model (ms per image, images per second).
     Bench(bench::Args),
+    /// Serve face register and retrieve over HTTP (JSON API and web pages).
+    Serve(Box<serve::Args>),
 }
 
 pub fn main() -> ExitCode {
@@ -39,6 +42,7 @@ pub fn main() -> ExitCode {
         Cmd::ConvertTf(a) => convert::run(*a),
         Cmd::VerifyParity(a) => verify::run(*a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Serve(a) => serve::run(*a),
     };
     match result {
         Ok(code) => code,

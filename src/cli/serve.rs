@@ -1,0 +1,47 @@
+//! `faceall serve`: the register/retrieve web app and JSON API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Converted FaceNet bundle: NAME.graph.json or a directory holding one
+    /// (`faceall convert-tf MODEL.pb --to safetensors`; scripts/facenet writes it here)
+    #[arg(long, default_value = ".cache/converted/facenet")]
+    model: PathBuf,
+    /// MTCNN detector: a directory with det1, det2, det3 (.prototxt + .caffemodel)
+    #[arg(long, default_value = "converted/mtcnn")]
+    mtcnn: PathBuf,
+    /// Where registered faces and photos are kept
+    #[arg(long, default_value = "faceall-data")]
+    data: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Bearer token required by the endpoints that change faces (or FACEALL_TOKEN)
+    #[arg(long, env = "FACEALL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Largest distance that counts as a match
+    #[arg(long, default_value_t = faceall::serve::DEFAULT_THRESHOLD)]
+    threshold: f32,
+    /// A host POST /api/v1/faces/urls may fetch from (repeatable; none by default)
+    #[arg(long = "allow-url-host")]
+    allow_url_hosts: Vec<String>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let model = super::resolve_bundle(&a.model)?;
+    faceall::serve::serve(faceall::serve::Config {
+        model,
+        mtcnn: a.mtcnn.clone(),
+        data: a.data,
+        listen: a.listen,
+        token: a.token,
+        threshold: a.threshold,
+        allow_url_hosts: a.allow_url_hosts,
+    })
+    .with_context(|| format!("serve (MTCNN from {})", a.mtcnn.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

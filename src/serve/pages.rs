@@ -1,0 +1,89 @@
+//! The web pages: `/` links to `/register` (photos or URLs) and `/retrieve`
+//! (a photo in; every face boxed on it and its matches shown as the
+//! registered photos, cropped to the matched face, with distances). Plain
+//! HTML with a little JavaScript over the JSON API.
+
+use axum::response::Html;
+
+const STYLE: &str = r#"<style>
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem;color:#222}
+nav a{margin-right:1rem} .err{color:#b00020} .ok{color:#087f23}
+fieldset{margin:1rem 0;padding:1rem} label{display:block;margin:.4rem 0}
+.face{display:inline-block;margin:.5rem;text-align:center;vertical-align:top}
+.face canvas{border:1px solid #ccc} table{border-collapse:collapse} td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd}
+</style>"#;
+
+const NAV: &str = r#"<nav><a href="/">faceall</a><a href="/register">Register</a><a href="/retrieve">Retrieve</a><a href="/api/v1/openapi.json">API</a></nav>"#;
+
+const TOKEN_JS: &str = r#"<script>
+function authHeaders(){const t=document.getElementById('token').value.trim();if(t){localStorage.setItem('faceall-token',t);return {'Authorization':'Bearer '+t};}return {};}
+window.addEventListener('load',()=>{const t=localStorage.getItem('faceall-token');const e=document.getElementById('token');if(t&&e)e.value=t;});
+</script>"#;
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>{title} - faceall</title>{STYLE}{TOKEN_JS}</head><body>{NAV}<h1>{title}</h1>{body}</body></html>"
+    ))
+}
+
+pub async fn index() -> Html<String> {
+    page(
+        "faceall",
+        r#"<p>Face register and retrieve with a FaceNet model converted by <code>faceall convert-tf</code>, MTCNN detection and an HNSW index.</p>
+<ul><li><a href="/register">Register</a> faces under a name, from photos or URLs.</li>
+<li><a href="/retrieve">Retrieve</a> the registered faces closest to the faces in a photo.</li>
+<li><a href="/api/v1/openapi.json">The JSON API</a> (OpenAPI 3).</li></ul>
+<p id="stats"></p>
+<script>fetch('/api/v1/stats').then(r=>r.json()).then(s=>{document.getElementById('stats').textContent=s.faces+' faces of '+s.labels+' people registered; match threshold '+s.threshold+'.';});</script>"#,
+    )
+}
+
+pub async fn register() -> Html<String> {
+    page(
+        "Register",
+        r#"<label>Token (if the server needs one) <input id="token" type="password" autocomplete="off"></label>
+<fieldset><legend>Photos</legend>
+<form id="files"><label>Name <input id="label" name="label" required maxlength="100"></label>
+<label>Photos <input id="images" name="image" type="file" accept="image/jpeg,image/png" multiple required></label>
+<button id="send">Register</button></form></fieldset>
+<fieldset><legend>Or URLs (one per line; the server fetches only from hosts it allows)</legend>
+<form id="byurl"><label>Name <input id="label2" required maxlength="100"></label>
+<label><textarea id="urls" rows="4" cols="60"></textarea></label><button id="send2">Register URLs</button></form></fieldset>
+<div id="result"></div>
+<script>
+function show(ok,html){const r=document.getElementById('result');r.className=ok?'ok':'err';r.innerHTML=html;}
+function esc(s){return String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
+function report(j){let h='<p>'+j.registered+' face(s) registered.</p><ul>';for(const im of j.images){h+='<li>'+esc(im.image||im.url)+': '+(im.faces?im.faces.length+' face(s)':'')+' '+esc(im.message||im.error||'')+'</li>';}show(true,h+'</ul>');}
+document.getElementById('files').addEventListener('submit',async e=>{e.preventDefault();const fd=new FormData();fd.append('label',document.getElementById('label').value);for(const f of document.getElementById('images').files)fd.append('image',f);show(true,'working...');const r=await fetch('/api/v1/faces',{method:'POST',body:fd,headers:authHeaders()});const j=await r.json();if(r.ok)report(j);else show(false,esc(j.error));});
+document.getElementById('byurl').addEventListener('submit',async e=>{e.preventDefault();const urls=document.getElementById('urls').value.split('\n').map(s=>s.trim()).filter(s=>s);const r=await fetch('/api/v1/faces/urls',{method:'POST',headers:Object.assign({'Content-Type':'application/json'},authHeaders()),body:JSON.stringify({urls,label:document.getElementById('label2').value})});const j=await r.json();if(r.ok)report(j);else show(false,esc(j.error));});
+</script>"#,
+    )
+}
+
+pub async fn retrieve() -> Html<String> {
+    page(
+        "Retrieve",
+        r#"<form id="q"><label>Photo <input id="image" type="file" accept="image/jpeg,image/png" required></label>
+<label>Matches per face <input id="k" type="number" value="5" min="1" max="100"></label>
+<button id="search">Search</button></form>
+<div id="status"></div><canvas id="photo" style="max-width:100%"></canvas><div id="matches"></div>
+<script>
+const colors=['#e6194b','#3cb44b','#4363d8','#f58231','#911eb4','#42d4f4'];
+function esc(s){return String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
+function loadImg(src){return new Promise((ok,no)=>{const i=new Image();i.onload=()=>ok(i);i.onerror=no;i.src=src;});}
+function cropTo(canvas,img,b){const w=b[2]-b[0],h=b[3]-b[1],m=0.2;const x=Math.max(0,b[0]-w*m),y=Math.max(0,b[1]-h*m),W=Math.min(img.width-x,w*(1+2*m)),H=Math.min(img.height-y,h*(1+2*m));canvas.width=120;canvas.height=Math.round(120*H/W);canvas.getContext('2d').drawImage(img,x,y,W,H,0,0,canvas.width,canvas.height);}
+document.getElementById('q').addEventListener('submit',async e=>{e.preventDefault();
+ const st=document.getElementById('status'),out=document.getElementById('matches');out.innerHTML='';st.className='';st.textContent='searching...';
+ const file=document.getElementById('image').files[0];const fd=new FormData();fd.append('image',file);
+ const r=await fetch('/api/v1/search?k='+encodeURIComponent(document.getElementById('k').value),{method:'POST',body:fd});const j=await r.json();
+ if(!r.ok){st.className='err';st.textContent=j.error;return;}
+ const img=await loadImg(URL.createObjectURL(file));const c=document.getElementById('photo');c.width=img.width;c.height=img.height;const g=c.getContext('2d');g.drawImage(img,0,0);
+ g.lineWidth=Math.max(2,img.width/200);g.font=Math.max(14,img.width/40)+'px sans-serif';
+ j.results.forEach((f,i)=>{const b=f.box,col=colors[i%colors.length];g.strokeStyle=col;g.strokeRect(b[0],b[1],b[2]-b[0],b[3]-b[1]);g.fillStyle=col;g.fillText((i+1)+': '+(f.matches.length?f.matches[0].label:'unknown'),b[0],Math.max(14,b[1]-4));});
+ st.className='ok';st.textContent=j.results.length+' face(s) found; threshold '+j.threshold;
+ for(const [i,f] of j.results.entries()){const sec=document.createElement('section');sec.className='result';sec.innerHTML='<h3 style="color:'+colors[i%colors.length]+'">Face '+(i+1)+'</h3>'+(f.matches.length?'':'<p class="nomatch">No registered face within the threshold.</p>');out.appendChild(sec);
+  for(const m of f.matches){const d=document.createElement('div');d.className='face match';const cv=document.createElement('canvas');d.appendChild(cv);d.insertAdjacentHTML('beforeend','<div class="label">'+esc(m.label)+'</div><div class="distance">distance '+m.distance.toFixed(3)+'</div>');sec.appendChild(d);loadImg(m.image_url).then(im=>cropTo(cv,im,m.box));}}
+});
+</script>"#,
+    )
+}

@@ -1,0 +1,88 @@
+//! Detect + embed: MTCNN finds the faces, each is cropped with a margin,
+//! resized to the model's input, prewhitened, and all faces of a photo run
+//! through the fast engine as one batch; embeddings come out L2-normalised.
+
+use std::path::Path;
+
+use image::RgbImage;
+
+use crate::detect::mtcnn::{face_crop, Face, Mtcnn};
+use crate::error::{Error, Result};
+use crate::runtime::engine::Engine;
+
+/// Pixels added around the detected box before resizing to 160, as FaceNet's
+/// compare.py (44; 32 separated the identities of our test photos less).
+pub const MARGIN: f32 = 44.0;
+
+pub struct Pipeline {
+    engine: Engine,
+    mtcnn: Mtcnn,
+    size: u32,
+    /// Floats per embedding.
+    pub dim: usize,
+}
+
+/// One face found in a photo, with its embedding.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub face: Face,
+    pub embedding: Vec<f32>,
+}
+
+impl Pipeline {
+    /// `model`: a bundle (NAME.graph.json or a directory with one);
+    /// `mtcnn`: a directory with det1/det2/det3 Caffe files.
+    pub fn load(model: &Path, mtcnn: &Path) -> Result<Self> {
+        let graph = crate::runtime::bundle::load_owned(model)?;
+        let engine = Engine::compile(graph)?;
+        let (size, dim) = match (engine.inputs(), engine.outputs()) {
+            ([i], [o]) if i.shape.len() == 4 && i.shape[1] == i.shape[2] && i.shape[3] == 3 => {
+                (i.shape[1] as u32, o.shape.iter().skip(1).product::<usize>())
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "{}: want one NHWC RGB square input and one embedding output",
+                    model.display()
+                )))
+            }
+        };
+        let mtcnn = Mtcnn::load(mtcnn)?;
+        Ok(Pipeline {
+            engine,
+            mtcnn,
+            size,
+            dim,
+        })
+    }
+
+    /// Every face in the photo, best-scored first.
+    pub fn faces(&self, img: &RgbImage) -> Result<Vec<Found>> {
+        let mut faces = self.mtcnn.detect(img)?;
+        faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+        if faces.is_empty() {
+            return Ok(vec![]);
+        }
+        let per = (self.size * self.size * 3) as usize;
+        let mut batch = Vec::with_capacity(per * faces.len());
+        for f in &faces {
+            let crop = face_crop(img, f, MARGIN);
+            let t = crate::preprocess::face_input(img, crop, self.size)?;
+            batch.extend_from_slice(&t.as_f32()?);
+        }
+        let out = self.engine.run(&[&batch], faces.len())?;
+        let emb = out[0].as_f32()?;
+        Ok(faces
+            .into_iter()
+            .zip(emb.chunks(self.dim))
+            .map(|(face, e)| Found {
+                face,
+                embedding: l2_normalize(e),
+            })
+            .collect())
+    }
+}
+
+fn l2_normalize(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-10);
+    v.iter().map(|x| x / n).collect()
+}

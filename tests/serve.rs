@@ -1,0 +1,490 @@
+//! `faceall serve` end to end, through the real binary over HTTP (curl):
+//! register the training photos, retrieve every query photo's identity,
+//! leave a person out, restart, SIGKILL during a burst of registrations,
+//! and bad input of every kind. The FaceNet bundle is converted from the
+//! real model; MTCNN is FaceAll's Caffe models from ../shared.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{faceall, root, shared, stderr};
+use serde_json::Value;
+
+/// The FaceNet bundle, converted once per test run.
+fn bundle() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let model = root().join(".cache/models/graph_final.pb");
+        assert!(
+            model.exists(),
+            "{} missing: run scripts/setup",
+            model.display()
+        );
+        let dir = std::env::temp_dir().join(format!("faceall-serve-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = faceall(&[
+            "convert-tf",
+            model.to_str().unwrap(),
+            "--to",
+            "safetensors",
+            "--out-dir",
+            dir.to_str().unwrap(),
+            "--name",
+            "facenet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        dir
+    })
+    .clone()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &Path, extra: &[&str]) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faceall"));
+    cmd.args([
+        "serve",
+        "--model",
+        bundle().to_str().unwrap(),
+        "--mtcnn",
+        shared().join("models/mtcnn").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(extra)
+    .env_remove("FACEALL_TOKEN")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = cmd.spawn().expect("start faceall serve");
+    let s = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if curl(&s, &["/api/v1/health"]).0 == 200 {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server did not come up");
+}
+
+/// (status, JSON body) of `curl URL ARGS...`; the path is the first arg.
+fn curl(s: &Server, args: &[&str]) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "120", "-w", "\n%{http_code}"])
+        .arg(format!("{}{}", s.url, args[0]))
+        .args(&args[1..]);
+    let o = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn faces_dir() -> PathBuf {
+    shared().join("images/faces")
+}
+
+fn register(s: &Server, label: &str, files: &[PathBuf], token: Option<&str>) -> (u16, Value) {
+    let mut args: Vec<String> = vec!["/api/v1/faces".into(), "-X".into(), "POST".into()];
+    for f in files {
+        args.push("-F".into());
+        args.push(format!("image=@{}", f.display()));
+    }
+    args.push("-F".into());
+    args.push(format!("label={label}"));
+    if let Some(t) = token {
+        args.push("-H".into());
+        args.push(format!("Authorization: Bearer {t}"));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(s, &refs)
+}
+
+fn search(s: &Server, file: &Path) -> (u16, Value) {
+    curl(
+        s,
+        &[
+            "/api/v1/search",
+            "-X",
+            "POST",
+            "-F",
+            &format!("image=@{}", file.display()),
+        ],
+    )
+}
+
+const PEOPLE: &[&str] = &[
+    "alex_lacamoire",
+    "biden",
+    "kit_harington",
+    "obama",
+    "rose_leslie",
+];
+
+fn register_train(s: &Server, skip: Option<&str>) {
+    for p in PEOPLE.iter().filter(|p| Some(**p) != skip) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(faces_dir().join("train").join(p))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let (code, v) = register(s, p, &files, None);
+        assert_eq!(code, 200, "{p}: {v}");
+        assert!(
+            v["registered"].as_u64().unwrap() >= files.len() as u64,
+            "{p}: {v}"
+        );
+    }
+}
+
+/// The top match label of each face found, left to right.
+fn top_labels(v: &Value) -> Vec<Option<String>> {
+    let mut faces: Vec<(f64, Option<String>)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["box"][0].as_f64().unwrap(),
+                r["matches"][0]["label"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    faces.sort_by(|a, b| a.0.total_cmp(&b.0));
+    faces.into_iter().map(|f| f.1).collect()
+}
+
+#[test]
+fn register_then_retrieve_every_query_and_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &[]);
+    register_train(&s, None);
+    let q = faces_dir().join("query");
+    let expect = [
+        ("alex_lacamoire1.jpg", "alex_lacamoire"),
+        ("alex-lacamoire.png", "alex_lacamoire"),
+        ("johnsnow_test1.jpg", "kit_harington"),
+        ("obama1.jpg", "obama"),
+        ("obama_small.jpg", "obama"),
+    ];
+    for (file, who) in expect {
+        let (code, v) = search(&s, &q.join(file));
+        assert_eq!(code, 200, "{file}: {v}");
+        let r = &v["results"][0];
+        assert_eq!(r["matches"][0]["label"], who, "{file}: {v}");
+        let d: Vec<f64> = r["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["distance"].as_f64().unwrap())
+            .collect();
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "{file}: not best first");
+        assert_eq!(r["landmarks"].as_array().unwrap().len(), 5);
+    }
+    // Both faces of obama_and_biden, each with its own identity (Biden is
+    // on the left), and the girl at the bottom right matches nobody.
+    let (code, v) = search(&s, &q.join("obama_and_biden.jpg"));
+    assert_eq!(code, 200, "{v}");
+    let tops = top_labels(&v);
+    assert_eq!(tops.len(), 3, "{v}");
+    assert_eq!(tops[0].as_deref(), Some("biden"), "{v}");
+    assert_eq!(tops[1].as_deref(), Some("obama"), "{v}");
+    assert_eq!(tops[2], None, "{v}");
+
+    // A stored photo comes back; the face list pages.
+    let (_, list) = curl(&s, &["/api/v1/faces?limit=3"]);
+    assert_eq!(list["faces"].as_array().unwrap().len(), 3);
+    let total = list["total"].as_u64().unwrap();
+    let first = list["faces"][0].clone();
+    let img = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{content_type}",
+        ])
+        .arg(format!("{}{}", s.url, first["image_url"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&img.stdout), "200 image/jpeg");
+
+    // Delete one, restart: everything else is still there and found.
+    let id = first["id"].as_u64().unwrap();
+    let (code, _) = curl(&s, &[&format!("/api/v1/faces/{id}"), "-X", "DELETE"]);
+    assert_eq!(code, 200);
+    assert_eq!(curl(&s, &[&format!("/api/v1/faces/{id}")]).0, 404);
+    drop(s);
+    let s = start(data.path(), &[]);
+    let (_, stats) = curl(&s, &["/api/v1/stats"]);
+    assert_eq!(stats["faces"].as_u64().unwrap(), total - 1, "{stats}");
+    let (_, v) = search(&s, &q.join("obama1.jpg"));
+    assert_eq!(v["results"][0]["matches"][0]["label"], "obama", "{v}");
+    let (code, doc) = curl(&s, &["/api/v1/openapi.json"]);
+    assert_eq!(code, 200);
+    for p in [
+        "/api/v1/faces",
+        "/api/v1/faces/urls",
+        "/api/v1/search",
+        "/api/v1/faces/{id}",
+        "/api/v1/images/{id}",
+        "/api/v1/health",
+        "/api/v1/stats",
+    ] {
+        assert!(doc["paths"][p].is_object(), "openapi lacks {p}");
+    }
+}
+
+/// A person never registered matches nobody within the default threshold.
+#[test]
+fn people_left_out_match_nobody() {
+    for (left_out, queries) in [
+        ("kit_harington", vec!["johnsnow_test1.jpg"]),
+        (
+            "alex_lacamoire",
+            vec!["alex_lacamoire1.jpg", "alex-lacamoire.png"],
+        ),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let s = start(data.path(), &[]);
+        register_train(&s, Some(left_out));
+        for q in queries {
+            let (code, v) = search(&s, &faces_dir().join("query").join(q));
+            assert_eq!(code, 200, "{v}");
+            assert_eq!(
+                v["results"][0]["matches"].as_array().unwrap().len(),
+                0,
+                "{left_out} left out, {q} still matched: {v}"
+            );
+        }
+    }
+}
+
+/// SIGKILL in the middle of a burst of registrations: after a restart every
+/// acknowledged registration is present and retrievable.
+#[test]
+fn acknowledged_registrations_survive_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &[]);
+    let photo = faces_dir().join("train/obama/obama2.jpg");
+    let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = s.url.clone();
+    let mut workers = vec![];
+    for w in 0..3 {
+        let (acked, stop, photo, url) = (acked.clone(), stop.clone(), photo.clone(), url.clone());
+        workers.push(std::thread::spawn(move || {
+            let s = Server {
+                child: Command::new("true").spawn().unwrap(),
+                url,
+            };
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let label = format!("burst-{w}-{i}");
+                let (code, v) = register(&s, &label, std::slice::from_ref(&photo), None);
+                if code == 200 {
+                    for f in v["images"][0]["faces"].as_array().unwrap() {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((f["id"].as_u64().unwrap(), label.clone()));
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    let t = Instant::now();
+    while acked.lock().unwrap().len() < 6 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Kill while requests are in flight.
+    let mut s = s;
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 6, "only {} acknowledged", acked.len());
+    drop(s);
+    let s = start(data.path(), &[]);
+    for (id, label) in &acked {
+        let (code, v) = curl(&s, &[&format!("/api/v1/faces/{id}")]);
+        assert_eq!(code, 200, "acknowledged face {id} lost");
+        assert_eq!(v["label"], label.as_str());
+    }
+    let (code, v) = curl(
+        &s,
+        &[
+            "/api/v1/search?k=100",
+            "-X",
+            "POST",
+            "-F",
+            &format!("image=@{}", photo.display()),
+        ],
+    );
+    assert_eq!(code, 200);
+    let found: Vec<u64> = v["results"][0]["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    for (id, _) in &acked {
+        assert!(
+            found.contains(id),
+            "face {id} not retrievable after restart"
+        );
+    }
+}
+
+fn write_png(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 200, 200]));
+    img.save(path).unwrap();
+}
+
+/// Every kind of bad input is a 4xx with a JSON message; the server stays
+/// up and stores nothing.
+#[test]
+fn bad_input_is_refused_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &["--token", "s3cret"]);
+    let good = faces_dir().join("train/biden/biden.jpg");
+    let junk = tmp.path().join("junk.jpg");
+    std::fs::write(&junk, b"this is not an image at all").unwrap();
+    let truncated = tmp.path().join("truncated.jpg");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let huge = tmp.path().join("huge.png");
+    // 20000 x 20000 of one colour: a few hundred KB that would decode to 1.2 GB.
+    {
+        // Rows streamed through the encoder into the file: the test never
+        // holds the 1.2 GB image the few-hundred-KB file describes.
+        let row = vec![0u8; 20000 * 3];
+        let mut enc = png::Encoder::new(std::fs::File::create(&huge).unwrap(), 20000, 20000);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        let mut w = enc.write_header().unwrap().into_stream_writer().unwrap();
+        for _ in 0..20000 {
+            w.write_all(&row).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let blank = tmp.path().join("blank.png");
+    write_png(&blank, 320, 240);
+    let tok = Some("s3cret");
+    let cases: Vec<(&str, (u16, Value))> = vec![
+        (
+            "non-image bytes",
+            register(&s, "x", std::slice::from_ref(&junk), tok),
+        ),
+        (
+            "truncated JPEG",
+            register(&s, "x", std::slice::from_ref(&truncated), tok),
+        ),
+        (
+            "20000x20000 PNG",
+            register(&s, "x", std::slice::from_ref(&huge), tok),
+        ),
+        (
+            "no face",
+            register(&s, "x", std::slice::from_ref(&blank), tok),
+        ),
+        (
+            "empty label",
+            register(&s, "", std::slice::from_ref(&good), tok),
+        ),
+        (
+            "label with a path",
+            register(&s, "../etc/passwd", std::slice::from_ref(&good), tok),
+        ),
+        (
+            "missing token",
+            register(&s, "x", std::slice::from_ref(&good), None),
+        ),
+        (
+            "wrong token",
+            register(&s, "x", std::slice::from_ref(&good), Some("guess")),
+        ),
+        (
+            "one bad photo among good ones",
+            register(&s, "x", &[good.clone(), junk.clone()], tok),
+        ),
+        (
+            "URL to a host not allowed",
+            curl(
+                &s,
+                &[
+                    "/api/v1/faces/urls",
+                    "-X",
+                    "POST",
+                    "-H",
+                    "Authorization: Bearer s3cret",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    r#"{"urls": ["http://169.254.169.254/latest/meta-data"], "label": "x"}"#,
+                ],
+            ),
+        ),
+        ("search: non-image", search(&s, &junk)),
+        ("search: no face", search(&s, &blank)),
+        (
+            "delete without token",
+            curl(&s, &["/api/v1/faces/1", "-X", "DELETE"]),
+        ),
+        ("bad id", curl(&s, &["/api/v1/faces/abc"])),
+    ];
+    for (what, (code, v)) in &cases {
+        assert!((400..500).contains(code), "{what}: status {code} {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: no JSON error: {v}"
+        );
+        eprintln!("{what}: {code} {}", v["error"]);
+    }
+    let (code, stats) = curl(&s, &["/api/v1/stats"]);
+    assert_eq!(code, 200, "server went down");
+    assert_eq!(stats["faces"], 0, "something was stored: {stats}");
+    assert_eq!(stats["images"], 0, "a photo was stored: {stats}");
+    // With the token, the same photo registers.
+    let (code, v) = register(&s, "biden", std::slice::from_ref(&good), tok);
+    assert_eq!(code, 200, "{v}");
+}
+
+use std::io::Write;

@@ -33,6 +33,13 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let model = super::resolve_bundle(&a.model)?;
+    if !a.mtcnn.join("det1.prototxt").exists() {
+        anyhow::bail!(
+            "no MTCNN detector in {} (det1/det2/det3 .prototxt + .caffemodel): pass --mtcnn DIR; \
+             converting PyPI mtcnn==1.0.0's weights into converted/mtcnn is not done yet (issue #6)",
+            a.mtcnn.display()
+        );
+    }
     faceall::serve::serve(faceall::serve::Config {
         model,
         mtcnn: a.mtcnn.clone(),

@@ -70,11 +70,13 @@ impl Mtcnn {
             minl *= self.factor;
             f *= self.factor;
         }
-        let mut total = vec![];
-        for &scale in &scales {
+        // Pyramid levels are independent: run them on rayon's threads, in
+        // order, so the result does not depend on scheduling.
+        use rayon::prelude::*;
+        let level = |&scale: &f32| -> Result<Vec<Cand>> {
             let (hs, ws) = ((h * scale).ceil() as u32, (w * scale).ceil() as u32);
             if hs < 12 || ws < 12 {
-                continue;
+                return Ok(vec![]);
             }
             let resized =
                 image::imageops::resize(img, ws, hs, image::imageops::FilterType::Triangle);
@@ -101,8 +103,10 @@ impl Mtcnn {
                     }
                 }
             }
-            total.extend(nms(boxes, 0.5, false));
-        }
+            Ok(nms(boxes, 0.5, false))
+        };
+        let levels = scales.par_iter().map(level).collect::<Result<Vec<_>>>()?;
+        let total: Vec<Cand> = levels.into_iter().flatten().collect();
         let total = nms(total, 0.7, false);
         let mut boxes: Vec<Cand> = total
             .iter()

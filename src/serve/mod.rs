@@ -66,7 +66,21 @@ struct App {
     allow_url_hosts: Vec<String>,
     started: Instant,
     requests: AtomicU64,
+    /// Time in detect + embed, and calls (for the load benchmark's ratio).
+    pipeline_ns: AtomicU64,
+    pipeline_calls: AtomicU64,
     model: String,
+}
+
+impl App {
+    fn faces(&self, img: &image::RgbImage) -> std::result::Result<Vec<Found>, ApiError> {
+        let t = Instant::now();
+        let r = self.pipe.faces(img).map_err(internal);
+        self.pipeline_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.pipeline_calls.fetch_add(1, Ordering::Relaxed);
+        r
+    }
 }
 
 /// A JSON error with its status.
@@ -114,6 +128,8 @@ pub fn serve(cfg: Config) -> Result<()> {
         allow_url_hosts: cfg.allow_url_hosts,
         started: Instant::now(),
         requests: AtomicU64::new(0),
+        pipeline_ns: AtomicU64::new(0),
+        pipeline_calls: AtomicU64::new(0),
         model: cfg.model.display().to_string(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -284,7 +300,7 @@ fn register_photos(
 ) -> std::result::Result<Json<Value>, ApiError> {
     let mut found: Vec<(Photo, Vec<Found>)> = vec![];
     for p in photos {
-        let faces = app.pipe.faces(&p.img).map_err(internal)?;
+        let faces = app.faces(&p.img)?;
         found.push((p, faces));
     }
     if found.iter().all(|(_, f)| f.is_empty()) {
@@ -453,7 +469,7 @@ async fn search(
     let (name, bytes) = images.remove(0);
     blocking(move || {
         let p = decode_photo(name, bytes)?;
-        let faces = app.pipe.faces(&p.img).map_err(internal)?;
+        let faces = app.faces(&p.img)?;
         if faces.is_empty() {
             return Err(ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -594,6 +610,8 @@ async fn health(State(app): State<Arc<App>>) -> ApiResult {
 async fn stats(State(app): State<Arc<App>>) -> ApiResult {
     count(&app);
     let db = app.db.lock().map_err(internal)?;
+    let calls = app.pipeline_calls.load(Ordering::Relaxed).max(1);
+    let mean_ms = app.pipeline_ns.load(Ordering::Relaxed) as f64 / calls as f64 / 1e6;
     let labels: std::collections::BTreeSet<&str> = db
         .store
         .faces()
@@ -610,6 +628,8 @@ async fn stats(State(app): State<Arc<App>>) -> ApiResult {
         "uptime_seconds": app.started.elapsed().as_secs(),
         "requests": app.requests.load(Ordering::Relaxed),
         "auth": app.token.is_some(),
+        "detect_embed_calls": app.pipeline_calls.load(Ordering::Relaxed),
+        "detect_embed_ms_mean": mean_ms,
     })))
 }
 

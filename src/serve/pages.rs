@@ -80,7 +80,7 @@ document.getElementById('q').addEventListener('submit',async e=>{e.preventDefaul
  const img=await loadImg(URL.createObjectURL(file));const c=document.getElementById('photo');c.width=img.width;c.height=img.height;const g=c.getContext('2d');g.drawImage(img,0,0);
  g.lineWidth=Math.max(2,img.width/200);g.font=Math.max(14,img.width/40)+'px sans-serif';
  j.results.forEach((f,i)=>{const b=f.box,col=colors[i%colors.length];g.strokeStyle=col;g.strokeRect(b[0],b[1],b[2]-b[0],b[3]-b[1]);g.fillStyle=col;g.fillText((i+1)+': '+(f.matches.length?f.matches[0].label:'unknown'),b[0],Math.max(14,b[1]-4));});
- st.className='ok';st.textContent=j.results.length+' face(s) found; threshold '+j.threshold;
+ st.className='ok';st.textContent=j.results.length+' face(s) found; threshold '+Number(j.threshold).toFixed(2);
  for(const [i,f] of j.results.entries()){const sec=document.createElement('section');sec.className='result';sec.innerHTML='<h3 style="color:'+colors[i%colors.length]+'">Face '+(i+1)+'</h3>'+(f.matches.length?'':'<p class="nomatch">No registered face within the threshold.</p>');out.appendChild(sec);
   for(const m of f.matches){const d=document.createElement('div');d.className='face match';const cv=document.createElement('canvas');d.appendChild(cv);d.insertAdjacentHTML('beforeend','<div class="label">'+esc(m.label)+'</div><div class="distance">distance '+m.distance.toFixed(3)+'</div>');sec.appendChild(d);loadImg(m.image_url).then(im=>cropTo(cv,im,m.box));}}
 });

@@ -34,10 +34,10 @@ use store::{FaceRecord, Store};
 
 /// Euclidean distance between L2-normalised FaceNet embeddings under which
 /// two faces are the same person, calibrated on ../shared/images/faces with
-/// FaceAll's MTCNN: a query's own identity at 0.37 to 1.01 (the hardest, the
-/// PNG video frame of alex_lacamoire), the nearest other person at 1.067 or
-/// more; 1.04 sits between (README, "Threshold").
-pub const DEFAULT_THRESHOLD: f32 = 1.04;
+/// FaceAll's MTCNN: every registered photo of a query's own identity lies at
+/// 0.33 to 0.943 (the hardest, the PNG video frame of alex_lacamoire), the
+/// nearest other person at 1.062 or more; 1.0 sits between (README).
+pub const DEFAULT_THRESHOLD: f32 = 1.0;
 /// Largest request body (all uploaded photos together).
 pub const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 /// Photos per registration or URL list, as the original FaceAll.

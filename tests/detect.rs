@@ -75,3 +75,69 @@ fn finds_the_faces_in_the_real_photos() {
     let blank = image::RgbImage::from_pixel(200, 160, image::Rgb([128, 128, 128]));
     assert!(m.detect(&blank).unwrap().is_empty());
 }
+
+/// The MTCNN faceall ships (PyPI mtcnn==1.0.0's weights converted by
+/// scripts/convert_mtcnn.py into converted/mtcnn) finds the same faces as
+/// FaceAll's original Caffe models on every photo: boxes overlap by at
+/// least 0.9 IoU, landmarks within 2 px.
+#[test]
+fn converted_mtcnn_finds_the_same_faces_as_faceall() {
+    let ours = Mtcnn::load(&root().join("converted/mtcnn")).unwrap_or_else(|e| panic!("{e}"));
+    let reference = detector();
+    let iou = |a: [f32; 4], b: [f32; 4]| {
+        let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+        let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+        let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+        w * h / (area(a) + area(b) - w * h)
+    };
+    let mut photos = vec![];
+    for dir in ["train", "query"] {
+        for e in walk(&shared().join("images/faces").join(dir)) {
+            photos.push(e);
+        }
+    }
+    assert!(photos.len() >= 15, "{photos:?}");
+    let mut faces_seen = 0;
+    for p in photos {
+        let img = faceall::preprocess::decode(&p).unwrap();
+        let a = ours.detect(&img).unwrap();
+        let b = reference.detect(&img).unwrap();
+        assert_eq!(a.len(), b.len(), "{}: {a:?} vs {b:?}", p.display());
+        for fb in &b {
+            let fa = a
+                .iter()
+                .max_by(|x, y| iou(x.bbox, fb.bbox).total_cmp(&iou(y.bbox, fb.bbox)))
+                .unwrap();
+            assert!(
+                iou(fa.bbox, fb.bbox) >= 0.9,
+                "{}: {fa:?} vs {fb:?}",
+                p.display()
+            );
+            for (la, lb) in fa.landmarks.iter().zip(&fb.landmarks) {
+                assert!(
+                    (la[0] - lb[0]).abs() <= 2.0 && (la[1] - lb[1]).abs() <= 2.0,
+                    "{}: landmarks {:?} vs {:?}",
+                    p.display(),
+                    fa.landmarks,
+                    fb.landmarks
+                );
+            }
+            faces_seen += 1;
+        }
+    }
+    assert!(faces_seen >= 17, "{faces_seen}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x != "md") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

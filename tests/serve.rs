@@ -2,7 +2,7 @@
 //! register the training photos, retrieve every query photo's identity,
 //! leave a person out, restart, SIGKILL during a burst of registrations,
 //! and bad input of every kind. The FaceNet bundle is converted from the
-//! real model; MTCNN is FaceAll's Caffe models from ../shared.
+//! real model; MTCNN is the default, converted/mtcnn (PyPI mtcnn's weights).
 
 mod common;
 
@@ -70,8 +70,6 @@ fn start(data: &Path, extra: &[&str]) -> Server {
         "serve",
         "--model",
         bundle().to_str().unwrap(),
-        "--mtcnn",
-        shared().join("models/mtcnn").to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
         "--listen",

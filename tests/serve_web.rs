@@ -204,8 +204,6 @@ fn register_and_retrieve_through_the_pages() {
         Command::new(env!("CARGO_BIN_EXE_faceall"))
             .args(["serve", "--model"])
             .arg(tmp.path())
-            .arg("--mtcnn")
-            .arg(shared().join("models/mtcnn"))
             .arg("--data")
             .arg(tmp.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])

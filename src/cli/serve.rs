@@ -33,22 +33,41 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let model = super::resolve_bundle(&a.model)?;
-    if !a.mtcnn.join("det1.prototxt").exists() {
-        anyhow::bail!(
-            "no MTCNN detector in {} (det1/det2/det3 .prototxt + .caffemodel): pass --mtcnn DIR; \
-             converting PyPI mtcnn==1.0.0's weights into converted/mtcnn is not done yet (issue #6)",
+    let mtcnn = find_mtcnn(&a.mtcnn).with_context(|| {
+        format!(
+            "no MTCNN detector in {} (det1/det2/det3 .prototxt + .caffemodel); pass --mtcnn DIR \
+             (the repository's converted/mtcnn, made by scripts/convert_mtcnn.py)",
             a.mtcnn.display()
-        );
-    }
+        )
+    })?;
     faceall::serve::serve(faceall::serve::Config {
         model,
-        mtcnn: a.mtcnn.clone(),
+        mtcnn: mtcnn.clone(),
         data: a.data,
         listen: a.listen,
         token: a.token,
         threshold: a.threshold,
         allow_url_hosts: a.allow_url_hosts,
     })
-    .with_context(|| format!("serve (MTCNN from {})", a.mtcnn.display()))?;
+    .with_context(|| format!("serve (MTCNN from {})", mtcnn.display()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The directory as given, or (for a relative path) beside the binary's
+/// checkout: target/release/faceall -> ../../converted/mtcnn.
+fn find_mtcnn(dir: &std::path::Path) -> Option<PathBuf> {
+    let ok = |d: &std::path::Path| d.join("det1.prototxt").exists();
+    if ok(dir) {
+        return Some(dir.to_path_buf());
+    }
+    if dir.is_relative() {
+        let exe = std::env::current_exe().ok()?;
+        for up in exe.ancestors().skip(1).take(3) {
+            let d = up.join(dir);
+            if ok(&d) {
+                return Some(d);
+            }
+        }
+    }
+    None
 }

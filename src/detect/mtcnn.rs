@@ -22,7 +22,34 @@ pub struct Face {
     pub landmarks: [[f32; 2]; 5],
 }
 
+/// Blob names and input orientation of one MTCNN flavour.
+struct Flavour {
+    /// FaceAll's (MATLAB-trained) nets take images transposed (N, C, W, H);
+    /// those converted from PyPI mtcnn's Keras weights take (N, C, H, W).
+    transposed: bool,
+    pnet: [&'static str; 2],
+    rnet: [&'static str; 2],
+    onet: [&'static str; 3],
+}
+
+/// FaceAll's original Caffe models.
+const FACEALL: Flavour = Flavour {
+    transposed: true,
+    pnet: ["prob1", "conv4-2"],
+    rnet: ["prob1", "conv5-2"],
+    onet: ["prob1", "conv6-2", "conv6-3"],
+};
+
+/// `scripts/convert_mtcnn.py`'s conversion of PyPI mtcnn==1.0.0.
+const CONVERTED: Flavour = Flavour {
+    transposed: false,
+    pnet: ["prob", "regression"],
+    rnet: ["prob", "regression"],
+    onet: ["prob", "regression", "landmarks_out"],
+};
+
 pub struct Mtcnn {
+    flavour: &'static Flavour,
     pnet: CaffeModel,
     rnet: CaffeModel,
     onet: CaffeModel,
@@ -48,7 +75,15 @@ impl Mtcnn {
                 Some(&dir.join(format!("{n}.caffemodel"))),
             )
         };
+        let det1 = dir.join("det1.prototxt");
+        let text = std::fs::read_to_string(&det1).map_err(|e| Error::from(e).in_file(&det1))?;
+        let flavour = if text.contains("\"prob1\"") {
+            &FACEALL
+        } else {
+            &CONVERTED
+        };
         Ok(Mtcnn {
+            flavour,
             pnet: net("det1")?,
             rnet: net("det2")?,
             onet: net("det3")?,
@@ -80,16 +115,26 @@ impl Mtcnn {
             }
             let resized =
                 image::imageops::resize(img, ws, hs, image::imageops::FilterType::Triangle);
-            let out = run(&self.pnet, blob(&[resized])?, &["prob1", "conv4-2"])?;
+            let fl = self.flavour;
+            let out = run(&self.pnet, blob(&[resized], fl.transposed)?, &fl.pnet)?;
             let (prob, reg) = (&out[0], &out[1]);
-            let &[_, _, pw, ph] = prob.shape() else {
+            let &[_, _, d2, d3] = prob.shape() else {
                 return Err(Error::Usage("PNet output is not 4-D".into()));
+            };
+            let (pw, ph) = if fl.transposed { (d2, d3) } else { (d3, d2) };
+            // Offset of (channel k, x, y) in the output blob.
+            let at = |k: usize, x: usize, y: usize| {
+                if fl.transposed {
+                    (k * pw + x) * ph + y
+                } else {
+                    (k * ph + y) * pw + x
+                }
             };
             let (p, r) = (prob.as_f32()?, reg.as_f32()?);
             let mut boxes = vec![];
             for x in 0..pw {
                 for y in 0..ph {
-                    let s = p[(pw + x) * ph + y];
+                    let s = p[at(1, x, y)];
                     if s >= self.thresholds[0] {
                         let q = |v: usize| v as f32;
                         let b = [
@@ -98,7 +143,7 @@ impl Mtcnn {
                             ((2.0 * q(x) + 12.0) / scale).trunc(),
                             ((2.0 * q(y) + 12.0) / scale).trunc(),
                         ];
-                        let reg = [0, 1, 2, 3].map(|k| r[(k * pw + x) * ph + y]);
+                        let reg = [0, 1, 2, 3].map(|k| r[at(k, x, y)]);
                         boxes.push(Cand { b, score: s, reg });
                     }
                 }
@@ -129,7 +174,11 @@ impl Mtcnn {
             return Ok(vec![]);
         }
         let crops: Vec<RgbImage> = boxes.iter().map(|c| crop(img, c.b, 24)).collect();
-        let out = run(&self.rnet, blob(&crops)?, &["prob1", "conv5-2"])?;
+        let out = run(
+            &self.rnet,
+            blob(&crops, self.flavour.transposed)?,
+            &self.flavour.rnet,
+        )?;
         let (p, r) = (out[0].as_f32()?, out[1].as_f32()?);
         let mut kept = vec![];
         for (i, c) in boxes.iter().enumerate() {
@@ -155,7 +204,11 @@ impl Mtcnn {
         // ONet
         let boxes_fixed: Vec<[f32; 4]> = boxes.iter().map(|c| c.b.map(f32::trunc)).collect();
         let crops: Vec<RgbImage> = boxes_fixed.iter().map(|b| crop(img, *b, 48)).collect();
-        let out = run(&self.onet, blob(&crops)?, &["prob1", "conv6-2", "conv6-3"])?;
+        let out = run(
+            &self.onet,
+            blob(&crops, self.flavour.transposed)?,
+            &self.flavour.onet,
+        )?;
         let (p, r, l) = (out[0].as_f32()?, out[1].as_f32()?, out[2].as_f32()?);
         let mut faces: Vec<(Cand, [[f32; 2]; 5])> = vec![];
         for (i, b) in boxes_fixed.iter().enumerate() {
@@ -219,19 +272,30 @@ fn run(net: &CaffeModel, x: Tensor, outs: &[&str]) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// Images (same size) as an N x 3 x W x H blob: transposed, (x - 127.5) / 128.
-fn blob(imgs: &[RgbImage]) -> Result<Tensor> {
+/// Images (same size) as an N x 3 x W x H blob when `transposed`, else
+/// N x 3 x H x W; pixels scaled (x - 127.5) / 128.
+fn blob(imgs: &[RgbImage], transposed: bool) -> Result<Tensor> {
     let (w, h) = (imgs[0].width() as usize, imgs[0].height() as usize);
     let mut v = vec![0.0f32; imgs.len() * 3 * w * h];
     for (n, img) in imgs.iter().enumerate() {
         for (x, y, p) in img.enumerate_pixels() {
+            let (x, y) = (x as usize, y as usize);
             for c in 0..3 {
-                v[((n * 3 + c) * w + x as usize) * h + y as usize] =
-                    (p.0[c] as f32 - 127.5) * 0.0078125;
+                let i = if transposed {
+                    ((n * 3 + c) * w + x) * h + y
+                } else {
+                    ((n * 3 + c) * h + y) * w + x
+                };
+                v[i] = (p.0[c] as f32 - 127.5) * 0.0078125;
             }
         }
     }
-    Tensor::f32(vec![imgs.len(), 3, w, h], v)
+    let shape = if transposed {
+        vec![imgs.len(), 3, w, h]
+    } else {
+        vec![imgs.len(), 3, h, w]
+    };
+    Tensor::f32(shape, v)
 }
 
 /// The box (1-based inclusive pixel coordinates as FaceNet's `pad`), zero

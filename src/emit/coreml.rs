@@ -471,6 +471,7 @@ impl<'g> Em<'g> {
                         p.scale = 1.0;
                         self.layer(&name, &[&x.blob], &out, Layer::Unary(p));
                     }
+                    UnaryOp::Neg => return Err("Neg has no Core ML form here".into()),
                 }
                 Ok(Some(Val { blob: out, ..x }))
             }
@@ -572,6 +573,10 @@ impl<'g> Em<'g> {
                     n.outputs[0].shape
                 ))
             }
+            Op::Transpose { .. } | Op::PRelu => Err(format!(
+                "{} has no Core ML form here (Caffe only for now)",
+                n.op.kind()
+            )),
             Op::Pad { pads, value } => {
                 let x = self.val(n.inputs[0])?;
                 Self::need_chw(&x)?;

@@ -139,6 +139,7 @@ pub enum UnaryOp {
     Square,
     Sqrt,
     Rsqrt,
+    Neg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +212,13 @@ pub enum Op {
         pads: Vec<[usize; 2]>,
         value: f32,
     },
+    /// Output axis i is input axis perm[i].
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// (x, alpha): max(x, 0) + alpha * min(x, 0), alpha one per channel of
+    /// the last axis (Keras PReLU; `fuse_prelu` builds it).
+    PRelu,
 }
 
 fn ser_const<S: serde::Serializer>(t: &Tensor, s: S) -> Result<S::Ok, S::Error> {
@@ -300,6 +308,7 @@ impl Op {
                 UnaryOp::Square => "Square",
                 UnaryOp::Sqrt => "Sqrt",
                 UnaryOp::Rsqrt => "Rsqrt",
+                UnaryOp::Neg => "Neg",
             },
             Op::Reduce { reduce, .. } => match reduce {
                 ReduceOp::Sum => "Sum",
@@ -312,6 +321,8 @@ impl Op {
             Op::Squeeze { .. } => "Squeeze",
             Op::ExpandDims { .. } => "ExpandDims",
             Op::Pad { .. } => "Pad",
+            Op::Transpose { .. } => "Transpose",
+            Op::PRelu => "PRelu",
         }
     }
 
@@ -319,7 +330,7 @@ impl Op {
     pub fn arity(&self) -> (usize, usize) {
         match self {
             Op::Input | Op::Const(_) => (0, 0),
-            Op::Switch | Op::BiasAdd { .. } | Op::Binary(_) => (2, 2),
+            Op::Switch | Op::BiasAdd { .. } | Op::Binary(_) | Op::PRelu => (2, 2),
             Op::Conv2d(_) | Op::MatMul { .. } => (2, 3),
             Op::WeightedSum { coeffs } => (coeffs.len(), coeffs.len()),
             Op::BatchNorm(_) => (5, 5),
@@ -603,6 +614,28 @@ impl Op {
                     ));
                 }
                 f32s(x.iter().zip(pads).map(|(d, p)| d + p[0] + p[1]).collect())
+            }
+            Op::Transpose { perm } => {
+                let x = &inputs[0].shape;
+                let mut seen = vec![false; x.len()];
+                if perm.len() != x.len()
+                    || perm
+                        .iter()
+                        .any(|&p| p >= x.len() || std::mem::replace(&mut seen[p], true))
+                {
+                    return Err(format!("permutation {perm:?} does not fit {x:?}"));
+                }
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: perm.iter().map(|&p| x[p]).collect(),
+                }])
+            }
+            Op::PRelu => {
+                let (x, a) = (&inputs[0].shape, &inputs[1].shape);
+                if x.last() != Some(&a.iter().product::<usize>()) {
+                    return Err(format!("alpha {a:?} is not one per channel of {x:?}"));
+                }
+                f32s(x.clone())
             }
         }
     }

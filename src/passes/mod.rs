@@ -9,7 +9,9 @@
 //! | 5 | `fold_batch_norm` | FusedBatchNorm (V1/V2/V3, inference) and a per-channel constant Mul (the decomposed form) after a conv or MatMul fold into its weights and bias, also through reshapes that only add unit dimensions (FaceNet's bottleneck); what cannot fold stays a BatchNorm |
 //! | 6 | `fuse_residual` | `x + scale * branch` becomes one WeightedSum (Caffe Eltwise SUM with coefficients) |
 //! | 7 | `fuse_l2_normalize` | `x * rsqrt(max(sum(x^2), eps))` becomes one L2Normalize |
-//! | 8 | `remove_dead` | nodes the outputs do not need are dropped |
+//! | 8 | `fuse_prelu` | Keras' PReLU `relu(x) - alpha * relu(-x)` becomes one PRelu (Caffe PReLU) |
+//! | 9 | `fold_transpose` | a transpose that only feeds flatten + MatMul folds into the weight rows (Keras Permute + Flatten + Dense) |
+//! | 10 | `remove_dead` | nodes the outputs do not need are dropped |
 //!
 //! The list runs to a fixed point (until no pass changes anything), because
 //! folding can expose more folding (a BiasAdd folded into a conv lets the
@@ -21,7 +23,9 @@
 mod fold_batch_norm;
 mod fold_bias;
 mod fold_constants;
+mod fold_transpose;
 mod fuse_l2_normalize;
+mod fuse_prelu;
 mod fuse_residual;
 mod remove_dead;
 mod remove_identity;
@@ -67,6 +71,8 @@ pub const PASSES: &[(&str, PassFn)] = &[
     ("fold_batch_norm", fold_batch_norm::run),
     ("fuse_residual", fuse_residual::run),
     ("fuse_l2_normalize", fuse_l2_normalize::run),
+    ("fuse_prelu", fuse_prelu::run),
+    ("fold_transpose", fold_transpose::run),
     ("remove_dead", remove_dead::run),
 ];
 

@@ -413,6 +413,22 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
             }
             f32_out(node, out)
         }
+        Op::Transpose { perm } => {
+            let x = x0()?;
+            f32_out(node, kernels::transpose(&x.as_f32()?, x.shape(), perm))
+        }
+        Op::PRelu => {
+            let mut v = owned(&ins[0])?;
+            let a = ins[1].as_f32()?;
+            for row in v.chunks_mut(a.len().max(1)) {
+                for (x, &al) in row.iter_mut().zip(a.iter()) {
+                    if *x < 0.0 {
+                        *x *= al;
+                    }
+                }
+            }
+            f32_out(node, v)
+        }
         Op::Pad { pads, value } => {
             let v = x0()?.as_f32()?;
             f32_out(node, kernels::pad(&v, x0()?.shape(), pads, *value))

@@ -587,13 +587,18 @@ impl<'g> Em<'g> {
             Op::Binary(b) => self.binary(n, *b, out_blob),
             Op::Unary(u) => {
                 let x = self.val(n.inputs[0])?;
-                let p = match u {
-                    UnaryOp::Square => 2.0,
-                    UnaryOp::Sqrt => 0.5,
-                    UnaryOp::Rsqrt => -0.5,
+                let (p, scale) = match u {
+                    UnaryOp::Square => (2.0, 1.0),
+                    UnaryOp::Sqrt => (0.5, 1.0),
+                    UnaryOp::Rsqrt => (-0.5, 1.0),
+                    UnaryOp::Neg => (1.0, -1.0),
                 };
                 let l = self.layer(&name, "Power", &[&x.blob], &[&out_blob]);
-                l.power_param.mut_or_insert_default().set_power(p);
+                let pp = l.power_param.mut_or_insert_default();
+                pp.set_power(p);
+                if scale != 1.0 {
+                    pp.set_scale(scale);
+                }
                 Ok(Some(Val {
                     blob: out_blob,
                     ..x
@@ -742,6 +747,31 @@ impl<'g> Em<'g> {
             Op::Reshape { .. } | Op::Squeeze { .. } | Op::ExpandDims { .. } => {
                 self.reshape(n, out_blob)
             }
+            Op::PRelu => {
+                let x = self.val(n.inputs[0])?;
+                if matches!(x.layout, BlobLayout::FlatChw { .. }) {
+                    return Err("PReLU on a flattened feature map".into());
+                }
+                let alpha = self
+                    .g
+                    .const_of(n.inputs[1])
+                    .ok_or("PReLU alpha is not constant")?
+                    .as_f32()
+                    .map_err(|e| e.to_string())?
+                    .into_owned();
+                // Caffe's PReLU: one slope per channel (axis 1), which is where
+                // the IR's last axis lives in Caffe's NCHW / (N, C) blobs.
+                let l = self.layer(&name, "PReLU", &[&x.blob], &[&out_blob]);
+                l.blobs.push(blob(&[alpha.len()], alpha));
+                Ok(Some(Val {
+                    blob: out_blob,
+                    ..x
+                }))
+            }
+            Op::Transpose { .. } => Err(
+                "a transpose has no Caffe form here (the fold_transpose pass removes one that only feeds a flatten + matmul)"
+                    .into(),
+            ),
             Op::Pad { pads, value } => {
                 let x = self.val(n.inputs[0])?;
                 self.need_nchw(&x)?;

@@ -22,6 +22,7 @@ pub fn unary(u: UnaryOp, x: &mut [f32]) {
         UnaryOp::Square => x.iter_mut().for_each(|v| *v *= *v),
         UnaryOp::Sqrt => x.iter_mut().for_each(|v| *v = v.sqrt()),
         UnaryOp::Rsqrt => x.iter_mut().for_each(|v| *v = 1.0 / v.sqrt()),
+        UnaryOp::Neg => x.iter_mut().for_each(|v| *v = -*v),
     }
 }
 

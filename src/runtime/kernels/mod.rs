@@ -11,4 +11,4 @@ mod shape;
 pub use conv::{conv2d_nhwc, conv_nchw, depthwise_nhwc, matmul, ConvGeometry};
 pub use elementwise::{activation, batch_norm, bias_add, binary, softmax_last, unary};
 pub use pool::{pool_nhwc, pool_nhwc_into};
-pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce};
+pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, transpose};

@@ -113,3 +113,28 @@ pub fn nhwc_to_nchw(x: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
     }
     out
 }
+
+/// Permute the axes: output axis i is input axis perm[i].
+pub fn transpose(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    let rank = shape.len();
+    let mut in_strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * shape[i + 1];
+    }
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let n: usize = out_shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; rank];
+    for _ in 0..n {
+        let at: usize = (0..rank).map(|i| idx[i] * in_strides[perm[i]]).sum();
+        out.push(x[at]);
+        for i in (0..rank).rev() {
+            idx[i] += 1;
+            if idx[i] < out_shape[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+    out
+}

@@ -147,6 +147,18 @@ pub fn squeeze(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push(Op::Squeeze { axes }, vec![x])
 }
 
+pub fn transpose(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let rank = n.fact(0)?.shape.len();
+    let raw = n.required_const(1, "perm")?.to_i64_vec()?;
+    let perm = raw
+        .iter()
+        .map(|&a| axis(n, a, rank))
+        .collect::<Result<Vec<_>>>()?;
+    let x = n.input(0)?;
+    n.push(Op::Transpose { perm }, vec![x])
+}
+
 pub fn expand_dims(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.expect_inputs(2)?;
     let a = n.required_const(1, "dim")?.to_i64_vec()?;

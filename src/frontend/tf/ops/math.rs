@@ -71,6 +71,7 @@ pub fn unary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     let op = match n.node.op.as_str() {
         "Square" => UnaryOp::Square,
         "Sqrt" => UnaryOp::Sqrt,
+        "Neg" => UnaryOp::Neg,
         _ => UnaryOp::Rsqrt,
     };
     let ins = n.inputs.clone();

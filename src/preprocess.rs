@@ -37,7 +37,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
             .map_or(0, |i| i + 1);
         if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
             return Err(Error::Format(
-                "truncated JPEG (no end-of-image marker)".into(),
+                "unreadable image: truncated JPEG (no end-of-image marker)".into(),
             ));
         }
     }

@@ -486,3 +486,77 @@ fn bad_input_is_refused_cleanly() {
 }
 
 use std::io::Write;
+
+/// Registering by URL fetches from an allowed host (a one-shot HTTP server
+/// in this test on 127.0.0.1) and reports, per URL, what went wrong with the
+/// others (a host off the list, a 404).
+#[test]
+fn register_by_url_from_an_allowed_host() {
+    let photo = std::fs::read(faces_dir().join("train/biden/biden.jpg")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(2) {
+            let mut s = stream.unwrap();
+            let mut req = String::new();
+            let mut buf = [0u8; 4096];
+            while !req.contains("\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            if req.starts_with("GET /biden.jpg ") {
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                    photo.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&photo);
+            } else {
+                let _ = s.write_all(b"HTTP/1.0 404 Not Found\r\n\r\n");
+            }
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let s = start(data.path(), &["--allow-url-host", "127.0.0.1"]);
+    let body = format!(
+        r#"{{"label": "biden", "urls": ["http://127.0.0.1:{port}/biden.jpg", "http://127.0.0.1:{port}/missing.jpg", "http://10.0.0.1/x.jpg"]}}"#
+    );
+    let (code, v) = curl(
+        &s,
+        &[
+            "/api/v1/faces/urls",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+        ],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["registered"], 1, "{v}");
+    let errors: Vec<String> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["error"].as_str().map(String::from))
+        .collect();
+    assert_eq!(errors.len(), 2, "{v}");
+    assert!(errors.iter().any(|e| e.contains("404")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("not allowed")),
+        "{errors:?}"
+    );
+    let (_, found) = search(&s, &faces_dir().join("query/obama_and_biden.jpg"));
+    assert!(
+        found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["matches"][0]["label"] == "biden"),
+        "{found}"
+    );
+}

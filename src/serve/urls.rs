@@ -49,11 +49,11 @@ pub fn fetch(url: &str, allow: &[String], max_bytes: usize) -> Result<Vec<u8>, S
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
+    // One write: a server may answer and close after the first packet.
+    let req = format!(
         "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: faceall\r\nAccept: image/*\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = vec![];
     s.take(max_bytes as u64 + 64 * 1024)
         .read_to_end(&mut buf)

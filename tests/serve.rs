@@ -12,32 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{faceall, root, shared, stderr};
+use common::{convert_facenet_bundle, free_port, shared};
 use serde_json::Value;
 
 /// The FaceNet bundle, converted once per test run.
 fn bundle() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let model = root().join(".cache/models/graph_final.pb");
-        assert!(
-            model.exists(),
-            "{} missing: run scripts/setup",
-            model.display()
-        );
         let dir = std::env::temp_dir().join(format!("faceall-serve-model-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let o = faceall(&[
-            "convert-tf",
-            model.to_str().unwrap(),
-            "--to",
-            "safetensors",
-            "--out-dir",
-            dir.to_str().unwrap(),
-            "--name",
-            "facenet",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        convert_facenet_bundle(&dir);
         dir
     })
     .clone()
@@ -53,14 +36,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(data: &Path, extra: &[&str]) -> Server {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{faceall, root, shared, stderr};
+use common::{convert_facenet_bundle, free_port, root, shared};
 use serde_json::{json, Value};
 
 struct Proc(Child);
@@ -20,14 +20,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http(method: &str, url: &str, body: Option<&Value>) -> Value {
@@ -180,24 +172,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 #[test]
 fn register_and_retrieve_through_the_pages() {
-    let model = root().join(".cache/models/graph_final.pb");
-    assert!(
-        model.exists(),
-        "{} missing: run scripts/setup",
-        model.display()
-    );
     let tmp = tempfile::tempdir().unwrap();
-    let o = faceall(&[
-        "convert-tf",
-        model.to_str().unwrap(),
-        "--to",
-        "safetensors",
-        "--out-dir",
-        tmp.path().to_str().unwrap(),
-        "--name",
-        "facenet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    convert_facenet_bundle(tmp.path());
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _server = Proc(

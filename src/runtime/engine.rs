@@ -662,15 +662,10 @@ impl Engine {
                 kernels::activation(*act, out);
             }
             Step::WeightedSum { ins, .. } => {
-                out.fill(0.0);
-                for (v, c) in ins {
-                    let src = self.view(ws, *v, n);
-                    if *c == 1.0 {
-                        out.iter_mut().zip(src).for_each(|(a, &x)| *a += x);
-                    } else {
-                        out.iter_mut().zip(src).for_each(|(a, &x)| *a += c * x);
-                    }
-                }
+                kernels::weighted_sum_into(
+                    out,
+                    ins.iter().map(|(v, c)| (self.view(ws, *v, n), *c)),
+                );
             }
             Step::L2Normalize {
                 x, len, epsilon, ..

@@ -387,14 +387,11 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
         }
         Op::WeightedSum { coeffs } => {
             let mut acc = vec![0.0f32; numel(&out_shape(node))];
-            for (t, &c) in ins.iter().zip(coeffs) {
-                let v = t.as_f32()?;
-                if c == 1.0 {
-                    acc.iter_mut().zip(v.iter()).for_each(|(a, &x)| *a += x);
-                } else {
-                    acc.iter_mut().zip(v.iter()).for_each(|(a, &x)| *a += c * x);
-                }
-            }
+            let vals = ins.iter().map(|t| t.as_f32()).collect::<Result<Vec<_>>>()?;
+            kernels::weighted_sum_into(
+                &mut acc,
+                vals.iter().map(|v| &v[..]).zip(coeffs.iter().copied()),
+            );
             f32_out(node, acc)
         }
         Op::L2Normalize { axis, epsilon } => {

@@ -73,3 +73,34 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The real FaceNet converted to a safetensors bundle `facenet` in `dir`.
+pub fn convert_facenet_bundle(dir: &Path) {
+    let model = root().join(".cache/models/graph_final.pb");
+    assert!(
+        model.exists(),
+        "{} missing: run scripts/setup",
+        model.display()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let o = faceall(&[
+        "convert-tf",
+        model.to_str().unwrap(),
+        "--to",
+        "safetensors",
+        "--out-dir",
+        dir.to_str().unwrap(),
+        "--name",
+        "facenet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -184,3 +184,16 @@ pub fn softmax_last(x: &mut [f32], n: usize) {
         row.iter_mut().for_each(|v| *v /= s);
     }
 }
+
+/// out = sum_i c_i * x_i (residual sums), accumulated in input order; a
+/// coefficient of 1 adds without multiplying, as TF's `x + branch` does.
+pub fn weighted_sum_into<'a>(out: &mut [f32], terms: impl IntoIterator<Item = (&'a [f32], f32)>) {
+    out.fill(0.0);
+    for (x, c) in terms {
+        if c == 1.0 {
+            out.iter_mut().zip(x).for_each(|(a, &v)| *a += v);
+        } else {
+            out.iter_mut().zip(x).for_each(|(a, &v)| *a += c * v);
+        }
+    }
+}

@@ -9,6 +9,8 @@ mod pool;
 mod shape;
 
 pub use conv::{conv2d_nhwc, conv_nchw, depthwise_nhwc, matmul, ConvGeometry};
-pub use elementwise::{activation, batch_norm, bias_add, binary, softmax_last, unary};
+pub use elementwise::{
+    activation, batch_norm, bias_add, binary, softmax_last, unary, weighted_sum_into,
+};
 pub use pool::{pool_nhwc, pool_nhwc_into};
 pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, transpose};

@@ -268,9 +268,7 @@ impl Engine {
                     if matches!(b.wires.get(&node.inputs[0]), Some(Val::Act(_))) =>
                 {
                     // Same bytes, another shape: share the buffer.
-                    let Some(Val::Act(src)) = b.wires.get(&node.inputs[0]).copied() else {
-                        unreachable!("matched above")
-                    };
+                    let src = b.act(node.inputs[0], &err)?;
                     let id = b.values.len();
                     b.values.push(ValueInfo {
                         shape: node.outputs[0].shape.clone(),
@@ -432,9 +430,9 @@ impl Engine {
                         // Constant subgraph the passes left: evaluate it now.
                         let ts: Vec<Tensor> = ins
                             .iter()
-                            .map(|v| match v {
-                                Val::Const(c) => b.consts[*c].clone(),
-                                Val::Act(_) => unreachable!("all constant"),
+                            .filter_map(|v| match v {
+                                Val::Const(c) => Some(b.consts[*c].clone()),
+                                Val::Act(_) => None,
                             })
                             .collect();
                         let t = super::eval_single(node, &ts)

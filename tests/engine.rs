@@ -2,7 +2,9 @@
 //! every fixture and the real FaceNet, through the bundle `convert-tf`
 //! writes, within 1e-5 per element. Batches must equal the samples run one
 //! by one, and the graph with passes switched off (batch norms not folded,
-//! so they run on the fallback path) must agree as well.
+//! so they run on the fallback path) must agree as well, and so must the
+//! engine with Winograd convolutions off, F(2x2) and F(4x4) on every 3x3
+//! stride-1 convolution.
 
 mod common;
 
@@ -11,7 +13,8 @@ use std::path::Path;
 use common::{case_dir, faceall, stderr, FIXTURES};
 use faceall::ir::{numel, Tensor};
 use faceall::parity::{compare, reference::ReferenceCase, Tolerance};
-use faceall::runtime::engine::Engine;
+use faceall::runtime::engine::{Engine, EngineOptions, EngineStats};
+use faceall::runtime::kernels::winograd::Tile;
 
 /// Per-element bound of the issue: 1e-5 absolute on every output.
 const MAX_ABS: f32 = 1e-5;
@@ -64,16 +67,49 @@ fn check_outputs(case: &ReferenceCase, e: &Engine, got: &[Tensor], what: &str) {
     }
 }
 
-fn check(name: &str) {
+/// The engine's modes every case is checked in: the default, Winograd off,
+/// and each Winograd tile forced onto every 3x3 stride-1 convolution.
+fn modes() -> Vec<(&'static str, EngineOptions)> {
+    let forced = |t| EngineOptions {
+        winograd: Some(t),
+        winograd_everywhere: true,
+    };
+    vec![
+        ("default", EngineOptions::default()),
+        (
+            "winograd off",
+            EngineOptions {
+                winograd: None,
+                winograd_everywhere: false,
+            },
+        ),
+        ("winograd F2 everywhere", forced(Tile::F2)),
+        ("winograd F4 everywhere", forced(Tile::F4)),
+    ]
+}
+
+/// Check `name` in every mode; the stats of each mode, in `modes()` order.
+fn check(name: &str) -> Vec<EngineStats> {
     let case = ReferenceCase::load(&case_dir(name)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bundle = convert(&case, dir.path());
-    let g = faceall::runtime::bundle::load_owned(&bundle).unwrap();
-    let e = Engine::compile(g).unwrap_or_else(|err| panic!("{name}: {err}"));
-    let xs = inputs_for(&e, &case);
+    modes()
+        .into_iter()
+        .map(|(what, opts)| {
+            let g = faceall::runtime::bundle::load_owned(&bundle).unwrap();
+            let e = Engine::compile_with(g, &opts).unwrap_or_else(|err| panic!("{name}: {err}"));
+            check_engine(&case, &e, what);
+            e.stats()
+        })
+        .collect()
+}
+
+fn check_engine(case: &ReferenceCase, e: &Engine, what: &str) {
+    let name = &case.name;
+    let xs = inputs_for(e, case);
     let refs: Vec<&[f32]> = xs.iter().map(|v| &v[..]).collect();
     let got = e.run(&refs, 1).unwrap();
-    check_outputs(&case, &e, &got, "bundle, batch 1");
+    check_outputs(case, e, &got, &format!("{what}, batch 1"));
 
     // A batch of 3: the reference sample, its negation and a scaled copy;
     // each row of the result must equal that sample run alone.
@@ -107,7 +143,7 @@ fn check(name: &str) {
                 .fold(0.0f32, f32::max);
             assert!(
                 worst <= 1e-6,
-                "{name}: sample {i} of a batch differs from it alone by {worst}"
+                "{name} ({what}): sample {i} of a batch differs from it alone by {worst}"
             );
         }
     }
@@ -115,14 +151,25 @@ fn check(name: &str) {
 
 #[test]
 fn fixtures_match_tensorflow() {
-    for name in FIXTURES {
-        check(name);
+    let stats: Vec<Vec<EngineStats>> = FIXTURES.iter().map(|n| check(n)).collect();
+    // The forced modes did run Winograd somewhere (the fixtures' 3x3 convs).
+    for mode in [2, 3] {
+        assert!(
+            stats.iter().any(|s| s[mode].winograd_steps > 0),
+            "{stats:?}"
+        );
     }
+    assert!(stats.iter().all(|s| s[1].winograd_steps == 0), "{stats:?}");
 }
 
 #[test]
 fn real_facenet_matches_tensorflow() {
-    check("facenet");
+    let stats = check("facenet");
+    // By default FaceNet's 3x3 stride-1 convolutions with >= 32 x 32
+    // channels go through F(4x4): Conv2d_2a/2b/4a, block35's three per
+    // block (x5), and one each in Mixed_6a and Mixed_7a.
+    assert_eq!(stats[0].winograd_steps, 20, "{:?}", stats[0]);
+    assert!(stats[3].winograd_steps >= stats[0].winograd_steps);
 }
 
 /// Without folding, batch norms and bias adds run on the fallback path

@@ -27,6 +27,10 @@ pub struct Args {
     /// Timed batches (after one warm-up batch)
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// Winograd 3x3 convolutions in the fast engine: f4 (default), f2 or
+    /// off (also FACEALL_WINOGRAD=4|2|off)
+    #[arg(long)]
+    winograd: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -50,6 +54,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.engine != "fast" && a.engine != "reference" {
         bail!("--engine is fast or reference, not '{}'", a.engine);
     }
+    let mut opts = faceall::runtime::engine::EngineOptions::default();
+    if let Some(w) = &a.winograd {
+        use faceall::runtime::kernels::winograd::Tile;
+        opts.winograd = match w.as_str() {
+            "f4" => Some(Tile::F4),
+            "f2" => Some(Tile::F2),
+            "off" => None,
+            other => bail!("--winograd is f4, f2 or off, not '{other}'"),
+        };
+    }
     let model = super::resolve_bundle(&a.model)?;
     let path = model.to_string_lossy().into_owned();
     // One call = one batch for the fast engine, one image for the others.
@@ -67,7 +81,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             faceall::passes::run(&mut g, &Default::default())?;
             g
         };
-        let e = faceall::runtime::engine::Engine::compile(g)?;
+        let e = faceall::runtime::engine::Engine::compile_with(g, &opts)?;
         stats = Some(e.stats());
         let xs: Vec<Vec<f32>> = e
             .inputs()

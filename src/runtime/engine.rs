@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::kernels::gemm::{self, Act, Dense, Epilogue, PackedB, Patches};
+use super::kernels::winograd::{self, Winograd};
 use super::kernels::{self, ConvGeometry};
 use crate::error::{Error, Result};
 use crate::ir::{numel, Activation, DType, Graph, Layout, Node, Op, PoolKind, Tensor, Wire};
@@ -33,11 +34,37 @@ struct ValueInfo {
     buf: usize,
 }
 
+/// How a gemm step reads its input, with its packed weights.
 enum GemmA {
     /// Rows of k contiguous floats (1x1 stride-1 conv, matmul).
-    Dense { k: usize },
+    Dense { k: usize, w: PackedB },
     /// im2col of an NHWC image per sample (n = 1 here; scaled at run time).
-    Patches(ConvGeometry),
+    Patches(ConvGeometry, PackedB),
+    /// A 3x3 stride-1 convolution by Winograd transforms (n = 1 here).
+    Winograd(ConvGeometry, Box<Winograd>),
+}
+
+impl GemmA {
+    /// Output channels.
+    fn n(&self) -> usize {
+        match self {
+            GemmA::Dense { w, .. } | GemmA::Patches(_, w) => w.n(),
+            GemmA::Winograd(g, _) => g.co,
+        }
+    }
+    /// Multiply-adds per output row, as a direct product would do them.
+    fn k(&self) -> usize {
+        match self {
+            GemmA::Dense { w, .. } | GemmA::Patches(_, w) => w.k(),
+            GemmA::Winograd(g, _) => g.kh * g.kw * g.c,
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            GemmA::Dense { w, .. } | GemmA::Patches(_, w) => w.bytes(),
+            GemmA::Winograd(_, w) => w.bytes(),
+        }
+    }
 }
 
 enum Step {
@@ -49,7 +76,6 @@ enum Step {
         name: String,
         x: usize,
         a: GemmA,
-        w: PackedB,
         scale: f32,
         residual: Option<(usize, f32)>,
         act: Act,
@@ -146,6 +172,34 @@ impl Step {
     }
 }
 
+/// Choices that trade exactness of summation order for speed, switchable
+/// so parity can be checked with and without each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Run 3x3 stride-1 convolutions by Winograd's F(m x m, 3 x 3) (None:
+    /// as im2col gemms like every other convolution).
+    pub winograd: Option<winograd::Tile>,
+    /// Use Winograd on every 3x3 stride-1 convolution, also those it is
+    /// slower for (tests: small fixtures exercise the transforms).
+    pub winograd_everywhere: bool,
+}
+
+impl Default for EngineOptions {
+    /// Winograd F(4x4, 3x3) on, unless `FACEALL_WINOGRAD` says `off` (or
+    /// `2` for F(2x2, 3x3)).
+    fn default() -> Self {
+        let winograd = match std::env::var("FACEALL_WINOGRAD").as_deref() {
+            Ok("off") | Ok("0") => None,
+            Ok("2") => Some(winograd::Tile::F2),
+            _ => Some(winograd::Tile::F4),
+        };
+        EngineOptions {
+            winograd,
+            winograd_everywhere: false,
+        }
+    }
+}
+
 /// One graph input or output.
 #[derive(Debug, Clone)]
 pub struct Port {
@@ -180,6 +234,8 @@ pub struct Engine {
 pub struct EngineStats {
     pub steps: usize,
     pub gemm_steps: usize,
+    /// Of those, 3x3 convolutions by Winograd transforms.
+    pub winograd_steps: usize,
     pub fallback_steps: usize,
     pub fused_nodes: usize,
     pub packed_weight_bytes: usize,
@@ -195,10 +251,15 @@ fn act_of(a: &Activation) -> Option<Act> {
 }
 
 impl Engine {
+    /// Compile `graph` with the default options (`EngineOptions::default`).
+    pub fn compile(graph: Graph) -> Result<Engine> {
+        Self::compile_with(graph, &EngineOptions::default())
+    }
+
     /// Compile `graph`, taking its weights: each one is dropped as soon as it
     /// is packed, so a graph whose constants own their bytes (see
     /// `bundle::load_owned`) never holds two copies of the model.
-    pub fn compile(mut graph: Graph) -> Result<Engine> {
+    pub fn compile_with(mut graph: Graph, opts: &EngineOptions) -> Result<Engine> {
         graph.validate()?;
         let n_nodes = graph.nodes.len();
         // Nodes needed for the outputs, and how often each output is read.
@@ -319,14 +380,25 @@ impl Engine {
                     };
                     let pointwise =
                         kh == 1 && kw == 1 && c.strides == [1, 1] && pad == [0, 0] && ohw == [h, w];
+                    let (wt, bias) = take_weights(&mut graph, i, 1, kh * kw * ci, co)?;
                     let a = if pointwise {
-                        GemmA::Dense { k: ch }
+                        GemmA::Dense {
+                            k: ch,
+                            w: PackedB::pack(&wt, ch, co, co, 1, bias.as_deref()),
+                        }
+                    } else if let Some(tile) = opts.winograd.filter(|t| {
+                        winograd::worthwhile(&g, *t)
+                            || (opts.winograd_everywhere && winograd::supports(&g))
+                    }) {
+                        let w = Winograd::new(&wt, ch, co, bias.as_deref(), tile);
+                        GemmA::Winograd(g, Box::new(w))
                     } else {
-                        GemmA::Patches(g)
+                        let w = PackedB::pack(&wt, kh * kw * ci, co, co, 1, bias.as_deref());
+                        GemmA::Patches(g, w)
                     };
-                    let w = take_packed(&mut graph, i, 1, kh * kw * ci, co, co, 1)?;
+                    drop(wt);
                     let fused = fuse_tail(&graph, here, &sole_user, &b, &mut done)?;
-                    b.gemm(&graph, i, x, a, w, fused)?;
+                    b.gemm(&graph, i, x, a, fused)?;
                 }
                 Op::MatMul {
                     transpose_a: false,
@@ -344,9 +416,11 @@ impl Engine {
                     } else {
                         (r, c, c, 1)
                     };
-                    let w = take_packed(&mut graph, i, 1, k, n, rs, cs)?;
+                    let (wt, bias) = take_weights(&mut graph, i, 1, k, n)?;
+                    let w = PackedB::pack(&wt, k, n, rs, cs, bias.as_deref());
+                    drop(wt);
                     let fused = fuse_tail(&graph, here, &sole_user, &b, &mut done)?;
-                    b.gemm(&graph, i, x, GemmA::Dense { k }, w, fused)?;
+                    b.gemm(&graph, i, x, GemmA::Dense { k, w }, fused)?;
                 }
                 Op::Pool(p)
                     if p.layout == Layout::Nhwc
@@ -491,6 +565,19 @@ impl Engine {
                 .iter()
                 .filter(|s| matches!(s, Step::Gemm { .. }))
                 .count(),
+            winograd_steps: self
+                .steps
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        s,
+                        Step::Gemm {
+                            a: GemmA::Winograd(..),
+                            ..
+                        }
+                    )
+                })
+                .count(),
             fallback_steps: self
                 .steps
                 .iter()
@@ -553,9 +640,10 @@ impl Engine {
             let r = self.step(step, ws, &mut out, inputs, n);
             if let Some(t) = t {
                 eprintln!(
-                    "profile {} {:.3}",
+                    "profile {} {:.3} {}",
                     step.label(),
-                    t.elapsed().as_secs_f64() * 1e3
+                    t.elapsed().as_secs_f64() * 1e3,
+                    self.flops(step, n)
                 );
             }
             ws.bufs[o] = out;
@@ -574,6 +662,16 @@ impl Engine {
                 Tensor::f32(shape, ws.bufs[self.values[p.value].buf][..len].to_vec())
             })
             .collect()
+    }
+
+    /// Multiply-adds x 2 of a gemm step for `n` samples (0 for others).
+    fn flops(&self, step: &Step, n: usize) -> usize {
+        match step {
+            Step::Gemm { a, out, .. } => {
+                2 * numel(&self.values[*out].shape) / a.n().max(1) * n * a.k() * a.n()
+            }
+            _ => 0,
+        }
     }
 
     fn view<'w>(&self, ws: &'w Workspace, v: usize, n: usize) -> &'w [f32] {
@@ -595,7 +693,6 @@ impl Engine {
             Step::Gemm {
                 x,
                 a,
-                w,
                 scale,
                 residual,
                 act,
@@ -604,11 +701,11 @@ impl Engine {
                 let xv = self.view(ws, *x, n);
                 let epi = Epilogue {
                     scale: *scale,
-                    residual: residual.map(|(r, s)| (self.view(ws, r, n), w.n(), s)),
+                    residual: residual.map(|(r, s)| (self.view(ws, r, n), a.n(), s)),
                     act: *act,
                 };
                 match a {
-                    GemmA::Dense { k } => {
+                    GemmA::Dense { k, w } => {
                         let src = Dense {
                             a: xv,
                             m: xv.len() / k,
@@ -617,9 +714,13 @@ impl Engine {
                         };
                         gemm::gemm(&src, w, out, w.n(), &epi)
                     }
-                    GemmA::Patches(g) => {
+                    GemmA::Patches(g, w) => {
                         let g = ConvGeometry { n: g.n * n, ..*g };
                         gemm::gemm(&Patches { x: xv, g }, w, out, w.n(), &epi)
+                    }
+                    GemmA::Winograd(g, w) => {
+                        let g = ConvGeometry { n: g.n * n, ..*g };
+                        w.run(xv, &g, out, &epi)
                     }
                 }
             }
@@ -762,23 +863,23 @@ fn fuse_tail(
     Ok(f)
 }
 
-/// Take weights (input `slot` of node `i`) out of the graph and pack them,
-/// with the node's bias (input 2) if it has one.
-fn take_packed(
+/// Take weights (input `slot` of node `i`, `k * n` values) and the node's
+/// bias (input 2) if it has one out of the graph, freeing the graph's copy
+/// once nothing else reads it, so the caller's packed form is the only one
+/// kept.
+fn take_weights(
     graph: &mut Graph,
     i: usize,
     slot: usize,
     k: usize,
     n: usize,
-    rs: usize,
-    cs: usize,
-) -> Result<PackedB> {
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     let node = &graph.nodes[i];
     let err = |m: String| Error::node(&node.name, &node.source_op, m);
     let wt = graph
         .const_of(node.inputs[slot])
         .ok_or_else(|| err("weights are not constant".into()))?;
-    let wv = wt.as_f32()?;
+    let wv = wt.as_f32()?.into_owned();
     if wv.len() != k * n {
         return Err(err(format!(
             "weights hold {} values, want {k} x {n}",
@@ -798,14 +899,11 @@ fn take_packed(
         }
         None => None,
     };
-    let packed = PackedB::pack(&wv, k, n, rs, cs, bias.as_deref());
-    drop(wv);
-    // Free the source weights now if nothing else reads them.
     let wnode = node.inputs[slot].node;
     if graph.users(node.inputs[slot]).len() == 1 {
         graph.nodes[wnode].op = Op::Const(Tensor::scalar_f32(0.0));
     }
-    Ok(packed)
+    Ok((wv, bias))
 }
 
 #[derive(Default)]
@@ -865,15 +963,7 @@ impl Builder {
         }
     }
 
-    fn gemm(
-        &mut self,
-        graph: &Graph,
-        i: usize,
-        x: usize,
-        a: GemmA,
-        w: PackedB,
-        f: Fused,
-    ) -> Result<()> {
+    fn gemm(&mut self, graph: &Graph, i: usize, x: usize, a: GemmA, f: Fused) -> Result<()> {
         let last = &graph.nodes[f.last];
         let err = |m: String| Error::node(&last.name, &last.source_op, m);
         let out = self.value(last.outputs[0].shape.clone(), DType::F32, &err)?;
@@ -881,7 +971,7 @@ impl Builder {
             Some((wire, s)) => Some((self.act(wire, &err)?, s)),
             None => None,
         };
-        if !numel(&self.values[out].shape).is_multiple_of(w.n()) {
+        if !numel(&self.values[out].shape).is_multiple_of(a.n()) {
             return Err(err("output size is not a multiple of the channels".into()));
         }
         self.fused += f.nodes;
@@ -889,7 +979,6 @@ impl Builder {
             name: graph.nodes[i].name.clone(),
             x,
             a,
-            w,
             scale: f.scale,
             residual,
             act: f.act,
@@ -975,7 +1064,7 @@ impl Builder {
             .steps
             .iter()
             .map(|s| match s {
-                Step::Gemm { w, .. } => w.bytes(),
+                Step::Gemm { a, .. } => a.bytes(),
                 _ => 0,
             })
             .sum();

@@ -237,28 +237,27 @@ thread_local! {
     static A_PACK: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
 }
 
+/// An output pointer shared by parallel tasks.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint tiles of C (see `gemm`).
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: every user has its tasks write disjoint parts (tiles of C in
+// `gemm`, pixels of tiles in Winograd).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// A method, so closures capture the wrapper and not its raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
-/// C[m, n] (row stride ldc, n = b.n()) = epilogue(A x B).
-///
-/// Panics if a slice is shorter than the sizes say: the engine sizes every
-/// buffer from the plan, so a short one is a bug, not bad input.
-pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+/// Assert the operands fit together; false when there is nothing to do.
+fn check_sizes(a: &dyn ASource, b: &PackedB, c: &[f32], ldc: usize, epi: &Epilogue) -> bool {
     let (m, k, n) = (a.rows(), b.k(), b.n());
     assert_eq!(a.k(), k, "gemm: A has {} columns, B {} rows", a.k(), k);
     if m == 0 || n == 0 {
-        return;
+        return false;
     }
     assert!(
         ldc >= n && c.len() >= (m - 1) * ldc + n,
@@ -269,6 +268,18 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
             ldr >= n && r.len() >= (m - 1) * ldr + n,
             "gemm: residual too small"
         );
+    }
+    true
+}
+
+/// C[m, n] (row stride ldc, n = b.n()) = epilogue(A x B).
+///
+/// Panics if a slice is shorter than the sizes say: the engine sizes every
+/// buffer from the plan, so a short one is a bug, not bad input.
+pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    let (m, k, n) = (a.rows(), b.k(), b.n());
+    if !check_sizes(a, b, c, ldc, epi) {
+        return;
     }
     let threads = rayon::current_num_threads().max(1);
     let tiles_total = m.div_ceil(MR);
@@ -293,55 +304,21 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
     let kernel = pick_kernel();
     let run = |t: usize| {
         let (rb, pg) = (t / panel_groups, t % panel_groups);
-        let (r0, r1) = (block_start(rb), block_start(rb + 1));
-        let tiles = (r1 - r0).div_ceil(MR);
-        A_PACK.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < tiles * k * MR {
-                *buf = AlignedBuf::zeroed((MAX_BLOCK_ROWS + MR).max(tiles * MR) * k);
-            }
-            let ap = buf.as_mut_slice();
-            // Full tiles of a dense A are read in place; the rest is packed.
-            let direct = a.direct();
-            for t in 0..tiles {
-                let m0 = r0 + t * MR;
-                if direct.is_none() || r1 - m0 < MR {
-                    a.pack(m0, MR.min(r1 - m0), &mut ap[t * k * MR..][..k * MR]);
-                }
-            }
-            for j in pg * per_group..((pg + 1) * per_group).min(panels) {
-                let bp = b.panel(j);
-                let cols = NR.min(n - j * NR);
-                for t in 0..tiles {
-                    let m0 = r0 + t * MR;
-                    let rows = MR.min(r1 - m0);
-                    let (res, ldr, res_scale) = match epi.residual {
-                        // SAFETY: in bounds, asserted above.
-                        Some((r, ldr, s)) => (unsafe { r.as_ptr().add(m0 * ldr + j * NR) }, ldr, s),
-                        None => (std::ptr::null(), 0, 0.0),
-                    };
-                    let tile = Tile {
-                        // SAFETY: in bounds (asserted above); tiles are disjoint across tasks.
-                        c: unsafe { cptr.get().add(m0 * ldc + j * NR) },
-                        ldc,
-                        rows,
-                        cols,
-                        bias: b.bias.as_slice()[j * NR..].as_ptr(),
-                        res,
-                        ldr,
-                        res_scale,
-                        scale: epi.scale,
-                        act: epi.act,
-                    };
-                    let (aptr, rs, cs) = match direct {
-                        Some((d, lda)) if rows == MR => (d[m0 * lda..].as_ptr(), lda, 1),
-                        _ => (ap[t * k * MR..].as_ptr(), k, 1),
-                    };
-                    // SAFETY: A covers MR rows x k at (rs, cs); B holds k * NR floats.
-                    unsafe { kernel(k, aptr, rs, cs, bp.as_ptr(), &tile) };
-                }
-            }
-        });
+        let j0 = pg * per_group;
+        let j1 = ((pg + 1) * per_group).min(panels);
+        // SAFETY: sizes asserted above; tasks cover disjoint tiles.
+        unsafe {
+            run_block(
+                a,
+                b,
+                cptr.get(),
+                ldc,
+                epi,
+                (block_start(rb), block_start(rb + 1)),
+                (j0, j1),
+                kernel,
+            )
+        };
     };
     if tasks == 1 || threads == 1 {
         (0..tasks).for_each(run);
@@ -351,18 +328,122 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
     }
 }
 
+/// As `gemm`, all on the calling thread (for callers that parallelise
+/// over something else, like Winograd's tile blocks).
+pub fn gemm_serial(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    let (m, k, n) = (a.rows(), b.k(), b.n());
+    if !check_sizes(a, b, c, ldc, epi) {
+        return;
+    }
+    let kernel = pick_kernel();
+    let rows_per = (MAX_BLOCK_ROWS).min((A_BLOCK_BYTES / (4 * k.max(1))).max(MR) / MR * MR);
+    let mut r0 = 0;
+    while r0 < m {
+        let r1 = (r0 + rows_per).min(m);
+        // SAFETY: sizes asserted above.
+        unsafe {
+            run_block(
+                a,
+                b,
+                c.as_mut_ptr(),
+                ldc,
+                epi,
+                (r0, r1),
+                (0, n.div_ceil(NR)),
+                kernel,
+            )
+        };
+        r0 = r1;
+    }
+}
+
+/// Rows `r0..r1` of C times panels `j0..j1`: pack A's tiles once, then
+/// sweep the panels over them.
+///
+/// # Safety
+/// `c` (row stride `ldc`) and the epilogue's residual cover rows r0..r1 of
+/// the panels' columns; no other thread writes those tiles meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_block(
+    a: &dyn ASource,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epi: &Epilogue,
+    (r0, r1): (usize, usize),
+    (j0, j1): (usize, usize),
+    kernel: Kernel,
+) {
+    let (k, n) = (b.k(), b.n());
+    let tiles = (r1 - r0).div_ceil(MR);
+    A_PACK.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < tiles * k * MR {
+            *buf = AlignedBuf::zeroed((MAX_BLOCK_ROWS + MR).max(tiles * MR) * k);
+        }
+        let ap = buf.as_mut_slice();
+        // Full tiles of a dense A are read in place; the rest is packed.
+        let direct = a.direct();
+        for t in 0..tiles {
+            let m0 = r0 + t * MR;
+            if direct.is_none() || r1 - m0 < MR {
+                a.pack(m0, MR.min(r1 - m0), &mut ap[t * k * MR..][..k * MR]);
+            }
+        }
+        for j in j0..j1 {
+            let bp = b.panel(j);
+            let cols = NR.min(n - j * NR);
+            for t in 0..tiles {
+                let m0 = r0 + t * MR;
+                let rows = MR.min(r1 - m0);
+                let (res, ldr, res_scale) = match epi.residual {
+                    Some((r, ldr, s)) => (r.as_ptr().add(m0 * ldr + j * NR), ldr, s),
+                    None => (std::ptr::null(), 0, 0.0),
+                };
+                let tile = Tile {
+                    c: c.add(m0 * ldc + j * NR),
+                    ldc,
+                    rows,
+                    cols,
+                    bias: b.bias.as_slice()[j * NR..].as_ptr(),
+                    res,
+                    ldr,
+                    res_scale,
+                    scale: epi.scale,
+                    act: epi.act,
+                };
+                let (aptr, rs, cs) = match direct {
+                    Some((d, lda)) if rows == MR => (d[m0 * lda..].as_ptr(), lda, 1),
+                    _ => (ap[t * k * MR..].as_ptr(), k, 1),
+                };
+                // SAFETY: A covers MR rows x k at (rs, cs); B holds k * NR floats.
+                kernel(k, aptr, rs, cs, bp.as_ptr(), &tile);
+            }
+        }
+    });
+}
+
 type Kernel = unsafe fn(usize, *const f32, usize, usize, *const f32, &Tile);
 
 fn pick_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::env::var_os("FACEALL_NO_AVX512").is_none()
-            && std::arch::is_x86_feature_detected!("avx512f")
-        {
+        if avx512() {
             return kernel_avx512;
         }
     }
     kernel_portable
+}
+
+/// Whether to use AVX-512 code: the CPU has it and `FACEALL_NO_AVX512` is
+/// unset (read once; it is looked up on every gemm otherwise).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::env::var_os("FACEALL_NO_AVX512").is_none()
+            && std::arch::is_x86_feature_detected!("avx512f")
+    })
 }
 
 #[inline(always)]

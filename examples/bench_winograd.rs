@@ -1,0 +1,75 @@
+//! Winograd F(2x2)/F(4x4) 3x3 convolutions against the im2col gemm on
+//! FaceNet's 3x3 stride-1 shapes (batch 8).
+use faceall::runtime::kernels::gemm::{gemm, Epilogue, PackedB, Patches};
+use faceall::runtime::kernels::winograd::{Tile, Winograd};
+use faceall::runtime::kernels::ConvGeometry;
+use std::time::Instant;
+
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    for _ in 0..20 {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best * 1e3
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(8);
+    let only: Option<usize> = std::env::args().nth(2).and_then(|a| a.parse().ok());
+    // (h, c, k, pad)
+    for (i, &(h, c, k, pad)) in [
+        (79, 32, 32, 0),
+        (77, 32, 64, 1),
+        (38, 80, 192, 0),
+        (17, 32, 32, 1),
+        (17, 192, 192, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        let oh = h + 2 * pad - 2;
+        let g = ConvGeometry {
+            n,
+            h,
+            w: h,
+            c,
+            kh: 3,
+            kw: 3,
+            co: k,
+            oh,
+            ow: oh,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad: [pad, pad],
+        };
+        let x: Vec<f32> = (0..n * h * h * c).map(|i| (i % 97) as f32 / 97.0).collect();
+        let wt: Vec<f32> = (0..9 * c * k).map(|i| (i % 89) as f32 / 89.0).collect();
+        let mut out = vec![0.0; n * oh * oh * k];
+        let pb = PackedB::pack(&wt, 9 * c, k, k, 1, None);
+        let direct = time(|| {
+            gemm(
+                &Patches { x: &x, g },
+                &pb,
+                &mut out,
+                k,
+                &Epilogue::default(),
+            )
+        });
+        let mut line = format!("{n}x{h}x{h}x{c} -> {k} pad {pad}: im2col {direct:.3} ms");
+        for tile in [Tile::F2, Tile::F4] {
+            let w = Winograd::new(&wt, c, k, None, tile);
+            let ms = time(|| w.run(&x, &g, &mut out, &Epilogue::default()));
+            line += &format!(", {tile:?} {ms:.3} ms ({:.2}x)", direct / ms);
+        }
+        println!("{line}");
+    }
+}

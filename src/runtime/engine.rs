@@ -91,10 +91,10 @@ enum Step {
         ohw: [usize; 2],
         out: usize,
     },
-    /// Concatenation on an axis >= 1: per sample, `outer` rows of each part.
+    /// Concatenation on an axis >= 1: every output row is one row of each
+    /// part, (value, row length) side by side.
     Concat {
         parts: Vec<(usize, usize)>,
-        outer: usize,
         out: usize,
     },
     Activation {
@@ -459,7 +459,7 @@ impl Engine {
                         parts.push((v, numel(&b.values[v].shape) / outer.max(1)));
                     }
                     let out = b.value(node.outputs[0].shape.clone(), DType::F32, &err)?;
-                    b.steps.push(Step::Concat { parts, outer, out });
+                    b.steps.push(Step::Concat { parts, out });
                     b.wires.insert(here, Val::Act(out));
                 }
                 Op::Activation(a) if matches!(b.wires.get(&node.inputs[0]), Some(Val::Act(_))) => {
@@ -746,14 +746,27 @@ impl Engine {
                     out,
                 );
             }
-            Step::Concat { parts, outer, .. } => {
-                let mut at = 0;
-                for o in 0..outer * n {
-                    for (v, inner) in parts {
-                        let src = &self.view(ws, *v, n)[o * inner..][..*inner];
-                        out[at..at + inner].copy_from_slice(src);
+            Step::Concat { parts, .. } => {
+                // Each output row is the parts' rows side by side; rows are
+                // copied in parallel when there are many bytes to move.
+                let row_len: usize = parts.iter().map(|p| p.1).sum();
+                let srcs: Vec<(&[f32], usize)> = parts
+                    .iter()
+                    .map(|(v, inner)| (self.view(ws, *v, n), *inner))
+                    .collect();
+                let row = |(o, dst): (usize, &mut [f32])| {
+                    let mut at = 0;
+                    for (src, inner) in &srcs {
+                        dst[at..at + inner].copy_from_slice(&src[o * inner..][..*inner]);
                         at += inner;
                     }
+                };
+                if row_len == 0 {
+                } else if out.len() >= 1 << 16 {
+                    use rayon::prelude::*;
+                    out.par_chunks_mut(row_len).enumerate().for_each(row);
+                } else {
+                    out.chunks_mut(row_len).enumerate().for_each(row);
                 }
             }
             Step::Activation { x, act, .. } => {

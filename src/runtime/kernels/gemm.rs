@@ -194,26 +194,43 @@ impl ASource for Patches<'_> {
     }
     fn pack(&self, m0: usize, rows: usize, dst: &mut [f32]) {
         let g = &self.g;
+        let k = self.k();
         let per_image = g.oh * g.ow;
-        let at: [Option<(usize, usize, usize)>; MR] = std::array::from_fn(|r| {
-            (r < rows).then(|| {
-                let m = m0 + r;
-                let pix = m % per_image;
-                (m / per_image, pix / g.ow, pix % g.ow)
-            })
-        });
-        // One (ky, kx) segment of c floats at a time, all rows together.
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let src: [Option<&[f32]>; MR] = std::array::from_fn(|r| {
-                    let (b, oy, ox) = at[r]?;
-                    let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0])?;
-                    let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1])?;
-                    (iy < g.h && ix < g.w)
-                        .then(|| &self.x[((b * g.h + iy) * g.w + ix) * g.c..][..g.c])
-                });
-                let base = (ky * g.kw + kx) * g.c;
-                gather(&src, g.c, &mut dst[base..], self.k());
+        // One filter row (kw pixels of c floats) at a time: a single copy
+        // when its pixels are adjacent and inside the image.
+        let seg = g.kw * g.c;
+        for r in 0..MR {
+            let d = &mut dst[r * k..][..k];
+            if r >= rows {
+                d.fill(0.0);
+                continue;
+            }
+            let m = m0 + r;
+            let pix = m % per_image;
+            let (b, oy, ox) = (m / per_image, pix / g.ow, pix % g.ow);
+            let ix0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
+            for ky in 0..g.kh {
+                let dk = &mut d[ky * seg..][..seg];
+                let iy = (oy * g.stride[0] + ky * g.dilation[0])
+                    .checked_sub(g.pad[0])
+                    .filter(|&iy| iy < g.h);
+                let Some(iy) = iy else {
+                    dk.fill(0.0);
+                    continue;
+                };
+                let row = &self.x[(b * g.h + iy) * g.w * g.c..][..g.w * g.c];
+                if g.dilation[1] == 1 && ix0 >= 0 && ix0 as usize + g.kw <= g.w {
+                    dk.copy_from_slice(&row[ix0 as usize * g.c..][..seg]);
+                    continue;
+                }
+                for (kx, dd) in dk.chunks_mut(g.c).enumerate() {
+                    let ix = ix0 + (kx * g.dilation[1]) as isize;
+                    if ix >= 0 && (ix as usize) < g.w {
+                        dd.copy_from_slice(&row[ix as usize * g.c..][..g.c]);
+                    } else {
+                        dd.fill(0.0);
+                    }
+                }
             }
         }
     }
@@ -283,27 +300,36 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
     }
     let threads = rayon::current_num_threads().max(1);
     let tiles_total = m.div_ceil(MR);
-    // Row blocks: as many as the A budget needs, rounded up to a multiple of
-    // the threads, with tiles shared out evenly.
     let cap_tiles = (A_BLOCK_BYTES / (4 * k.max(1)) / MR).clamp(1, MAX_BLOCK_ROWS / MR);
-    let row_blocks = tiles_total
-        .div_ceil(cap_tiles)
-        .next_multiple_of(threads)
-        .min(tiles_total);
-    let block_start = |b: usize| (b * tiles_total / row_blocks * MR).min(m);
     let panels = n.div_ceil(NR);
-    // Too few rows for every thread: split the panels (A is small then).
-    let panel_groups = if row_blocks >= threads {
-        1
+    let (row_blocks, panel_groups) = if tiles_total < 4 * threads && panels >= threads {
+        // Few rows (batch 1 at 8x8: 64 = 5 x 12 + 4): row blocks would be
+        // uneven, so each thread takes all rows of its share of panels.
+        (tiles_total.div_ceil(cap_tiles), threads)
     } else {
-        threads.div_ceil(row_blocks).min(panels)
+        // Row blocks: as many as the A budget needs, rounded up to a
+        // multiple of the threads, with tiles shared out evenly; too few
+        // rows for every thread and the panels are split too.
+        let rb = tiles_total
+            .div_ceil(cap_tiles)
+            .next_multiple_of(threads)
+            .min(tiles_total);
+        let pg = if rb >= threads {
+            1
+        } else {
+            threads.div_ceil(rb).min(panels)
+        };
+        (rb, pg)
     };
+    let block_start = |b: usize| (b * tiles_total / row_blocks * MR).min(m);
     let per_group = panels.div_ceil(panel_groups);
     let tasks = row_blocks * panel_groups;
     let cptr = SendPtr(c.as_mut_ptr());
     let kernel = pick_kernel();
     let run = |t: usize| {
-        let (rb, pg) = (t / panel_groups, t % panel_groups);
+        // Panel-group major: rayon halves the range, so each thread gets
+        // whole panel groups.
+        let (rb, pg) = (t % row_blocks, t / row_blocks);
         let j0 = pg * per_group;
         let j1 = ((pg + 1) * per_group).min(panels);
         // SAFETY: sizes asserted above; tasks cover disjoint tiles.
@@ -372,7 +398,7 @@ unsafe fn run_block(
     epi: &Epilogue,
     (r0, r1): (usize, usize),
     (j0, j1): (usize, usize),
-    kernel: Kernel,
+    kernel: &Kernels,
 ) {
     let (k, n) = (b.k(), b.n());
     let tiles = (r1 - r0).div_ceil(MR);
@@ -417,7 +443,7 @@ unsafe fn run_block(
                     _ => (ap[t * k * MR..].as_ptr(), k, 1),
                 };
                 // SAFETY: A covers MR rows x k at (rs, cs); B holds k * NR floats.
-                kernel(k, aptr, rs, cs, bp.as_ptr(), &tile);
+                kernel[rows](k, aptr, rs, cs, bp.as_ptr(), &tile);
             }
         }
     });
@@ -425,14 +451,33 @@ unsafe fn run_block(
 
 type Kernel = unsafe fn(usize, *const f32, usize, usize, *const f32, &Tile);
 
-fn pick_kernel() -> Kernel {
+/// The microkernel for each row count 1..=MR (index 0 unused).
+type Kernels = [Kernel; MR + 1];
+
+fn pick_kernel() -> &'static Kernels {
     #[cfg(target_arch = "x86_64")]
     {
+        static AVX512: Kernels = [
+            kernel_avx512::<1>,
+            kernel_avx512::<1>,
+            kernel_avx512::<2>,
+            kernel_avx512::<3>,
+            kernel_avx512::<4>,
+            kernel_avx512::<5>,
+            kernel_avx512::<6>,
+            kernel_avx512::<7>,
+            kernel_avx512::<8>,
+            kernel_avx512::<9>,
+            kernel_avx512::<10>,
+            kernel_avx512::<11>,
+            kernel_avx512::<12>,
+        ];
         if avx512() {
-            return kernel_avx512;
+            return &AVX512;
         }
     }
-    kernel_portable
+    static PORTABLE: Kernels = [kernel_portable; MR + 1];
+    &PORTABLE
 }
 
 /// Whether to use AVX-512 code: the CPU has it and `FACEALL_NO_AVX512` is
@@ -481,13 +526,23 @@ unsafe fn kernel_portable(k: usize, a: *const f32, rs: usize, cs: usize, b: *con
     }
 }
 
+/// R rows of the tile (R = t.rows <= MR; tails of m get their own R so
+/// no products are wasted on padding rows: 64 rows = 5 x 12 + 4).
+///
 /// # Safety
-/// As `kernel_portable`, and the CPU has AVX-512F.
+/// As `kernel_portable` for R rows, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(k: usize, a: *const f32, rs: usize, cs: usize, b: *const f32, t: &Tile) {
+unsafe fn kernel_avx512<const R: usize>(
+    k: usize,
+    a: *const f32,
+    rs: usize,
+    cs: usize,
+    b: *const f32,
+    t: &Tile,
+) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..k {
         let b0 = _mm512_load_ps(b.add(p * NR));
         let b1 = _mm512_load_ps(b.add(p * NR + 16));

@@ -19,7 +19,12 @@ pub fn pool_nhwc(
     out
 }
 
-/// As `pool_nhwc`, into `out` (n * oh * ow * c floats).
+/// Outputs from which pooling splits its rows across threads.
+const PARALLEL_FROM: usize = 1 << 15;
+
+/// As `pool_nhwc`, into `out` (n * oh * ow * c floats). Rows of output run
+/// in parallel when there are many; each element's sum or max is taken in
+/// the same order either way.
 #[allow(clippy::too_many_arguments)]
 pub fn pool_nhwc_into(
     x: &[f32],
@@ -31,40 +36,43 @@ pub fn pool_nhwc_into(
     [oh, ow]: [usize; 2],
     out: &mut [f32],
 ) {
-    let mut acc = vec![0.0f32; c];
-    for b in 0..n {
-        for oy in 0..oh {
-            let y0 = (oy * stride[0]) as isize - pad[0] as isize;
-            let ys = y0.max(0) as usize..((y0 + k[0] as isize).min(h as isize)).max(0) as usize;
-            for ox in 0..ow {
-                let x0 = (ox * stride[1]) as isize - pad[1] as isize;
-                let xs = x0.max(0) as usize..((x0 + k[1] as isize).min(w as isize)).max(0) as usize;
-                acc.fill(match kind {
-                    PoolKind::Max => f32::NEG_INFINITY,
-                    PoolKind::Avg => 0.0,
-                });
-                let mut count = 0usize;
-                for iy in ys.clone() {
-                    for ix in xs.clone() {
-                        let src = &x[((b * h + iy) * w + ix) * c..][..c];
-                        count += 1;
-                        match kind {
-                            PoolKind::Max => {
-                                acc.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v))
-                            }
-                            PoolKind::Avg => acc.iter_mut().zip(src).for_each(|(a, &v)| *a += v),
-                        }
-                    }
-                }
-                let dst = &mut out[((b * oh + oy) * ow + ox) * c..][..c];
-                match kind {
-                    PoolKind::Max => dst.copy_from_slice(&acc),
-                    PoolKind::Avg => {
-                        let count = count.max(1) as f32;
-                        dst.iter_mut().zip(&acc).for_each(|(d, &a)| *d = a / count);
+    let row_len = ow * c;
+    if row_len == 0 || oh == 0 {
+        return;
+    }
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (b, oy) = (r / oh, r % oh);
+        let y0 = (oy * stride[0]) as isize - pad[0] as isize;
+        let ys = y0.max(0) as usize..((y0 + k[0] as isize).min(h as isize)).max(0) as usize;
+        for (ox, d) in dst.chunks_mut(c).enumerate() {
+            let x0 = (ox * stride[1]) as isize - pad[1] as isize;
+            let xs = x0.max(0) as usize..((x0 + k[1] as isize).min(w as isize)).max(0) as usize;
+            d.fill(match kind {
+                PoolKind::Max => f32::NEG_INFINITY,
+                PoolKind::Avg => 0.0,
+            });
+            let mut count = 0usize;
+            for iy in ys.clone() {
+                for ix in xs.clone() {
+                    let src = &x[((b * h + iy) * w + ix) * c..][..c];
+                    count += 1;
+                    match kind {
+                        PoolKind::Max => d.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v)),
+                        PoolKind::Avg => d.iter_mut().zip(src).for_each(|(a, &v)| *a += v),
                     }
                 }
             }
+            if kind == PoolKind::Avg {
+                let count = count.max(1) as f32;
+                d.iter_mut().for_each(|a| *a /= count);
+            }
         }
+    };
+    let out = &mut out[..n * oh * row_len];
+    if out.len() >= PARALLEL_FROM {
+        use rayon::prelude::*;
+        out.par_chunks_mut(row_len).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(row_len).enumerate().for_each(row);
     }
 }

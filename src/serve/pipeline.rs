@@ -20,8 +20,19 @@ pub const MARGIN: f32 = 44.0;
 /// found is 20 / 640 of the longer side (62 px in a 2000 px photo).
 pub const DETECT_MAX_SIDE: u32 = 640;
 
+/// Faces per engine call: bounds the activation buffers (2.8 MB a face for
+/// FaceNet) however many faces a photo has.
+pub const EMBED_BATCH: usize = 8;
+
+/// Photos in detection at once: each holds its own detector buffers (tens
+/// of MB for a big photo) and two keep both cores busy.
+pub const DETECT_CONCURRENCY: usize = 2;
+
 pub struct Pipeline {
     engine: Engine,
+    engine_turn: std::sync::Mutex<()>,
+    /// Photos in `faces` now, at most DETECT_CONCURRENCY.
+    busy: (std::sync::Mutex<usize>, std::sync::Condvar),
     mtcnn: Mtcnn,
     size: u32,
     /// Floats per embedding.
@@ -55,14 +66,39 @@ impl Pipeline {
         let mtcnn = Mtcnn::load(mtcnn)?;
         Ok(Pipeline {
             engine,
+            engine_turn: std::sync::Mutex::new(()),
+            busy: Default::default(),
             mtcnn,
             size,
             dim,
         })
     }
 
-    /// Every face in the photo, best-scored first.
+    /// Every face in the photo, best-scored first. At most
+    /// DETECT_CONCURRENCY photos run at once; other callers wait.
     pub fn faces(&self, img: &RgbImage) -> Result<Vec<Found>> {
+        let poisoned = |_| Error::Usage("pipeline lock poisoned".into());
+        {
+            let (lock, cv) = &self.busy;
+            let mut n = lock.lock().map_err(poisoned)?;
+            while *n >= DETECT_CONCURRENCY {
+                n = cv.wait(n).map_err(poisoned)?;
+            }
+            *n += 1;
+        }
+        let r = self.faces_now(img);
+        let (lock, cv) = &self.busy;
+        if let Ok(mut n) = lock.lock() {
+            *n -= 1;
+            if *n == 0 {
+                release_memory();
+            }
+        }
+        cv.notify_one();
+        r
+    }
+
+    fn faces_now(&self, img: &RgbImage) -> Result<Vec<Found>> {
         let long = img.width().max(img.height());
         let mut faces = if long > DETECT_MAX_SIDE {
             let s = DETECT_MAX_SIDE as f32 / long as f32;
@@ -96,14 +132,23 @@ impl Pipeline {
             return Ok(vec![]);
         }
         let per = (self.size * self.size * 3) as usize;
-        let mut batch = Vec::with_capacity(per * faces.len());
-        for f in &faces {
-            let crop = face_crop(img, f, MARGIN);
-            let t = crate::preprocess::face_input(img, crop, self.size)?;
-            batch.extend_from_slice(&t.as_f32()?);
+        let mut emb = Vec::with_capacity(self.dim * faces.len());
+        for chunk in faces.chunks(EMBED_BATCH) {
+            let mut batch = Vec::with_capacity(per * chunk.len());
+            for f in chunk {
+                let crop = face_crop(img, f, MARGIN);
+                let t = crate::preprocess::face_input(img, crop, self.size)?;
+                batch.extend_from_slice(&t.as_f32()?);
+            }
+            // One batch at a time: each uses both cores already, and each
+            // concurrent run would keep its own activation buffers.
+            let _turn = self
+                .engine_turn
+                .lock()
+                .map_err(|_| Error::Usage("engine lock poisoned".into()))?;
+            let out = self.engine.run(&[&batch], chunk.len())?;
+            emb.extend_from_slice(&out[0].as_f32()?);
         }
-        let out = self.engine.run(&[&batch], faces.len())?;
-        let emb = out[0].as_f32()?;
         Ok(faces
             .into_iter()
             .zip(emb.chunks(self.dim))
@@ -112,6 +157,16 @@ impl Pipeline {
                 embedding: l2_normalize(e),
             })
             .collect())
+    }
+}
+
+/// Hand the detector's freed buffers back to the system once no photo is
+/// in flight (see `serve::tune_allocator`).
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -61,14 +61,68 @@ impl CaffeModel {
         }
     }
 
+    /// Only the blobs named in `wanted`, each intermediate dropped after its
+    /// last reader (no trace): what a detector needs, in the memory of a few
+    /// layers rather than of all of them.
+    pub fn forward_outputs(
+        &self,
+        feeds: &HashMap<String, Tensor>,
+        wanted: &[&str],
+    ) -> Result<HashMap<String, Tensor>> {
+        let mut last_read: HashMap<&str, usize> = HashMap::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for b in &l.param.bottom {
+                last_read.insert(b.as_str(), i);
+            }
+        }
+        let mut blobs = self.fed(feeds)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let ins = bottoms(l, &blobs)?;
+            let outs = run_layer(l, &ins).map_err(|e| in_layer(l, e))?;
+            drop(ins);
+            for b in &l.param.bottom {
+                if last_read.get(b.as_str()) == Some(&i) && !wanted.contains(&b.as_str()) {
+                    blobs.remove(b);
+                }
+            }
+            for (top, t) in l.param.top.iter().zip(outs) {
+                blobs.insert(top.clone(), t);
+            }
+        }
+        blobs.retain(|k, _| wanted.contains(&k.as_str()));
+        Ok(blobs)
+    }
+
     /// Like `forward`, but a layer that fails stops the run and is returned
     /// with everything computed before it (verify-parity reports both).
     pub fn forward_partial(
         &self,
         feeds: &HashMap<String, Tensor>,
     ) -> Result<(HashMap<String, Tensor>, Trace, Option<Error>)> {
-        let mut blobs: HashMap<String, Tensor> = HashMap::new();
+        let mut blobs = self.fed(feeds)?;
         let mut trace = vec![];
+        for l in &self.layers {
+            let outs = bottoms(l, &blobs)
+                .and_then(|ins| run_layer(l, &ins))
+                .map_err(|e| in_layer(l, e));
+            let outs = match outs {
+                Ok(o) => o,
+                Err(e) => return Ok((blobs, trace, Some(e))),
+            };
+            for (top, t) in l.param.top.iter().zip(outs) {
+                trace.push((top.clone(), t.clone()));
+                blobs.insert(top.clone(), t);
+            }
+        }
+        Ok((blobs, trace, None))
+    }
+}
+
+impl CaffeModel {
+    /// The fed inputs, checked against the declared shapes (H and W may
+    /// differ).
+    fn fed(&self, feeds: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        let mut blobs = HashMap::new();
         for (name, shape) in &self.inputs {
             let t = feeds
                 .get(name)
@@ -81,35 +135,32 @@ impl CaffeModel {
             }
             blobs.insert(name.clone(), t.clone());
         }
-        for l in &self.layers {
-            let ins = l
-                .param
-                .bottom
-                .iter()
-                .map(|b| {
-                    blobs.get(b).cloned().ok_or_else(|| {
-                        Error::node(
-                            l.name(),
-                            l.kind(),
-                            format!("bottom '{b}' is not produced by any layer before it"),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>>>();
-            let outs = ins.and_then(|ins| run_layer(l, &ins)).map_err(|e| match e {
-                e @ Error::Node { .. } => e,
-                e => Error::node(l.name(), l.kind(), e.to_string()),
-            });
-            let outs = match outs {
-                Ok(o) => o,
-                Err(e) => return Ok((blobs, trace, Some(e))),
-            };
-            for (top, t) in l.param.top.iter().zip(outs) {
-                trace.push((top.clone(), t.clone()));
-                blobs.insert(top.clone(), t);
-            }
-        }
-        Ok((blobs, trace, None))
+        Ok(blobs)
+    }
+}
+
+/// Layer `l`'s bottoms, from the blobs computed so far.
+fn bottoms(l: &Layer, blobs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+    l.param
+        .bottom
+        .iter()
+        .map(|b| {
+            blobs.get(b).cloned().ok_or_else(|| {
+                Error::node(
+                    l.name(),
+                    l.kind(),
+                    format!("bottom '{b}' is not produced by any layer before it"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// An error of layer `l`, naming it unless it already names a node.
+fn in_layer(l: &Layer, e: Error) -> Error {
+    match e {
+        e @ Error::Node { .. } => e,
+        e => Error::node(l.name(), l.kind(), e.to_string()),
     }
 }
 

@@ -123,16 +123,19 @@ pub fn supports(g: &ConvGeometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.dilation == [1, 1]
 }
 
-/// Whether it is also faster than the im2col gemm, as measured on FaceNet's
-/// shapes (`examples/bench_winograd`): F(4x4) from 32 x 32 channels
-/// (1.2x-2.3x; equal at 32 x 32 on a 17x17 map, batch 1), F(2x2) only from
-/// 80 x 192 (1.2x-1.4x; its 4x more tiles cost more in transforms).
+/// Whether it is also worth it: faster than the im2col gemm, as measured on
+/// FaceNet's shapes (`examples/bench_winograd`) - F(4x4) from 32 x 32
+/// channels (1.2x-2.3x; equal at 32 x 32 on a 17x17 map, batch 1), F(2x2)
+/// only from 80 x 192 (1.2x-1.4x; its 4x more tiles cost more in
+/// transforms) - and on a map of at least 16 tiles: on smaller ones (8x8)
+/// there is little to gain while the transformed weights take alpha^2 / 9
+/// times the memory (Mixed_7a's 256 x 256 layer: +7 MB for F(4x4)).
 pub fn worthwhile(g: &ConvGeometry, tile: Tile) -> bool {
-    let min = match tile {
-        Tile::F2 => 80 * 192,
-        Tile::F4 => 32 * 32,
+    let (min, m) = match tile {
+        Tile::F2 => (80 * 192, K2::M),
+        Tile::F4 => (32 * 32, K4::M),
     };
-    supports(g) && g.c * g.co >= min
+    supports(g) && g.c * g.co >= min && g.oh.div_ceil(m) * g.ow.div_ceil(m) >= 16
 }
 
 /// Channels per transform step: one AVX-512 vector.

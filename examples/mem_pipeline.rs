@@ -1,4 +1,5 @@
-//! Peak memory of the serving pipeline, photo by photo (VmHWM / VmRSS).
+//! Peak and current memory (VmHWM / VmRSS) of the serving pipeline, photo by
+//! photo: `cargo run --release --example mem_pipeline -- BUNDLE MTCNN_DIR PHOTO...`
 fn vm() -> String {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -9,14 +10,18 @@ fn vm() -> String {
         .join(", ")
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let p = faceall::serve::pipeline::Pipeline::load(args[1].as_ref(), args[2].as_ref()).unwrap();
+    let [_, model, mtcnn, photos @ ..] = &args[..] else {
+        return Err("usage: mem_pipeline BUNDLE MTCNN_DIR PHOTO...".into());
+    };
+    let p = faceall::serve::pipeline::Pipeline::load(model.as_ref(), mtcnn.as_ref())?;
     println!("loaded: {}", vm());
-    for f in &args[3..] {
-        let img = image::open(f).unwrap().to_rgb8();
+    for f in photos {
+        let img = image::open(f)?.to_rgb8();
         println!("decoded {f} {}x{}: {}", img.width(), img.height(), vm());
-        let n = p.faces(&img).unwrap().len();
+        let n = p.faces(&img)?.len();
         println!("  {n} faces: {}", vm());
     }
+    Ok(())
 }

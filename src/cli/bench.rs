@@ -1,8 +1,9 @@
 //! `faceall bench MODEL`: time faceall's fast engine on a model after a
-//! warm-up: a batch of N images runs as one call. MODEL is a converted
-//! bundle (NAME.graph.json; a directory holding one) or a TF graph; `--engine
-//! reference` times the reference executor instead (image by image), and a
-//! Caffe deploy net (NAME.prototxt) always runs on the Caffe executor.
+//! warm-up (0.3 s of batches): a batch of N images runs as one call. MODEL
+//! is a converted bundle (NAME.graph.json; a directory holding one) or a TF
+//! graph; `--engine reference` times the reference executor instead (image
+//! by image), and a Caffe deploy net (NAME.prototxt) always runs on the
+//! Caffe executor.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub struct Args {
     /// Images per timed batch
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Timed batches (after one warm-up batch)
+    /// Timed batches (after warm-up batches for 0.3 s)
     #[arg(long, default_value_t = 10)]
     iters: usize,
     /// Winograd 3x3 convolutions in the fast engine: f4 (default), f2 or
@@ -34,6 +35,9 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
+
+/// How long `bench` runs the model before timing it.
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(300);
 
 #[derive(Serialize)]
 struct Out {
@@ -141,8 +145,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         });
     }
     let calls = a.batch / per_call;
-    for _ in 0..calls {
-        run_one().context("warm-up")?;
+    // Warm-up: whole batches for at least WARM_UP (first-touch page faults,
+    // thread-local scratch, the thread pool spinning up), at least one.
+    let warm = Instant::now();
+    loop {
+        for _ in 0..calls {
+            run_one().context("warm-up")?;
+        }
+        if warm.elapsed() >= WARM_UP {
+            break;
+        }
     }
     let mut per_image = vec![];
     for _ in 0..a.iters {

@@ -60,13 +60,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let mut opts = faceall::runtime::engine::EngineOptions::default();
     if let Some(w) = &a.winograd {
-        use faceall::runtime::kernels::winograd::Tile;
-        opts.winograd = match w.as_str() {
-            "f4" => Some(Tile::F4),
-            "f2" => Some(Tile::F2),
-            "off" => None,
-            other => bail!("--winograd is f4, f2 or off, not '{other}'"),
-        };
+        opts.winograd = faceall::runtime::engine::EngineOptions::winograd_named(w)
+            .with_context(|| format!("--winograd is f4, f2 or off, not '{w}'"))?;
     }
     let model = super::resolve_bundle(&a.model)?;
     let path = model.to_string_lossy().into_owned();

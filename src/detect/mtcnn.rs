@@ -245,9 +245,7 @@ impl Mtcnn {
             })
             .collect())
     }
-}
 
-impl Mtcnn {
     /// Run RNet or ONet on the crops `STAGE_BATCH` at a time (a busy photo
     /// has hundreds of PNet candidates; all at once held ~100 MB of
     /// activations), each output's values concatenated in crop order.

@@ -188,14 +188,26 @@ impl Default for EngineOptions {
     /// Winograd F(4x4, 3x3) on, unless `FACEALL_WINOGRAD` says `off` (or
     /// `2` for F(2x2, 3x3)).
     fn default() -> Self {
-        let winograd = match std::env::var("FACEALL_WINOGRAD").as_deref() {
-            Ok("off") | Ok("0") => None,
-            Ok("2") => Some(winograd::Tile::F2),
-            _ => Some(winograd::Tile::F4),
-        };
+        let winograd = std::env::var("FACEALL_WINOGRAD")
+            .ok()
+            .and_then(|v| Self::winograd_named(&v))
+            .unwrap_or(Some(winograd::Tile::F4));
         EngineOptions {
             winograd,
             winograd_everywhere: false,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The Winograd choice a name gives: `f4`/`4`, `f2`/`2`, `off`/`0`
+    /// (None for any other name).
+    pub fn winograd_named(name: &str) -> Option<Option<winograd::Tile>> {
+        match name {
+            "f4" | "4" => Some(Some(winograd::Tile::F4)),
+            "f2" | "2" => Some(Some(winograd::Tile::F2)),
+            "off" | "0" => Some(None),
+            _ => None,
         }
     }
 }
@@ -380,23 +392,20 @@ impl Engine {
                     };
                     let pointwise =
                         kh == 1 && kw == 1 && c.strides == [1, 1] && pad == [0, 0] && ohw == [h, w];
-                    let (wt, bias) = take_weights(&mut graph, i, 1, kh * kw * ci, co)?;
-                    let a = if pointwise {
-                        GemmA::Dense {
-                            k: ch,
-                            w: PackedB::pack(&wt, ch, co, co, 1, bias.as_deref()),
-                        }
-                    } else if let Some(tile) = opts.winograd.filter(|t| {
+                    let tile = opts.winograd.filter(|t| {
                         winograd::worthwhile(&g, *t)
                             || (opts.winograd_everywhere && winograd::supports(&g))
-                    }) {
-                        let w = Winograd::new(&wt, ch, co, bias.as_deref(), tile);
-                        GemmA::Winograd(g, Box::new(w))
-                    } else {
-                        let w = PackedB::pack(&wt, kh * kw * ci, co, co, 1, bias.as_deref());
-                        GemmA::Patches(g, w)
-                    };
-                    drop(wt);
+                    });
+                    let a = take_packed(&mut graph, i, 1, (kh * kw * ci, co), |wt, bias| {
+                        match tile {
+                            _ if pointwise => GemmA::Dense {
+                                k: ch,
+                                w: PackedB::pack(wt, ch, co, co, 1, bias),
+                            },
+                            Some(t) => GemmA::Winograd(g, Box::new(Winograd::new(wt, ch, co, bias, t))),
+                            None => GemmA::Patches(g, PackedB::pack(wt, kh * kw * ci, co, co, 1, bias)),
+                        }
+                    })?;
                     let fused = fuse_tail(&graph, here, &sole_user, &b, &mut done)?;
                     b.gemm(&graph, i, x, a, fused)?;
                 }
@@ -416,9 +425,9 @@ impl Engine {
                     } else {
                         (r, c, c, 1)
                     };
-                    let (wt, bias) = take_weights(&mut graph, i, 1, k, n)?;
-                    let w = PackedB::pack(&wt, k, n, rs, cs, bias.as_deref());
-                    drop(wt);
+                    let w = take_packed(&mut graph, i, 1, (k, n), |wt, bias| {
+                        PackedB::pack(wt, k, n, rs, cs, bias)
+                    })?;
                     let fused = fuse_tail(&graph, here, &sole_user, &b, &mut done)?;
                     b.gemm(&graph, i, x, GemmA::Dense { k, w }, fused)?;
                 }
@@ -761,13 +770,7 @@ impl Engine {
                         at += inner;
                     }
                 };
-                if row_len == 0 {
-                } else if out.len() >= 1 << 16 {
-                    use rayon::prelude::*;
-                    out.par_chunks_mut(row_len).enumerate().for_each(row);
-                } else {
-                    out.chunks_mut(row_len).enumerate().for_each(row);
-                }
+                kernels::for_each_row(out, row_len, row);
             }
             Step::Activation { x, act, .. } => {
                 out.copy_from_slice(self.view(ws, *x, n));
@@ -876,23 +879,23 @@ fn fuse_tail(
     Ok(f)
 }
 
-/// Take weights (input `slot` of node `i`, `k * n` values) and the node's
-/// bias (input 2) if it has one out of the graph, freeing the graph's copy
-/// once nothing else reads it, so the caller's packed form is the only one
-/// kept.
-fn take_weights(
+/// Pack the weights (input `slot` of node `i`, `k * n` values) and the
+/// node's bias (input 2) if it has one with `pack`, reading them in place,
+/// then free the graph's copy once nothing else reads it, so the packed
+/// form is the only one kept.
+fn take_packed<T>(
     graph: &mut Graph,
     i: usize,
     slot: usize,
-    k: usize,
-    n: usize,
-) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    (k, n): (usize, usize),
+    pack: impl FnOnce(&[f32], Option<&[f32]>) -> T,
+) -> Result<T> {
     let node = &graph.nodes[i];
     let err = |m: String| Error::node(&node.name, &node.source_op, m);
     let wt = graph
         .const_of(node.inputs[slot])
         .ok_or_else(|| err("weights are not constant".into()))?;
-    let wv = wt.as_f32()?.into_owned();
+    let wv = wt.as_f32()?;
     if wv.len() != k * n {
         return Err(err(format!(
             "weights hold {} values, want {k} x {n}",
@@ -904,7 +907,7 @@ fn take_weights(
             let t = graph
                 .const_of(*w)
                 .ok_or_else(|| err("bias is not constant".into()))?;
-            let v = t.as_f32()?.into_owned();
+            let v = t.as_f32()?;
             if v.len() != n {
                 return Err(err(format!("bias has {} values for {n} channels", v.len())));
             }
@@ -912,11 +915,13 @@ fn take_weights(
         }
         None => None,
     };
-    let wnode = node.inputs[slot].node;
-    if graph.users(node.inputs[slot]).len() == 1 {
-        graph.nodes[wnode].op = Op::Const(Tensor::scalar_f32(0.0));
+    let packed = pack(&wv, bias.as_deref());
+    drop((wv, bias));
+    let w = node.inputs[slot];
+    if graph.users(w).len() == 1 {
+        graph.nodes[w.node].op = Op::Const(Tensor::scalar_f32(0.0));
     }
-    Ok((wv, bias))
+    Ok(packed)
 }
 
 #[derive(Default)]

@@ -77,25 +77,8 @@ impl Pipeline {
     /// Every face in the photo, best-scored first. At most
     /// DETECT_CONCURRENCY photos run at once; other callers wait.
     pub fn faces(&self, img: &RgbImage) -> Result<Vec<Found>> {
-        let poisoned = |_| Error::Usage("pipeline lock poisoned".into());
-        {
-            let (lock, cv) = &self.busy;
-            let mut n = lock.lock().map_err(poisoned)?;
-            while *n >= DETECT_CONCURRENCY {
-                n = cv.wait(n).map_err(poisoned)?;
-            }
-            *n += 1;
-        }
-        let r = self.faces_now(img);
-        let (lock, cv) = &self.busy;
-        if let Ok(mut n) = lock.lock() {
-            *n -= 1;
-            if *n == 0 {
-                release_memory();
-            }
-        }
-        cv.notify_one();
-        r
+        let _slot = Slot::take(&self.busy)?;
+        self.faces_now(img)
     }
 
     fn faces_now(&self, img: &RgbImage) -> Result<Vec<Found>> {
@@ -157,6 +140,35 @@ impl Pipeline {
                 embedding: l2_normalize(e),
             })
             .collect())
+    }
+}
+
+/// One of DETECT_CONCURRENCY places in detection, given back on drop (also
+/// when the work panics, so a failed photo cannot shrink the pool).
+struct Slot<'a>(&'a (std::sync::Mutex<usize>, std::sync::Condvar));
+
+impl<'a> Slot<'a> {
+    fn take(busy: &'a (std::sync::Mutex<usize>, std::sync::Condvar)) -> Result<Self> {
+        let poisoned = |_| Error::Usage("pipeline lock poisoned".into());
+        let (lock, cv) = busy;
+        let mut n = lock.lock().map_err(poisoned)?;
+        while *n >= DETECT_CONCURRENCY {
+            n = cv.wait(n).map_err(poisoned)?;
+        }
+        *n += 1;
+        Ok(Slot(busy))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let (lock, cv) = self.0;
+        let mut n = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            release_memory();
+        }
+        cv.notify_one();
     }
 }
 

@@ -15,3 +15,25 @@ pub use elementwise::{
 };
 pub use pool::{pool_nhwc, pool_nhwc_into};
 pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, transpose};
+
+/// Outputs (floats) from which row-wise kernels split rows across threads.
+const PARALLEL_FROM: usize = 1 << 15;
+
+/// `f((index, row))` for each `row_len`-float row of `out`, in parallel when
+/// `out` is big enough to pay for it. Rows are independent, so the result
+/// does not depend on the split.
+pub fn for_each_row(
+    out: &mut [f32],
+    row_len: usize,
+    f: impl Fn((usize, &mut [f32])) + Sync + Send,
+) {
+    if row_len == 0 {
+        return;
+    }
+    if out.len() >= PARALLEL_FROM {
+        use rayon::prelude::*;
+        out.par_chunks_mut(row_len).enumerate().for_each(f);
+    } else {
+        out.chunks_mut(row_len).enumerate().for_each(f);
+    }
+}

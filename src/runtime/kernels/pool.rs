@@ -19,9 +19,6 @@ pub fn pool_nhwc(
     out
 }
 
-/// Outputs from which pooling splits its rows across threads.
-const PARALLEL_FROM: usize = 1 << 15;
-
 /// As `pool_nhwc`, into `out` (n * oh * ow * c floats). Rows of output run
 /// in parallel when there are many; each element's sum or max is taken in
 /// the same order either way.
@@ -68,11 +65,5 @@ pub fn pool_nhwc_into(
             }
         }
     };
-    let out = &mut out[..n * oh * row_len];
-    if out.len() >= PARALLEL_FROM {
-        use rayon::prelude::*;
-        out.par_chunks_mut(row_len).enumerate().for_each(row);
-    } else {
-        out.chunks_mut(row_len).enumerate().for_each(row);
-    }
+    super::for_each_row(&mut out[..n * oh * row_len], row_len, row);
 }

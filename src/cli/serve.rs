@@ -15,9 +15,22 @@ pub struct Args {
     /// MTCNN detector: a directory with det1, det2, det3 (.prototxt + .caffemodel)
     #[arg(long, default_value = "converted/mtcnn")]
     mtcnn: PathBuf,
-    /// Where registered faces and photos are kept
+    /// Embedded backend: the directory of the store (faces.db, SQLite) and its saved index
     #[arg(long, default_value = "faceall-data")]
     data: PathBuf,
+    /// PostgreSQL + pgvector backend instead of the embedded one (libpq URI, e.g.
+    /// postgresql://user:pass@host/db or postgresql://postgres:@/postgres?host=/socket/dir)
+    #[arg(long, env = "FACEALL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Embedded index: vectors held as f16 (half the memory; distances are re-ranked exactly) or f32
+    #[arg(long, default_value = "f16")]
+    index_precision: faceall::serve::storage::ann::Precision,
+    /// Embedded index: candidates kept per search (HNSW ef; more is slower and finds more)
+    #[arg(long, default_value_t = faceall::serve::storage::ann::AnnOptions::default().expansion_search)]
+    ef_search: usize,
+    /// Embedded index: save it after this many changes (bounds the replay after a crash)
+    #[arg(long, default_value_t = 10_000)]
+    index_save_every: i64,
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
     /// Bearer token required by the endpoints that change faces (or FACEALL_TOKEN)
@@ -43,13 +56,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     faceall::serve::serve(faceall::serve::Config {
         model,
         mtcnn: mtcnn.clone(),
-        data: a.data,
+        backend: match a.database_url {
+            Some(url) if !url.is_empty() => faceall::serve::storage::Backend::Postgres { url },
+            _ => {
+                let mut o = faceall::serve::storage::embedded::Options::new(a.data);
+                o.ann.precision = a.index_precision;
+                o.ann.expansion_search = a.ef_search.max(1);
+                o.save_every = a.index_save_every.max(1);
+                faceall::serve::storage::Backend::Embedded(o)
+            }
+        },
         listen: a.listen,
         token: a.token,
         threshold: a.threshold,
         allow_url_hosts: a.allow_url_hosts,
     })
-    .with_context(|| format!("serve (MTCNN from {})", mtcnn.display()))?;
+    .context("serve")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,278 @@
+//! Faces: register from photos, URLs or embeddings; list, get, delete;
+//! the stored photos.
+
+use std::sync::Arc;
+
+use axum::extract::{Multipart, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, client_embedding, json_body};
+use crate::serve::error::{bad, ApiError, ApiResult};
+use crate::serve::storage::{FaceRecord, NewFace, PhotoFaces, MAX_EMBEDDINGS_PER_CALL};
+use crate::serve::{blocking, check_label, count, decode_photo, read_multipart, urls, App, Photo};
+use crate::serve::{MAX_BODY_BYTES, MAX_IMAGES};
+
+pub fn face_json(r: &FaceRecord) -> Value {
+    json!({
+        "id": r.id,
+        "label": r.label,
+        "box": r.detection.map(|d| d.bbox),
+        "landmarks": r.detection.map(|d| d.landmarks),
+        "score": r.detection.map(|d| d.score),
+        "image_id": r.image_id,
+        "image_url": r.image_id.map(|i| format!("/api/v1/images/{i}")),
+        "created": r.created,
+    })
+}
+
+/// Detect and embed every photo, then store the photos that have faces
+/// and their faces in one transaction.
+async fn register_photos(app: &Arc<App>, photos: Vec<Photo>, label: &str) -> ApiResult {
+    let a = app.clone();
+    let found = blocking(move || {
+        let mut found = vec![];
+        for p in photos {
+            let faces = a.faces(&p.img)?;
+            found.push((p, faces));
+        }
+        Ok(found)
+    })
+    .await?;
+    if found.iter().all(|(_, f)| f.is_empty()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "no face found in {}: nothing registered",
+                found
+                    .iter()
+                    .map(|(p, _)| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut results = vec![];
+    let mut to_store = vec![];
+    let mut names = vec![];
+    for (p, faces) in found {
+        if faces.is_empty() {
+            results.push(json!({"image": p.name, "faces": [], "message": "no face found; nothing registered"}));
+            continue;
+        }
+        names.push(p.name);
+        to_store.push(PhotoFaces {
+            bytes: p.bytes,
+            ext: p.ext,
+            faces: faces
+                .into_iter()
+                .map(|f| NewFace {
+                    label: label.to_string(),
+                    embedding: f.embedding,
+                    detection: Some(f.face.into()),
+                })
+                .collect(),
+        });
+    }
+    let stored = app.storage.register(to_store).await?;
+    let mut registered = 0;
+    for (name, s) in names.into_iter().zip(stored) {
+        registered += s.faces.len();
+        results.push(json!({
+            "image": name,
+            "image_id": s.image_id,
+            "faces": s.faces.iter().map(face_json).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Json(json!({ "registered": registered, "images": results })))
+}
+
+pub async fn register(State(app): State<Arc<App>>, headers: HeaderMap, mp: Multipart) -> ApiResult {
+    count(&app);
+    authorize(&app, &headers)?;
+    let (images, label) = read_multipart(mp).await?;
+    let label = check_label(&label.ok_or_else(|| bad("missing form field 'label'"))?)?;
+    if images.is_empty() {
+        return Err(bad("missing form field 'image'"));
+    }
+    let photos = blocking(move || {
+        images
+            .into_iter()
+            .map(|(n, b)| decode_photo(n, b))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    register_photos(&app, photos, &label).await
+}
+
+#[derive(Deserialize)]
+pub struct UrlsBody {
+    urls: Vec<String>,
+    label: String,
+}
+
+pub async fn register_urls(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<UrlsBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    count(&app);
+    authorize(&app, &headers)?;
+    let body = json_body(body)?;
+    let label = check_label(&body.label)?;
+    if body.urls.is_empty() || body.urls.len() > MAX_IMAGES {
+        return Err(bad(format!("give 1 to {MAX_IMAGES} urls")));
+    }
+    let a = app.clone();
+    let (photos, per_url) = blocking(move || {
+        let mut per_url = vec![];
+        let mut photos = vec![];
+        for u in &body.urls {
+            match urls::fetch(u, &a.allow_url_hosts, MAX_BODY_BYTES)
+                .and_then(|b| decode_photo(u.clone(), b).map_err(|e| e.message))
+            {
+                Ok(p) => photos.push(p),
+                Err(e) => per_url.push(json!({"url": u, "error": e})),
+            }
+        }
+        Ok((photos, per_url))
+    })
+    .await?;
+    if photos.is_empty() {
+        return Err(bad(format!(
+            "no url gave an image: {}",
+            serde_json::to_string(&per_url).unwrap_or_default()
+        )));
+    }
+    let Json(mut v) = register_photos(&app, photos, &label).await?;
+    if let Some(imgs) = v["images"].as_array_mut() {
+        imgs.extend(per_url);
+    }
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+pub struct EmbeddingFace {
+    label: String,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+pub struct EmbeddingsBody {
+    faces: Vec<EmbeddingFace>,
+}
+
+/// `POST /api/v1/faces/embeddings`: faces known only by their embedding
+/// (migrations from other systems, index measurements).
+pub async fn add_embeddings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    count(&app);
+    authorize(&app, &headers)?;
+    let body = json_body(body)?;
+    if body.faces.is_empty() || body.faces.len() > MAX_EMBEDDINGS_PER_CALL {
+        return Err(bad(format!(
+            "give 1 to {MAX_EMBEDDINGS_PER_CALL} faces per request (got {})",
+            body.faces.len()
+        )));
+    }
+    let dim = app.storage.dim();
+    let faces = body
+        .faces
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            Ok(NewFace {
+                label: check_label(&f.label)
+                    .map_err(|e| bad(format!("face {i}: {}", e.message)))?,
+                embedding: client_embedding(f.embedding, dim, &format!("face {i}"))?,
+                detection: None,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let ids = app.storage.add_embeddings(faces).await?;
+    Ok(Json(json!({ "ids": ids })))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    count(&app);
+    let Query(p) = p.map_err(|e| bad(e.body_text()))?;
+    let offset = p.offset.unwrap_or(0);
+    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let (total, faces) = app.storage.list(offset, limit).await?;
+    Ok(Json(json!({
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
+    })))
+}
+
+fn parse_id(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| bad(format!("'{s}' is not a numeric id")))
+}
+
+pub async fn get(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    count(&app);
+    let id = parse_id(&id)?;
+    let r = app
+        .storage
+        .face(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no face {id}")))?;
+    let mut v = face_json(&r);
+    v["embedding"] = json!(r.embedding);
+    Ok(Json(v))
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    count(&app);
+    authorize(&app, &headers)?;
+    let id = parse_id(&id)?;
+    if app.storage.delete(id).await? {
+        Ok(Json(json!({ "deleted": id })))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no face {id}"),
+        ))
+    }
+}
+
+pub async fn image(
+    State(app): State<Arc<App>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    count(&app);
+    let id = parse_id(&id)?;
+    let (bytes, ext) = app
+        .storage
+        .image(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image {id}")))?;
+    let mime = if ext == "png" {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
+    Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
+}

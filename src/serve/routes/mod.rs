@@ -1,0 +1,96 @@
+//! The HTTP API, one module per resource; `router` assembles them.
+
+pub mod faces;
+pub mod search;
+pub mod system;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::error::ApiError;
+use super::{pages, App, MAX_BODY_BYTES};
+
+/// JSON bodies of `POST /api/v1/faces/embeddings`: 10,000 x 512 numbers
+/// written with 9 significant digits are about 60 MB.
+pub const MAX_EMBEDDINGS_BODY_BYTES: usize = 96 * 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/register", get(pages::register))
+        .route("/retrieve", get(pages::retrieve))
+        .route("/api/v1/openapi.json", get(system::openapi))
+        .route("/api/v1/health", get(system::health))
+        .route("/api/v1/stats", get(system::stats))
+        .route("/api/v1/faces", get(faces::list).post(faces::register))
+        .route("/api/v1/faces/urls", post(faces::register_urls))
+        .route(
+            "/api/v1/faces/embeddings",
+            post(faces::add_embeddings).layer(DefaultBodyLimit::max(MAX_EMBEDDINGS_BODY_BYTES)),
+        )
+        .route("/api/v1/faces/{id}", get(faces::get).delete(faces::delete))
+        .route("/api/v1/images/{id}", get(faces::image))
+        .route("/api/v1/search", post(search::photo))
+        .route("/api/v1/search/embeddings", post(search::embeddings))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// Mutating endpoints need the bearer token when one is configured.
+pub fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong token")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this server needs 'Authorization: Bearer TOKEN' to change faces",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON body, with extractor rejections answered as JSON errors.
+pub fn json_body<T>(
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|axum::Json(b)| b)
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))
+}
+
+/// An embedding from a client, checked and L2-normalised (the server
+/// stores and searches normalised vectors, as the model's own).
+pub fn client_embedding(v: Vec<f32>, dim: usize, what: &str) -> Result<Vec<f32>, ApiError> {
+    if v.len() != dim {
+        return Err(super::error::bad(format!(
+            "{what}: {} numbers, this server's model gives {dim}",
+            v.len()
+        )));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(super::error::bad(format!(
+            "{what}: number {i} is not finite"
+        )));
+    }
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !(n.is_finite() && n > 1e-12) {
+        return Err(super::error::bad(format!(
+            "{what}: a zero vector has no direction"
+        )));
+    }
+    Ok(v.into_iter().map(|x| x / n).collect())
+}

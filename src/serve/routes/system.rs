@@ -1,0 +1,46 @@
+//! Health, stats and the OpenAPI document.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::serve::error::ApiResult;
+use crate::serve::{count, openapi as doc, App};
+
+/// Liveness and readiness: the store must answer too (a server whose
+/// database is gone is not healthy: 503).
+pub async fn health(State(app): State<Arc<App>>) -> ApiResult {
+    count(&app);
+    app.storage.stats().await?;
+    Ok(Json(
+        json!({ "status": "ok", "backend": app.storage.backend() }),
+    ))
+}
+
+pub async fn stats(State(app): State<Arc<App>>) -> ApiResult {
+    count(&app);
+    let s = app.storage.stats().await?;
+    let calls = app.pipeline_calls.load(Ordering::Relaxed).max(1);
+    let mean_ms = app.pipeline_ns.load(Ordering::Relaxed) as f64 / calls as f64 / 1e6;
+    Ok(Json(json!({
+        "faces": s.faces,
+        "labels": s.labels,
+        "images": s.images,
+        "indexed": s.indexed,
+        "backend": app.storage.backend(),
+        "threshold": app.threshold,
+        "model": app.model,
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "requests": app.requests.load(Ordering::Relaxed),
+        "auth": app.token.is_some(),
+        "detect_embed_calls": app.pipeline_calls.load(Ordering::Relaxed),
+        "detect_embed_ms_mean": mean_ms,
+    })))
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(doc::document())
+}

@@ -4,85 +4,17 @@
 //! and bad input of every kind. The FaceNet bundle is converted from the
 //! real model; MTCNN is the default, converted/mtcnn (PyPI mtcnn's weights).
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{convert_facenet_bundle, free_port, shared};
+use common::{curl, shared, start, Server, Store};
 use serde_json::Value;
-
-/// The FaceNet bundle, converted once per test run.
-fn bundle() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("faceall-serve-model-{}", std::process::id()));
-        convert_facenet_bundle(&dir);
-        dir
-    })
-    .clone()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &Path, extra: &[&str]) -> Server {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_faceall"));
-    cmd.args([
-        "serve",
-        "--model",
-        bundle().to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args(extra)
-    .env_remove("FACEALL_TOKEN")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let child = cmd.spawn().expect("start faceall serve");
-    let s = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        if curl(&s, &["/api/v1/health"]).0 == 200 {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("server did not come up");
-}
-
-/// (status, JSON body) of `curl URL ARGS...`; the path is the first arg.
-fn curl(s: &Server, args: &[&str]) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "120", "-w", "\n%{http_code}"])
-        .arg(format!("{}{}", s.url, args[0]))
-        .args(&args[1..]);
-    let o = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&o.stdout);
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
 
 fn faces_dir() -> PathBuf {
     shared().join("images/faces")
@@ -158,10 +90,9 @@ fn top_labels(v: &Value) -> Vec<Option<String>> {
     faces.into_iter().map(|f| f.1).collect()
 }
 
-#[test]
-fn register_then_retrieve_every_query_and_restart() {
-    let data = tempfile::tempdir().unwrap();
-    let s = start(data.path(), &[]);
+on_both_backends!(register_then_retrieve_every_query_and_restart);
+fn register_then_retrieve_every_query_and_restart(store: Store) {
+    let s = start(&store, &[]);
     register_train(&s, None);
     let q = faces_dir().join("query");
     let expect = [
@@ -219,7 +150,7 @@ fn register_then_retrieve_every_query_and_restart() {
     assert_eq!(code, 200);
     assert_eq!(curl(&s, &[&format!("/api/v1/faces/{id}")]).0, 404);
     drop(s);
-    let s = start(data.path(), &[]);
+    let s = start(&store, &[]);
     let (_, stats) = curl(&s, &["/api/v1/stats"]);
     assert_eq!(stats["faces"].as_u64().unwrap(), total - 1, "{stats}");
     let (_, v) = search(&s, &q.join("obama1.jpg"));
@@ -239,9 +170,11 @@ fn register_then_retrieve_every_query_and_restart() {
     }
 }
 
+on_both_backends!(people_left_out_match_nobody);
 /// A person never registered matches nobody within the default threshold.
-#[test]
-fn people_left_out_match_nobody() {
+fn people_left_out_match_nobody(first: Store) {
+    let pg = matches!(first, Store::Postgres(_));
+    let mut first = Some(first);
     for (left_out, queries) in [
         ("kit_harington", vec!["johnsnow_test1.jpg"]),
         (
@@ -249,8 +182,15 @@ fn people_left_out_match_nobody() {
             vec!["alex_lacamoire1.jpg", "alex-lacamoire.png"],
         ),
     ] {
-        let data = tempfile::tempdir().unwrap();
-        let s = start(data.path(), &[]);
+        // A fresh store of the same kind for each person left out.
+        let store = first.take().unwrap_or_else(|| {
+            if pg {
+                Store::postgres()
+            } else {
+                Store::embedded()
+            }
+        });
+        let s = start(&store, &[]);
         register_train(&s, Some(left_out));
         for q in queries {
             let (code, v) = search(&s, &faces_dir().join("query").join(q));
@@ -264,12 +204,11 @@ fn people_left_out_match_nobody() {
     }
 }
 
+on_both_backends!(acknowledged_registrations_survive_sigkill);
 /// SIGKILL in the middle of a burst of registrations: after a restart every
 /// acknowledged registration is present and retrievable.
-#[test]
-fn acknowledged_registrations_survive_sigkill() {
-    let data = tempfile::tempdir().unwrap();
-    let s = start(data.path(), &[]);
+fn acknowledged_registrations_survive_sigkill(store: Store) {
+    let s = start(&store, &[]);
     let photo = faces_dir().join("train/obama/obama2.jpg");
     let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -281,6 +220,7 @@ fn acknowledged_registrations_survive_sigkill() {
             let s = Server {
                 child: Command::new("true").spawn().unwrap(),
                 url,
+                log: PathBuf::new(),
             };
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -313,7 +253,7 @@ fn acknowledged_registrations_survive_sigkill() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 6, "only {} acknowledged", acked.len());
     drop(s);
-    let s = start(data.path(), &[]);
+    let s = start(&store, &[]);
     for (id, label) in &acked {
         let (code, v) = curl(&s, &[&format!("/api/v1/faces/{id}")]);
         assert_eq!(code, 200, "acknowledged face {id} lost");
@@ -349,13 +289,12 @@ fn write_png(path: &Path, w: u32, h: u32) {
     img.save(path).unwrap();
 }
 
+on_both_backends!(bad_input_is_refused_cleanly);
 /// Every kind of bad input is a 4xx with a JSON message; the server stays
 /// up and stores nothing.
-#[test]
-fn bad_input_is_refused_cleanly() {
-    let data = tempfile::tempdir().unwrap();
+fn bad_input_is_refused_cleanly(store: Store) {
     let tmp = tempfile::tempdir().unwrap();
-    let s = start(data.path(), &["--token", "s3cret"]);
+    let s = start(&store, &["--token", "s3cret"]);
     let good = faces_dir().join("train/biden/biden.jpg");
     let junk = tmp.path().join("junk.jpg");
     std::fs::write(&junk, b"this is not an image at all").unwrap();
@@ -462,11 +401,11 @@ fn bad_input_is_refused_cleanly() {
 
 use std::io::Write;
 
+on_both_backends!(register_by_url_from_an_allowed_host);
 /// Registering by URL fetches from an allowed host (a one-shot HTTP server
 /// in this test on 127.0.0.1) and reports, per URL, what went wrong with the
 /// others (a host off the list, a 404).
-#[test]
-fn register_by_url_from_an_allowed_host() {
+fn register_by_url_from_an_allowed_host(store: Store) {
     let photo = std::fs::read(faces_dir().join("train/biden/biden.jpg")).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -494,8 +433,7 @@ fn register_by_url_from_an_allowed_host() {
             }
         }
     });
-    let data = tempfile::tempdir().unwrap();
-    let s = start(data.path(), &["--allow-url-host", "127.0.0.1"]);
+    let s = start(&store, &["--allow-url-host", "127.0.0.1"]);
     let body = format!(
         r#"{{"label": "biden", "urls": ["http://127.0.0.1:{port}/biden.jpg", "http://127.0.0.1:{port}/missing.jpg", "http://10.0.0.1/x.jpg"]}}"#
     );

@@ -4,6 +4,7 @@
 //! uploads obama_and_biden.jpg on /retrieve and reads the matches the page
 //! shows; screenshots of both pages go to target/screenshots/.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -170,8 +171,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-#[test]
-fn register_and_retrieve_through_the_pages() {
+on_both_backends!(register_and_retrieve_through_the_pages);
+fn register_and_retrieve_through_the_pages(store: common::Store) {
     let tmp = tempfile::tempdir().unwrap();
     convert_facenet_bundle(tmp.path());
     let port = free_port();
@@ -180,8 +181,7 @@ fn register_and_retrieve_through_the_pages() {
         Command::new(env!("CARGO_BIN_EXE_faceall"))
             .args(["serve", "--model"])
             .arg(tmp.path())
-            .arg("--data")
-            .arg(tmp.path().join("data"))
+            .args(store.args())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env_remove("FACEALL_TOKEN")
             .stdout(Stdio::null())

@@ -160,7 +160,9 @@ fn register_then_retrieve_every_query_and_restart(store: Store) {
     for p in [
         "/api/v1/faces",
         "/api/v1/faces/urls",
+        "/api/v1/faces/embeddings",
         "/api/v1/search",
+        "/api/v1/search/embeddings",
         "/api/v1/faces/{id}",
         "/api/v1/images/{id}",
         "/api/v1/health",

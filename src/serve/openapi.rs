@@ -19,7 +19,7 @@ pub fn document() -> Value {
         "info": {
             "title": "faceall serve",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Register faces and retrieve the closest registered faces. Distances are Euclidean between L2-normalised FaceNet embeddings (0 to 2)."
+            "description": "Register faces and retrieve the closest registered faces. Distances are Euclidean between L2-normalised FaceNet embeddings (0 to 2). Every error is JSON {\"error\": ...}; 503 (with Retry-After) when the database is unavailable, 507 when the server's disk is full (nothing stored)."
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -46,6 +46,14 @@ pub fn document() -> Value {
                         "matches": {"type": "array", "items": {"type": "object", "properties": {
                             "id": {"type": "integer"}, "label": {"type": "string"}, "distance": {"type": "number"},
                             "box": {"$ref": "#/components/schemas/Box"}, "image_url": {"type": "string"}}}}}}}}},
+                "Embedding": {"type": "array", "items": {"type": "number"}, "minItems": 512, "maxItems": 512,
+                    "description": "the model's embedding size (512 for FaceNet); finite numbers, not all zero. The server L2-normalises every embedding it is given before storing or searching it, so any positive multiple of a vector is the same vector."},
+                "EmbeddingMatches": {"type": "object", "properties": {
+                    "threshold": {"type": "number"},
+                    "results": {"type": "array", "description": "one per query, in query order", "items": {"type": "object", "properties": {
+                        "matches": {"type": "array", "items": {"type": "object", "properties": {
+                            "id": {"type": "integer"}, "label": {"type": "string"}, "distance": {"type": "number"},
+                            "box": {"$ref": "#/components/schemas/Box", "nullable": true}, "image_url": {"type": "string", "nullable": true}}}}}}}}},
                 "FaceList": {"type": "object", "properties": {
                     "total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
                     "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}}}}
@@ -68,6 +76,22 @@ pub fn document() -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["urls", "label"], "properties": {
                         "urls": {"type": "array", "items": {"type": "string"}, "maxItems": 100}, "label": {"type": "string"}}}}}},
                     "responses": {"200": ok("Registered"), "400": err(), "401": err(), "403": err(), "422": err()}}
+            },
+            "/api/v1/faces/embeddings": {
+                "post": {"summary": "Register faces by their embeddings (migrations from other systems); each is durable when the response arrives", "security": auth,
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["faces"], "properties": {
+                        "faces": {"type": "array", "minItems": 1, "maxItems": super::storage::MAX_EMBEDDINGS_PER_CALL, "items": {"type": "object", "required": ["label", "embedding"], "properties": {
+                            "label": {"type": "string", "maxLength": 100}, "embedding": {"$ref": "#/components/schemas/Embedding"}}}}}}}}},
+                    "responses": {"200": {"description": "the new faces' ids, in request order", "content": {"application/json": {"schema": {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "integer"}}}}}}},
+                        "400": err(), "401": err(), "403": err(), "413": err(), "503": err(), "507": err()}}
+            },
+            "/api/v1/search/embeddings": {
+                "post": {"summary": "The closest registered faces of each given embedding, within the threshold, best first",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["embeddings"], "properties": {
+                        "embeddings": {"type": "array", "minItems": 1, "maxItems": super::storage::MAX_QUERIES_PER_CALL, "items": {"$ref": "#/components/schemas/Embedding"}},
+                        "k": {"type": "integer", "default": 5, "minimum": 1, "maximum": 100},
+                        "threshold": {"type": "number", "default": super::DEFAULT_THRESHOLD}}}}}},
+                    "responses": {"200": ok("EmbeddingMatches"), "400": err(), "413": err(), "503": err()}}
             },
             "/api/v1/faces/{id}": {
                 "get": {"summary": "One face, with its embedding", "parameters": id_param, "responses": {"200": ok("Face"), "404": err()}},

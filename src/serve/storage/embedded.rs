@@ -559,9 +559,7 @@ impl Inner {
             .collect()
     }
 
-    fn record(
-        row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<(i64, String, Vec<u8>, Option<Vec<u8>>, Option<i64>, i64)> {
+    fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<FaceRow> {
         Ok((
             row.get(0)?,
             row.get(1)?,
@@ -572,16 +570,7 @@ impl Inner {
         ))
     }
 
-    fn to_record(
-        (id, label, emb, det, image, created): (
-            i64,
-            String,
-            Vec<u8>,
-            Option<Vec<u8>>,
-            Option<i64>,
-            i64,
-        ),
-    ) -> StoreResult<FaceRecord> {
+    fn to_record((id, label, emb, det, image, created): FaceRow) -> StoreResult<FaceRecord> {
         Ok(FaceRecord {
             id: id as u64,
             label,
@@ -597,6 +586,9 @@ impl Inner {
 }
 
 const FACE_COLUMNS: &str = "id, label, embedding, detection, image_id, created";
+
+/// A `faces` row as read: id, label, embedding, detection, image id, created.
+type FaceRow = (i64, String, Vec<u8>, Option<Vec<u8>>, Option<i64>, i64);
 
 /// Re-apply the journal after `seq` to a loaded index: the store's state
 /// of each face wins.

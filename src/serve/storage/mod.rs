@@ -198,7 +198,7 @@ pub(crate) fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// The floats of little-endian f32 bytes; None when the length is not a
 /// multiple of 4.
 pub(crate) fn f32_from_bytes(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     Some(

@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS journal(
     added INTEGER NOT NULL);
 ";
 
-fn sql_err(e: rusqlite::Error) -> StoreError {
+pub(super) fn sql_err(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => {
             StoreError::Full("the disk holding the face store is full".into())
@@ -161,7 +161,7 @@ impl Inner {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::Internal(format!("{}: {e}", dir.display())))?;
         let db = dir.join("faces.db");
-        let w = open_conn(&db)?;
+        let mut w = open_conn(&db)?;
         let version: i64 = w
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql_err)?;
@@ -188,6 +188,16 @@ impl Inner {
                     "{}: holds {d}-float embeddings, the model gives {dim}",
                     db.display()
                 )));
+            }
+        }
+        let empty: bool = w
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM faces)", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        if empty {
+            if let Some(n) = super::legacy::import(&dir, &mut w, dim)? {
+                log(format!(
+                    "imported {n} faces from the older store (faces.log, images/ renamed *.imported)"
+                ));
             }
         }
         let t = Instant::now();

@@ -15,6 +15,7 @@
 
 pub mod ann;
 pub mod embedded;
+mod legacy;
 pub mod postgres;
 
 use std::sync::Arc;

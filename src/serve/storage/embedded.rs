@@ -518,9 +518,10 @@ impl Inner {
         for q in &queries {
             self.check_dim(q)?;
         }
-        // A few more candidates than asked: they are re-ranked by the exact
-        // float32 distance, and one may have been deleted meanwhile.
-        let want = k + k / 2 + 4;
+        // Two more candidates than asked, in case one was deleted since;
+        // the k kept are re-ranked by their exact float32 distance (the
+        // index may hold float16).
+        let want = k + 2;
         queries
             .par_iter()
             .map(|q| {
@@ -531,8 +532,11 @@ impl Inner {
                             "SELECT label, embedding, detection, image_id FROM faces WHERE id = ?1",
                         )
                         .map_err(sql_err)?;
-                    let mut out = vec![];
+                    let mut out = Vec::with_capacity(k);
                     for (id, _) in cands {
+                        if out.len() == k {
+                            break;
+                        }
                         let row = st
                             .query_row(params![id as i64], |r| {
                                 Ok((
@@ -562,7 +566,6 @@ impl Inner {
                         });
                     }
                     out.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-                    out.truncate(k);
                     Ok(out)
                 })
             })

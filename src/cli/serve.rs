@@ -33,18 +33,53 @@ pub struct Args {
     index_save_every: i64,
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Bearer token required by the endpoints that change faces (or FACEALL_TOKEN)
+    /// Bearer token every face, photo and search endpoint needs (or FACEALL_TOKEN; prefer
+    /// --token-file, which keeps it out of the process list)
     #[arg(long, env = "FACEALL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the bearer token from this file (its first line)
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// With a token, let anyone list faces, fetch photos and search (only changes need the token)
+    #[arg(long)]
+    public_read: bool,
     /// Largest distance that counts as a match
     #[arg(long, default_value_t = faceall::serve::DEFAULT_THRESHOLD)]
     threshold: f32,
+    /// Faces embedded per photo at most, the best-scored (the rest are reported, not processed)
+    #[arg(long, default_value_t = 50)]
+    max_faces: usize,
+    /// Megabytes of decoded photos and detector buffers in flight at most; photos wait for
+    /// room (503 after 10 s)
+    #[arg(long, default_value_t = 512)]
+    max_memory: usize,
+    /// Open connections at most; more are closed at once
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers (also closes idle keep-alive connections)
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a request may take from its headers to the response, upload included
+    #[arg(long, default_value_t = 120)]
+    request_timeout: u64,
     /// A host POST /api/v1/faces/urls may fetch from (repeatable; none by default)
     #[arg(long = "allow-url-host")]
     allow_url_hosts: Vec<String>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    let token = match &a.token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("--token-file {}", p.display()))?;
+            let t = t.lines().next().unwrap_or("").trim().to_string();
+            if t.is_empty() {
+                anyhow::bail!("--token-file {}: the file holds no token", p.display());
+            }
+            Some(t)
+        }
+        None => a.token.clone(),
+    };
     let model = super::resolve_bundle(&a.model)?;
     let mtcnn = find_mtcnn(&a.mtcnn).with_context(|| {
         format!(
@@ -67,7 +102,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         },
         listen: a.listen,
-        token: a.token,
+        token,
+        public_read: a.public_read,
+        max_faces: a.max_faces,
+        max_memory: a.max_memory.saturating_mul(1 << 20),
+        limits: faceall::serve::listen::Limits {
+            max_connections: a.max_connections,
+            header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
+            request_timeout: std::time::Duration::from_secs(a.request_timeout.max(1)),
+        },
         threshold: a.threshold,
         allow_url_hosts: a.allow_url_hosts,
     })

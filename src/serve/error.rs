@@ -20,6 +20,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     retry_after: Option<u32>,
+    extra_header: Option<(header::HeaderName, header::HeaderValue)>,
 }
 
 impl ApiError {
@@ -28,7 +29,18 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            extra_header: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: header::HeaderValue) -> Self {
+        self.extra_header = Some((name, value));
+        self
     }
 
     /// 500: the client learns only that it happened and a number to quote;
@@ -54,6 +66,9 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
         }
+        if let Some((n, v)) = self.extra_header {
+            r.headers_mut().insert(n, v);
+        }
         r
     }
 }
@@ -64,11 +79,11 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(d) => {
                 let n = ERRORS.fetch_add(1, Ordering::Relaxed);
                 eprintln!("faceall serve: error {n}: {d}");
-                ApiError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: "the face database is unavailable; try again shortly".into(),
-                    retry_after: Some(5),
-                }
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the face database is unavailable; try again shortly",
+                )
+                .with_retry_after(5)
             }
             StoreError::Full(d) => {
                 let n = ERRORS.fetch_add(1, Ordering::Relaxed);

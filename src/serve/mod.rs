@@ -7,7 +7,10 @@
 //! blocking pool; storage calls go through [`storage::Storage`], never
 //! into its maps or index.
 
+mod auth;
+mod budget;
 mod error;
+pub mod listen;
 mod openapi;
 mod pages;
 pub mod pipeline;
@@ -46,14 +49,23 @@ pub struct Config {
     pub backend: Backend,
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// With a token: reads (faces, photos, search) stay open.
+    pub public_read: bool,
     pub threshold: f32,
     pub allow_url_hosts: Vec<String>,
+    /// Faces embedded per photo at most (the best-scored; the rest reported).
+    pub max_faces: usize,
+    /// Bytes of decoded photos and detector buffers in flight at most.
+    pub max_memory: usize,
+    pub limits: listen::Limits,
 }
 
 pub struct App {
     pipe: Pipeline,
     storage: Arc<dyn storage::Storage>,
-    token: Option<String>,
+    auth: auth::Auth,
+    budget: budget::Budget,
+    max_faces: usize,
     threshold: f32,
     allow_url_hosts: Vec<String>,
     started: Instant,
@@ -66,9 +78,13 @@ pub struct App {
 }
 
 impl App {
-    fn faces(&self, img: &image::RgbImage) -> std::result::Result<Vec<Found>, ApiError> {
+    /// At most `max_faces` faces of the photo, and how many more it had.
+    fn faces(&self, img: &image::RgbImage) -> std::result::Result<(Vec<Found>, usize), ApiError> {
         let t = Instant::now();
-        let r = self.pipe.faces(img).map_err(ApiError::internal);
+        let r = self
+            .pipe
+            .faces_at_most(img, self.max_faces)
+            .map_err(ApiError::internal);
         self.pipeline_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.pipeline_calls.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +132,7 @@ pub fn serve(cfg: Config) -> Result<()> {
         Backend::Postgres { .. } => "PostgreSQL".to_string(),
     };
     let dim = pipe.dim;
+    let limits = cfg.limits;
     let storage = rt
         .block_on(storage::open(cfg.backend, dim))
         .map_err(|e| Error::Usage(format!("cannot open the {backend_name}: {e}")))?;
@@ -127,7 +144,9 @@ pub fn serve(cfg: Config) -> Result<()> {
     let app = Arc::new(App {
         pipe,
         storage: storage.clone(),
-        token: cfg.token.filter(|t| !t.is_empty()),
+        auth: auth::Auth::new(cfg.token, cfg.public_read),
+        budget: budget::Budget::new(cfg.max_memory),
+        max_faces: cfg.max_faces.max(1),
         threshold: cfg.threshold,
         allow_url_hosts: cfg.allow_url_hosts,
         started: Instant::now(),
@@ -144,9 +163,13 @@ pub fn serve(cfg: Config) -> Result<()> {
         );
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         eprintln!("listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, routes::router(app))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        listen::run(
+            listener,
+            routes::router(app, limits),
+            limits,
+            shutdown_signal(),
+        )
+        .await?;
         if let Err(e) = storage.close().await {
             eprintln!("faceall serve: closing the store: {e}");
         }
@@ -181,15 +204,47 @@ fn count(app: &App) {
     app.requests.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A label: 1 to 100 characters, no path separators, dots-only names or
-/// control characters (labels end up in file names of exports).
+/// Longest label, in characters (after normalisation).
+pub const MAX_LABEL_CHARS: usize = 100;
+
+/// Characters that only steer text direction: a label with them can show
+/// as another name (U+202E turns "evil" into "live").
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Invisible characters with no role in any script's spelling; removed so
+/// `ob\u{200B}ama` is `obama`.
+fn is_removable_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}')
+}
+
+/// A label: Unicode NFC, invisible separators removed, 1 to
+/// MAX_LABEL_CHARS characters with something visible, no bidi controls,
+/// control characters, path separators or `..` (labels end up in file
+/// names of exports).
 pub(crate) fn check_label(label: &str) -> std::result::Result<String, ApiError> {
-    let l = label.trim();
-    if l.is_empty() {
-        return Err(bad("the label is empty"));
+    use unicode_normalization::UnicodeNormalization;
+    let l: String = label
+        .nfc()
+        .filter(|c| !is_removable_invisible(*c))
+        .collect();
+    let l = l.trim();
+    if l.chars().any(is_bidi_control) {
+        return Err(bad(
+            "the label may not contain bidirectional control characters",
+        ));
     }
-    if l.chars().count() > 100 {
-        return Err(bad("the label is longer than 100 characters"));
+    // Joiners alone (U+200C, U+200D) and other format characters show nothing.
+    if !l.chars().any(|c| {
+        !c.is_whitespace() && !matches!(c, '\u{200C}' | '\u{200D}' | '\u{034F}' | '\u{180E}')
+    }) {
+        return Err(bad("the label is empty or invisible"));
+    }
+    if l.chars().count() > MAX_LABEL_CHARS {
+        return Err(bad(format!(
+            "the label is longer than {MAX_LABEL_CHARS} characters"
+        )));
     }
     if l.contains(['/', '\\', '\0']) || l.chars().any(char::is_control) || l.contains("..") {
         return Err(bad(
@@ -206,6 +261,29 @@ pub(crate) struct Photo {
     pub(crate) bytes: Vec<u8>,
     pub(crate) ext: &'static str,
     pub(crate) img: image::RgbImage,
+}
+
+/// Width and height from the photo's header, without decoding it; the
+/// admission gate sizes the decode from them.
+pub(crate) fn photo_dimensions(
+    name: &str,
+    bytes: &[u8],
+) -> std::result::Result<(u32, u32), ApiError> {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Jpeg | image::ImageFormat::Png) => {}
+        _ => return Err(bad(format!("{name}: not a JPEG or PNG image"))),
+    }
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .and_then(|r| r.into_dimensions().map_err(std::io::Error::other))
+        .map_err(|e| bad(format!("{name}: unreadable image: {e}")))?;
+    if (w as u64) * (h as u64) > crate::preprocess::MAX_PIXELS {
+        return Err(bad(format!(
+            "{name}: image of {w}x{h} pixels is over the limit of {}",
+            crate::preprocess::MAX_PIXELS
+        )));
+    }
+    Ok((w, h))
 }
 
 pub(crate) fn decode_photo(name: String, bytes: Vec<u8>) -> std::result::Result<Photo, ApiError> {
@@ -269,8 +347,28 @@ mod tests {
     #[test]
     fn labels_are_checked() {
         assert_eq!(check_label(" Obama ").ok().as_deref(), Some("Obama"));
-        for l in ["", "  ", "a/b", "..", "a\\b", "x\ny"] {
+        for l in [
+            "",
+            "  ",
+            "a/b",
+            "..",
+            "a\\b",
+            "x\ny",
+            "abc\u{202E}def",
+            "\u{200B}\u{200D}",
+            "\u{2066}x",
+        ] {
             assert!(check_label(l).is_err(), "{l:?}");
         }
+        // One spelling per name: NFC, invisible separators dropped.
+        assert_eq!(check_label("ob\u{200B}ama").ok().as_deref(), Some("obama"));
+        assert_eq!(
+            check_label("Jose\u{0301}").ok(),
+            check_label("Jos\u{00E9}").ok()
+        );
+        assert!(check_label(&"a".repeat(101)).is_err());
+        assert!(
+            check_label("\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}").is_ok()
+        );
     }
 }

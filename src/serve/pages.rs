@@ -16,8 +16,9 @@ fieldset{margin:1rem 0;padding:1rem} label{display:block;margin:.4rem 0}
 const NAV: &str = r#"<nav><a href="/">faceall</a><a href="/register">Register</a><a href="/retrieve">Retrieve</a><a href="/api/v1/openapi.json">API</a></nav>"#;
 
 const TOKEN_JS: &str = r#"<script>
-function authHeaders(){const t=document.getElementById('token').value.trim();if(t){localStorage.setItem('faceall-token',t);return {'Authorization':'Bearer '+t};}return {};}
-window.addEventListener('load',()=>{const t=localStorage.getItem('faceall-token');const e=document.getElementById('token');if(t&&e)e.value=t;});
+function authHeaders(){const e=document.getElementById('token');const t=(e?e.value:(sessionStorage.getItem('faceall-token')||'')).trim();if(t){sessionStorage.setItem('faceall-token',t);return {'Authorization':'Bearer '+t};}return {};}
+window.addEventListener('load',()=>{const t=sessionStorage.getItem('faceall-token');const e=document.getElementById('token');if(t&&e)e.value=t;});
+async function authedUrl(u){const r=await fetch(u,{headers:authHeaders()});if(!r.ok)throw new Error('HTTP '+r.status);return URL.createObjectURL(await r.blob());}
 </script>"#;
 
 fn page(title: &str, body: &str) -> Html<String> {
@@ -34,7 +35,7 @@ pub async fn index() -> Html<String> {
 <li><a href="/retrieve">Retrieve</a> the registered faces closest to the faces in a photo.</li>
 <li><a href="/api/v1/openapi.json">The JSON API</a> (OpenAPI 3).</li></ul>
 <p id="stats"></p>
-<script>fetch('/api/v1/stats').then(r=>r.json()).then(s=>{document.getElementById('stats').textContent=s.faces+' faces of '+s.labels+' people registered; match threshold '+s.threshold+'.';});</script>"#,
+<script>fetch('/api/v1/stats',{headers:authHeaders()}).then(r=>r.json()).then(s=>{document.getElementById('stats').textContent=s.error?'':s.faces+' faces of '+s.labels+' people registered; match threshold '+s.threshold+'.';});</script>"#,
     )
 }
 
@@ -63,7 +64,8 @@ document.getElementById('byurl').addEventListener('submit',async e=>{e.preventDe
 pub async fn retrieve() -> Html<String> {
     page(
         "Retrieve",
-        r#"<form id="q"><label>Photo <input id="image" type="file" accept="image/jpeg,image/png" required></label>
+        r#"<label>Token (if the server needs one) <input id="token" type="password" autocomplete="off"></label>
+<form id="q"><label>Photo <input id="image" type="file" accept="image/jpeg,image/png" required></label>
 <label>Matches per face <input id="k" type="number" value="5" min="1" max="100"></label>
 <button id="search">Search</button></form>
 <div id="status"></div><canvas id="photo" style="max-width:100%"></canvas><div id="matches"></div>
@@ -75,14 +77,14 @@ function cropTo(canvas,img,b){const w=b[2]-b[0],h=b[3]-b[1],m=0.2;const x=Math.m
 document.getElementById('q').addEventListener('submit',async e=>{e.preventDefault();
  const st=document.getElementById('status'),out=document.getElementById('matches');out.innerHTML='';st.className='';st.textContent='searching...';
  const file=document.getElementById('image').files[0];const fd=new FormData();fd.append('image',file);
- const r=await fetch('/api/v1/search?k='+encodeURIComponent(document.getElementById('k').value),{method:'POST',body:fd});const j=await r.json();
+ const r=await fetch('/api/v1/search?k='+encodeURIComponent(document.getElementById('k').value),{method:'POST',body:fd,headers:authHeaders()});const j=await r.json();
  if(!r.ok){st.className='err';st.textContent=j.error;return;}
  const img=await loadImg(URL.createObjectURL(file));const c=document.getElementById('photo');c.width=img.width;c.height=img.height;const g=c.getContext('2d');g.drawImage(img,0,0);
  g.lineWidth=Math.max(2,img.width/200);g.font=Math.max(14,img.width/40)+'px sans-serif';
  j.results.forEach((f,i)=>{const b=f.box,col=colors[i%colors.length];g.strokeStyle=col;g.strokeRect(b[0],b[1],b[2]-b[0],b[3]-b[1]);g.fillStyle=col;g.fillText((i+1)+': '+(f.matches.length?f.matches[0].label:'unknown'),b[0],Math.max(14,b[1]-4));});
  st.className='ok';st.textContent=j.results.length+' face(s) found; threshold '+Number(j.threshold).toFixed(2);
  for(const [i,f] of j.results.entries()){const sec=document.createElement('section');sec.className='result';sec.innerHTML='<h3 style="color:'+colors[i%colors.length]+'">Face '+(i+1)+'</h3>'+(f.matches.length?'':'<p class="nomatch">No registered face within the threshold.</p>');out.appendChild(sec);
-  for(const m of f.matches){const d=document.createElement('div');d.className='face match';const cv=document.createElement('canvas');d.appendChild(cv);d.insertAdjacentHTML('beforeend','<div class="label">'+esc(m.label)+'</div><div class="distance">distance '+m.distance.toFixed(3)+'</div>');sec.appendChild(d);loadImg(m.image_url).then(im=>cropTo(cv,im,m.box));}}
+  for(const m of f.matches){const d=document.createElement('div');d.className='face match';const cv=document.createElement('canvas');d.appendChild(cv);d.insertAdjacentHTML('beforeend','<div class="label">'+esc(m.label)+'</div><div class="distance">distance '+m.distance.toFixed(3)+'</div>');sec.appendChild(d);if(m.image_url)authedUrl(m.image_url).then(loadImg).then(im=>cropTo(cv,im,m.box));}}
 });
 </script>"#,
     )

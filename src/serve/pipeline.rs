@@ -77,11 +77,17 @@ impl Pipeline {
     /// Every face in the photo, best-scored first. At most
     /// DETECT_CONCURRENCY photos run at once; other callers wait.
     pub fn faces(&self, img: &RgbImage) -> Result<Vec<Found>> {
-        let _slot = Slot::take(&self.busy)?;
-        self.faces_now(img)
+        self.faces_at_most(img, usize::MAX).map(|(f, _)| f)
     }
 
-    fn faces_now(&self, img: &RgbImage) -> Result<Vec<Found>> {
+    /// The `max` best-scored faces, embedded, and how many more were
+    /// detected (not embedded): bounds the work one photo can ask for.
+    pub fn faces_at_most(&self, img: &RgbImage, max: usize) -> Result<(Vec<Found>, usize)> {
+        let _slot = Slot::take(&self.busy)?;
+        self.faces_now(img, max)
+    }
+
+    fn faces_now(&self, img: &RgbImage, max: usize) -> Result<(Vec<Found>, usize)> {
         let long = img.width().max(img.height());
         let mut faces = if long > DETECT_MAX_SIDE {
             let s = DETECT_MAX_SIDE as f32 / long as f32;
@@ -111,8 +117,10 @@ impl Pipeline {
             self.mtcnn.detect(img)?
         };
         faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let dropped = faces.len().saturating_sub(max);
+        faces.truncate(max);
         if faces.is_empty() {
-            return Ok(vec![]);
+            return Ok((vec![], dropped));
         }
         let per = (self.size * self.size * 3) as usize;
         let mut emb = Vec::with_capacity(self.dim * faces.len());
@@ -132,14 +140,17 @@ impl Pipeline {
             let out = self.engine.run(&[&batch], chunk.len())?;
             emb.extend_from_slice(&out[0].as_f32()?);
         }
-        Ok(faces
-            .into_iter()
-            .zip(emb.chunks(self.dim))
-            .map(|(face, e)| Found {
-                face,
-                embedding: l2_normalize(e),
-            })
-            .collect())
+        Ok((
+            faces
+                .into_iter()
+                .zip(emb.chunks(self.dim))
+                .map(|(face, e)| Found {
+                    face,
+                    embedding: l2_normalize(e),
+                })
+                .collect(),
+            dropped,
+        ))
     }
 }
 

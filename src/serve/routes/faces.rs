@@ -4,16 +4,20 @@
 use std::sync::Arc;
 
 use axum::extract::{Multipart, Path as UrlPath, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, client_embedding, json_body};
+use super::{client_embedding, json_body};
+use crate::serve::auth::{CanRead, CanWrite};
+use crate::serve::budget::Budget;
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::storage::{FaceRecord, NewFace, PhotoFaces, MAX_EMBEDDINGS_PER_CALL};
-use crate::serve::{blocking, check_label, count, decode_photo, read_multipart, urls, App, Photo};
+use crate::serve::{
+    blocking, check_label, count, decode_photo, photo_dimensions, read_multipart, urls, App, Photo,
+};
 use crate::serve::{MAX_BODY_BYTES, MAX_IMAGES};
 
 pub fn face_json(r: &FaceRecord) -> Value {
@@ -29,19 +33,65 @@ pub fn face_json(r: &FaceRecord) -> Value {
     })
 }
 
+/// One uploaded photo after detection (its pixels already freed).
+pub(crate) struct Detected {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub ext: &'static str,
+    pub faces: Vec<crate::serve::pipeline::Found>,
+    /// Faces found beyond --max-faces, not embedded.
+    pub dropped: usize,
+}
+
+/// Check every photo's header, then decode and detect them one at a time,
+/// each only once the memory budget has room for it.
+pub(crate) async fn detect_each(
+    app: &Arc<App>,
+    photos: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<Detected>, ApiError> {
+    let dims = photos
+        .iter()
+        .map(|(n, b)| photo_dimensions(n, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = vec![];
+    for ((name, bytes), (w, h)) in photos.into_iter().zip(dims) {
+        let room = app.budget.admit(Budget::estimate(w, h)).await?;
+        let a = app.clone();
+        out.push(
+            blocking(move || {
+                let _room = room;
+                let Photo {
+                    name,
+                    bytes,
+                    ext,
+                    img,
+                } = decode_photo(name, bytes)?;
+                let (faces, dropped) = a.faces(&img)?;
+                Ok(Detected {
+                    name,
+                    bytes,
+                    ext,
+                    faces,
+                    dropped,
+                })
+            })
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Detect and embed every photo, then store the photos that have faces
 /// and their faces in one transaction.
-async fn register_photos(app: &Arc<App>, photos: Vec<Photo>, label: &str) -> ApiResult {
-    let a = app.clone();
-    let found = blocking(move || {
-        let mut found = vec![];
-        for p in photos {
-            let faces = a.faces(&p.img)?;
-            found.push((p, faces));
-        }
-        Ok(found)
-    })
-    .await?;
+async fn register_photos(app: &Arc<App>, photos: Vec<(String, Vec<u8>)>, label: &str) -> ApiResult {
+    let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>)> = detect_each(app, photos)
+        .await?
+        .into_iter()
+        .map(|mut d| {
+            let f = std::mem::take(&mut d.faces);
+            (d, f)
+        })
+        .collect();
     if found.iter().all(|(_, f)| f.is_empty()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -63,7 +113,7 @@ async fn register_photos(app: &Arc<App>, photos: Vec<Photo>, label: &str) -> Api
             results.push(json!({"image": p.name, "faces": [], "message": "no face found; nothing registered"}));
             continue;
         }
-        names.push(p.name);
+        names.push((p.name, p.dropped));
         to_store.push(PhotoFaces {
             bytes: p.bytes,
             ext: p.ext,
@@ -79,33 +129,33 @@ async fn register_photos(app: &Arc<App>, photos: Vec<Photo>, label: &str) -> Api
     }
     let stored = app.storage.register(to_store).await?;
     let mut registered = 0;
-    for (name, s) in names.into_iter().zip(stored) {
+    for ((name, dropped), s) in names.into_iter().zip(stored) {
         registered += s.faces.len();
-        results.push(json!({
+        let mut v = json!({
             "image": name,
             "image_id": s.image_id,
             "faces": s.faces.iter().map(face_json).collect::<Vec<_>>(),
-        }));
+        });
+        if dropped > 0 {
+            v["faces_not_registered"] = json!(dropped);
+            v["message"] = json!(format!(
+                "{dropped} more face(s) found beyond this server's limit of {} per photo",
+                app.max_faces
+            ));
+        }
+        results.push(v);
     }
     Ok(Json(json!({ "registered": registered, "images": results })))
 }
 
-pub async fn register(State(app): State<Arc<App>>, headers: HeaderMap, mp: Multipart) -> ApiResult {
+pub async fn register(State(app): State<Arc<App>>, _: CanWrite, mp: Multipart) -> ApiResult {
     count(&app);
-    authorize(&app, &headers)?;
     let (images, label) = read_multipart(mp).await?;
     let label = check_label(&label.ok_or_else(|| bad("missing form field 'label'"))?)?;
     if images.is_empty() {
         return Err(bad("missing form field 'image'"));
     }
-    let photos = blocking(move || {
-        images
-            .into_iter()
-            .map(|(n, b)| decode_photo(n, b))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await?;
-    register_photos(&app, photos, &label).await
+    register_photos(&app, images, &label).await
 }
 
 #[derive(Deserialize)]
@@ -116,11 +166,10 @@ pub struct UrlsBody {
 
 pub async fn register_urls(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: CanWrite,
     body: Result<Json<UrlsBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     count(&app);
-    authorize(&app, &headers)?;
     let body = json_body(body)?;
     let label = check_label(&body.label)?;
     if body.urls.is_empty() || body.urls.len() > MAX_IMAGES {
@@ -132,9 +181,9 @@ pub async fn register_urls(
         let mut photos = vec![];
         for u in &body.urls {
             match urls::fetch(u, &a.allow_url_hosts, MAX_BODY_BYTES)
-                .and_then(|b| decode_photo(u.clone(), b).map_err(|e| e.message))
+                .and_then(|b| photo_dimensions(u, &b).map(|_| b).map_err(|e| e.message))
             {
-                Ok(p) => photos.push(p),
+                Ok(b) => photos.push((u.clone(), b)),
                 Err(e) => per_url.push(json!({"url": u, "error": e})),
             }
         }
@@ -169,11 +218,10 @@ pub struct EmbeddingsBody {
 /// (migrations from other systems, index measurements).
 pub async fn add_embeddings(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: CanWrite,
     body: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     count(&app);
-    authorize(&app, &headers)?;
     let body = json_body(body)?;
     if body.faces.is_empty() || body.faces.len() > MAX_EMBEDDINGS_PER_CALL {
         return Err(bad(format!(
@@ -207,6 +255,7 @@ pub struct Page {
 
 pub async fn list(
     State(app): State<Arc<App>>,
+    _: CanRead,
     p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     count(&app);
@@ -227,7 +276,11 @@ fn parse_id(s: &str) -> Result<u64, ApiError> {
         .map_err(|_| bad(format!("'{s}' is not a numeric id")))
 }
 
-pub async fn get(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> ApiResult {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    _: CanRead,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
     count(&app);
     let id = parse_id(&id)?;
     let r = app
@@ -242,11 +295,10 @@ pub async fn get(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> A
 
 pub async fn delete(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: CanWrite,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
     count(&app);
-    authorize(&app, &headers)?;
     let id = parse_id(&id)?;
     if app.storage.delete(id).await? {
         Ok(Json(json!({ "deleted": id })))
@@ -260,6 +312,7 @@ pub async fn delete(
 
 pub async fn image(
     State(app): State<Arc<App>>,
+    _: CanRead,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     count(&app);

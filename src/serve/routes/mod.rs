@@ -7,7 +7,7 @@ pub mod system;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -18,7 +18,7 @@ use super::{pages, App, MAX_BODY_BYTES};
 /// written with 9 significant digits are about 60 MB.
 pub const MAX_EMBEDDINGS_BODY_BYTES: usize = 96 * 1024 * 1024;
 
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/register", get(pages::register))
@@ -37,31 +37,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/search", post(search::photo))
         .route("/api/v1/search/embeddings", post(search::embeddings))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::serve::listen::deadline(limits.request_timeout, req, next)
+        }))
+        .layer(axum::middleware::map_response(security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
-}
-
-/// Mutating endpoints need the bearer token when one is configured.
-pub fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &app.token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong token")),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this server needs 'Authorization: Bearer TOKEN' to change faces",
-        )),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A JSON body, with extractor rejections answered as JSON errors.
@@ -93,4 +80,30 @@ pub fn client_embedding(v: Vec<f32>, dim: usize, what: &str) -> Result<Vec<f32>,
         )));
     }
     Ok(v.into_iter().map(|x| x / n).collect())
+}
+
+/// Headers on every response: no MIME sniffing, no framing, no referrer;
+/// the pages may load only their own scripts, styles and the photos the
+/// user picked (blob:) or the server stores.
+async fn security_headers(mut r: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
+             img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    r
 }

@@ -9,9 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{client_embedding, json_body};
+use crate::serve::auth::CanRead;
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::storage::{Match, MAX_QUERIES_PER_CALL};
-use crate::serve::{blocking, count, decode_photo, read_multipart, App};
+use crate::serve::{count, read_multipart, App};
 
 /// Most matches per face.
 pub const MAX_K: usize = 100;
@@ -55,6 +56,7 @@ fn matches_json(ms: &[Match], threshold: f32) -> Vec<Value> {
 
 pub async fn photo(
     State(app): State<Arc<App>>,
+    _: CanRead,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
     mp: Multipart,
 ) -> ApiResult {
@@ -65,20 +67,15 @@ pub async fn photo(
     if images.len() != 1 {
         return Err(bad("send exactly one form field 'image'"));
     }
-    let (name, bytes) = images.remove(0);
-    let a = app.clone();
-    let faces = blocking(move || {
-        let p = decode_photo(name, bytes)?;
-        let faces = a.faces(&p.img)?;
-        if faces.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("no face found in {}", p.name),
-            ));
-        }
-        Ok(faces)
-    })
-    .await?;
+    let mut found = super::faces::detect_each(&app, vec![images.remove(0)]).await?;
+    let d = found.remove(0);
+    if d.faces.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no face found in {}", d.name),
+        ));
+    }
+    let (faces, dropped) = (d.faces, d.dropped);
     let queries = faces.iter().map(|f| f.embedding.clone()).collect();
     let found = app.storage.search(queries, k).await?;
     let results: Vec<Value> = faces
@@ -93,7 +90,11 @@ pub async fn photo(
             })
         })
         .collect();
-    Ok(Json(json!({ "threshold": threshold, "results": results })))
+    let mut v = json!({ "threshold": threshold, "results": results });
+    if dropped > 0 {
+        v["faces_not_searched"] = json!(dropped);
+    }
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -107,6 +108,7 @@ pub struct EmbeddingsQuery {
 /// embedding, in query order.
 pub async fn embeddings(
     State(app): State<Arc<App>>,
+    _: CanRead,
     body: Result<Json<EmbeddingsQuery>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     count(&app);

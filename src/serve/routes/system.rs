@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::serve::auth::CanRead;
 use crate::serve::error::ApiResult;
 use crate::serve::{count, openapi as doc, App};
 
@@ -20,7 +21,7 @@ pub async fn health(State(app): State<Arc<App>>) -> ApiResult {
     ))
 }
 
-pub async fn stats(State(app): State<Arc<App>>) -> ApiResult {
+pub async fn stats(State(app): State<Arc<App>>, _: CanRead) -> ApiResult {
     count(&app);
     let s = app.storage.stats().await?;
     let calls = app.pipeline_calls.load(Ordering::Relaxed).max(1);
@@ -35,7 +36,7 @@ pub async fn stats(State(app): State<Arc<App>>) -> ApiResult {
         "model": app.model,
         "uptime_seconds": app.started.elapsed().as_secs(),
         "requests": app.requests.load(Ordering::Relaxed),
-        "auth": app.token.is_some(),
+        "auth": app.auth.enabled(),
         "detect_embed_calls": app.pipeline_calls.load(Ordering::Relaxed),
         "detect_embed_ms_mean": mean_ms,
     })))

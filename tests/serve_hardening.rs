@@ -1,0 +1,388 @@
+//! `faceall serve` against hostile clients, through the real binary: reads
+//! need the token (and guessing it is slowed down), every error is JSON,
+//! pages carry security headers and keep the token out of localStorage,
+//! connections are capped and timed out, labels are normalised, the memory
+//! budget holds under concurrent decompression bombs, faces per photo are
+//! bounded.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{curl, post_json, shared, start, Server, Store};
+use serde_json::json;
+
+/// (status, headers lower-cased, body) of a curl call.
+fn curl_full(s: &Server, args: &[&str]) -> (u16, String, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-i", "-m", "60"])
+        .arg(format!("{}{}", s.url, args[0]))
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_lowercase(), body.to_string())
+}
+
+#[test]
+fn reads_need_the_token_and_guessing_it_is_slowed_down() {
+    let store = Store::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token-42\n").unwrap();
+    let s = start(&store, &["--token-file", token_file.to_str().unwrap()]);
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", s.child.id())).unwrap();
+    assert!(
+        !cmdline.contains("file-token-42"),
+        "token in the process list"
+    );
+    let auth = "Authorization: Bearer file-token-42";
+    let (gallery, _) = common::identity_gallery(2, 512, 1);
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/faces/embeddings",
+        &json!({"faces": [{"label": "a", "embedding": gallery[0]}]}),
+        Some("file-token-42"),
+    );
+    assert_eq!(code, 200, "{v}");
+    let id = v["ids"][0].as_u64().unwrap();
+    let photo = shared().join("images/faces/train/biden/biden.jpg");
+    let image_arg = format!("image=@{}", photo.display());
+    let face_path = format!("/api/v1/faces/{id}");
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["/api/v1/faces"],
+        vec![&face_path],
+        vec!["/api/v1/images/1"],
+        vec!["/api/v1/stats"],
+        vec!["/api/v1/search", "-X", "POST", "-F", &image_arg],
+    ];
+    for r in &reads {
+        let (code, head, body) = curl_full(&s, r);
+        assert_eq!(code, 401, "{r:?} without a token: {code} {body}");
+        assert!(head.contains("www-authenticate: bearer"), "{r:?}: {head}");
+        assert!(body.contains("\"error\""), "{body}");
+        let mut with = r.clone();
+        with.extend(["-H", auth]);
+        let (code, _, body) = curl_full(&s, &with);
+        assert!(
+            code == 200 || code == 404,
+            "{r:?} with the token: {code} {body}"
+        );
+    }
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/search/embeddings",
+        &json!({"embeddings": [gallery[0]]}),
+        None,
+    );
+    assert_eq!(code, 401, "{v}");
+    // A wrong token is 401 invalid_token; many in a row are refused for a while.
+    let (code, head, _) = curl_full(&s, &["/api/v1/stats", "-H", "Authorization: Bearer guess"]);
+    assert_eq!(code, 401);
+    assert!(head.contains("error=\"invalid_token\""), "{head}");
+    let mut last = 0;
+    for _ in 0..12 {
+        last = curl_full(&s, &["/api/v1/stats", "-H", "Authorization: Bearer guess"]).0;
+    }
+    assert_eq!(last, 429, "guessing is not slowed down");
+    let (code, head, _) = curl_full(&s, &["/api/v1/stats", "-H", auth]);
+    assert_eq!(code, 429);
+    assert!(head.contains("retry-after:"), "{head}");
+    assert_eq!(curl(&s, &["/api/v1/health"]).0, 200, "health stays open");
+    drop(s);
+
+    // --public-read opens the reads, explicitly; changes still need the token.
+    let s = start(&store, &["--token", "t0k", "--public-read"]);
+    assert_eq!(curl(&s, &["/api/v1/stats"]).0, 200);
+    assert_eq!(curl(&s, &[&face_path]).0, 200);
+    assert_eq!(curl(&s, &[&face_path, "-X", "DELETE"]).0, 401);
+}
+
+#[test]
+fn every_error_is_json_and_pages_are_locked_down() {
+    let store = Store::embedded();
+    let s = start(&store, &[]);
+    let cases: Vec<(&str, Vec<&str>, u16)> = vec![
+        ("405", vec!["/api/v1/faces", "-X", "PUT"], 405),
+        ("404", vec!["/nope"], 404),
+        ("bad query", vec!["/api/v1/faces?limit=abc"], 400),
+        (
+            "bad multipart",
+            vec![
+                "/api/v1/search",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: multipart/form-data; boundary=x",
+                "--data-binary",
+                "garbage",
+            ],
+            400,
+        ),
+        (
+            "bad search query",
+            vec![
+                "/api/v1/search?k=lots",
+                "-X",
+                "POST",
+                "-F",
+                "image=@/dev/null",
+            ],
+            400,
+        ),
+        (
+            "not JSON",
+            vec![
+                "/api/v1/search/embeddings",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                "{",
+            ],
+            400,
+        ),
+    ];
+    for (what, args, want) in cases {
+        let (code, head, body) = curl_full(&s, &args);
+        assert_eq!(code, want, "{what}: {code} {body}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {body}"
+        );
+        assert!(
+            !body.contains("/tmp") && !body.contains("/work"),
+            "{what}: a path in {body}"
+        );
+    }
+    for page in ["/", "/register", "/retrieve"] {
+        let (code, head, body) = curl_full(&s, &[page]);
+        assert_eq!(code, 200);
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        assert!(head.contains("frame-ancestors 'none'"), "{head}");
+        assert!(
+            !body.contains("localStorage"),
+            "{page} keeps the token in localStorage"
+        );
+    }
+    let (_, stats) = curl(&s, &["/api/v1/stats"]);
+    assert!(!stats["model"].as_str().unwrap().contains('/'), "{stats}");
+}
+
+#[test]
+fn labels_are_normalised_and_hostile_ones_refused() {
+    let store = Store::embedded();
+    let s = start(&store, &[]);
+    let (g, _) = common::identity_gallery(1, 512, 2);
+    let add = |label: &str| {
+        post_json(
+            &s,
+            "/api/v1/faces/embeddings",
+            &json!({"faces": [{"label": label, "embedding": g[0]}]}),
+            None,
+        )
+    };
+    let (code, v) = add("ob\u{200B}ama");
+    assert_eq!(code, 200, "{v}");
+    let (_, f) = curl(&s, &[&format!("/api/v1/faces/{}", v["ids"][0])]);
+    assert_eq!(f["label"], "obama");
+    let (code, v) = add("Jose\u{0301}");
+    assert_eq!(code, 200);
+    let (_, f) = curl(&s, &[&format!("/api/v1/faces/{}", v["ids"][0])]);
+    assert_eq!(f["label"], "Jos\u{00E9}", "not NFC");
+    for bad in [
+        "evil\u{202E}txt.exe",
+        "\u{200B}\u{200D}",
+        "\u{2067}x",
+        &"n".repeat(101),
+    ] {
+        let (code, v) = add(bad);
+        assert_eq!(code, 400, "{bad:?}: {v}");
+    }
+}
+
+fn read_until_closed(mut c: TcpStream, limit: Duration) -> Option<Duration> {
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < limit {
+        match c.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn connections_are_capped_and_timed_out() {
+    let store = Store::embedded();
+    let s = start(&store, &["--header-timeout", "2", "--max-connections", "6"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // Partial headers, and an idle keep-alive connection, are closed.
+    let mut partial = TcpStream::connect(&addr).unwrap();
+    partial.write_all(b"GET /api/v1/hea").unwrap();
+    let closed = read_until_closed(partial, Duration::from_secs(8));
+    assert!(closed.is_some(), "partial headers kept open");
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(
+        read_until_closed(idle, Duration::from_secs(8)).is_some(),
+        "idle keep-alive kept open"
+    );
+    // Over the cap, a connection is closed at once; the held ones free it.
+    let held: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    let _ = extra.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let t = read_until_closed(extra, Duration::from_secs(1));
+    assert!(t.is_some(), "a 7th connection was served");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(curl(&s, &["/api/v1/health"]).0, 200);
+}
+
+fn write_one_colour_png(path: &Path, side: u32) {
+    let row = vec![200u8; side as usize * 3];
+    let mut enc = png::Encoder::new(std::fs::File::create(path).unwrap(), side, side);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fast);
+    let mut w = enc.write_header().unwrap().into_stream_writer().unwrap();
+    for _ in 0..side {
+        w.write_all(&row).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// 16 concurrent searches of a 117 KB PNG that decodes to 6000 x 6000:
+/// the budget admits them a few at a time (or turns them away with 503),
+/// the server stays up and its peak memory stays under 2x the weights plus
+/// the budget; an ordinary search still answers meanwhile.
+#[test]
+fn the_memory_budget_holds_under_decompression_bombs() {
+    let store = Store::embedded();
+    let s = start(&store, &["--max-memory", "512"]);
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.png");
+    write_one_colour_png(&bomb, 6000);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1_000_000);
+    let mut workers = vec![];
+    for _ in 0..16 {
+        let url = s.url.clone();
+        let bomb = bomb.clone();
+        workers.push(std::thread::spawn(move || {
+            let o = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-m",
+                    "120",
+                    "-X",
+                    "POST",
+                    "-F",
+                ])
+                .arg(format!("image=@{}", bomb.display()))
+                .arg(format!("{url}/api/v1/search"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .parse::<u16>()
+                .unwrap_or(0)
+        }));
+    }
+    let t = Instant::now();
+    let (code, v) = curl(
+        &s,
+        &[
+            "/api/v1/search",
+            "-X",
+            "POST",
+            "-F",
+            &format!(
+                "image=@{}",
+                shared().join("images/faces/query/obama1.jpg").display()
+            ),
+        ],
+    );
+    let ordinary = t.elapsed();
+    assert!(code == 422 || code == 200 || code == 503, "{code} {v}");
+    let codes: Vec<u16> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(codes.iter().all(|c| *c == 422 || *c == 503), "{codes:?}");
+    assert_eq!(curl(&s, &["/api/v1/health"]).0, 200, "server went down");
+    let weights_mb = 94.0;
+    let peak = peak_rss_mb(s.child.id());
+    eprintln!("bombs: {codes:?}; peak {peak:.0} MB; ordinary search {ordinary:?} ({code})");
+    assert!(peak < 2.0 * weights_mb + 512.0, "peak {peak:.0} MB");
+}
+
+#[test]
+fn faces_per_photo_are_bounded() {
+    let store = Store::embedded();
+    let s = start(&store, &["--max-faces", "1"]);
+    let q = shared().join("images/faces/query/obama_and_biden.jpg");
+    let (code, v) = curl(
+        &s,
+        &[
+            "/api/v1/search",
+            "-X",
+            "POST",
+            "-F",
+            &format!("image=@{}", q.display()),
+        ],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["faces_not_searched"], 2, "{v}");
+    let (code, v) = curl(
+        &s,
+        &[
+            "/api/v1/faces",
+            "-X",
+            "POST",
+            "-F",
+            &format!("image=@{}", q.display()),
+            "-F",
+            "label=pair",
+        ],
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["registered"], 1, "{v}");
+    assert_eq!(v["images"][0]["faces_not_registered"], 2, "{v}");
+}

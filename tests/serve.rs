@@ -36,6 +36,17 @@ fn register(s: &Server, label: &str, files: &[PathBuf], token: Option<&str>) -> 
     curl(s, &refs)
 }
 
+/// A search with the server's token.
+fn search_as(s: &Server, file: &Path, token: Option<&str>) -> (u16, Value) {
+    let image = format!("image=@{}", file.display());
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let mut args = vec!["/api/v1/search", "-X", "POST", "-F", &image];
+    if let Some(a) = &auth {
+        args.extend(["-H", a.as_str()]);
+    }
+    curl(s, &args)
+}
+
 fn search(s: &Server, file: &Path) -> (u16, Value) {
     curl(
         s,
@@ -376,8 +387,8 @@ fn bad_input_is_refused_cleanly(store: Store) {
                 ],
             ),
         ),
-        ("search: non-image", search(&s, &junk)),
-        ("search: no face", search(&s, &blank)),
+        ("search: non-image", search_as(&s, &junk, tok)),
+        ("search: no face", search_as(&s, &blank, tok)),
         (
             "delete without token",
             curl(&s, &["/api/v1/faces/1", "-X", "DELETE"]),
@@ -392,7 +403,7 @@ fn bad_input_is_refused_cleanly(store: Store) {
         );
         eprintln!("{what}: {code} {}", v["error"]);
     }
-    let (code, stats) = curl(&s, &["/api/v1/stats"]);
+    let (code, stats) = curl(&s, &["/api/v1/stats", "-H", "Authorization: Bearer s3cret"]);
     assert_eq!(code, 200, "server went down");
     assert_eq!(stats["faces"], 0, "something was stored: {stats}");
     assert_eq!(stats["images"], 0, "a photo was stored: {stats}");

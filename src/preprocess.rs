@@ -26,24 +26,18 @@ pub fn decode(path: &Path) -> Result<image::RgbImage> {
     decode_bytes(&bytes).map_err(|e| e.in_file(path))
 }
 
+/// Decode JPEG or PNG bytes with limits on their size. Whether a JPEG is
+/// complete is the decoder's call (strict mode: a scan whose data runs out
+/// is an error; image's default fills the missing rows with grey and
+/// succeeds), so data after a complete image (phones' "motion photos") is
+/// fine and a cut-off file is not. A file cut inside the scan and then
+/// given an end-of-image marker still decodes (zune-jpeg stops at the
+/// marker without saying the scan was short).
 pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
-    // The JPEG decoder fills a truncated file's missing rows with grey and
-    // reports success; a complete JPEG ends with the EOI marker (FF D9),
-    // possibly followed by padding.
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        let end = bytes
-            .iter()
-            .rposition(|&b| b != 0 && !b.is_ascii_whitespace())
-            .map_or(0, |i| i + 1);
-        if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
-            return Err(Error::Format(
-                "unreadable image: truncated JPEG (no end-of-image marker)".into(),
-            ));
-        }
-    }
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;
+    let format = reader.format();
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;
@@ -51,6 +45,9 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
         return Err(Error::Format(format!(
             "image of {w}x{h} pixels is over the limit of {MAX_PIXELS}"
         )));
+    }
+    if format == Some(image::ImageFormat::Jpeg) {
+        return decode_jpeg_strict(bytes, w, h);
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -62,6 +59,28 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
         .decode()
         .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;
     Ok(img.to_rgb8())
+}
+
+fn decode_jpeg_strict(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let opts = DecoderOptions::default()
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(w as usize)
+        .set_max_height(h as usize);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    let px = d.decode().map_err(|e| {
+        Error::Format(format!(
+            "unreadable image: truncated or damaged JPEG ({e:?})"
+        ))
+    })?;
+    let (dw, dh) = d
+        .dimensions()
+        .ok_or_else(|| Error::Format("unreadable image: JPEG without dimensions".into()))?;
+    image::RgbImage::from_raw(dw as u32, dh as u32, px)
+        .ok_or_else(|| Error::Format("unreadable image: JPEG of unexpected size".into()))
 }
 
 /// A crop (x, y, width, height) resized to `size` x `size`, prewhitened, as

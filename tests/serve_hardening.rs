@@ -386,3 +386,139 @@ fn faces_per_photo_are_bounded() {
     assert_eq!(v["registered"], 1, "{v}");
     assert_eq!(v["images"][0]["faces_not_registered"], 2, "{v}");
 }
+
+/// JPEG validity is the decoder's call: data after a complete image is
+/// fine, a truncated one is refused (tests/serve.rs). Stored photos lose
+/// their EXIF (GPS) unless --keep-exif.
+#[test]
+fn jpegs_are_judged_by_the_decoder_and_stored_without_exif() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(shared().join("images/faces/train/biden/biden.jpg")).unwrap();
+    let mut trailing = good.clone();
+    trailing.extend(std::iter::repeat_n(0x5Au8, 100_000));
+    // The photo with an EXIF segment carrying a (fake) GPS block.
+    let mut exif = good[..2].to_vec();
+    let payload = b"Exif\0\0MM\0*GPSLatitude=48.8584N";
+    exif.extend([0xFF, 0xE1]);
+    exif.extend(((payload.len() + 2) as u16).to_be_bytes());
+    exif.extend(payload);
+    exif.extend(&good[2..]);
+    let write = |name: &str, b: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let (trailing, exif) = (write("trailing.jpg", &trailing), write("exif.jpg", &exif));
+    let register = |s: &Server, p: &Path| {
+        curl(
+            s,
+            &[
+                "/api/v1/faces",
+                "-X",
+                "POST",
+                "-F",
+                &format!("image=@{}", p.display()),
+                "-F",
+                "label=biden",
+            ],
+        )
+    };
+    let fetch = |s: &Server, v: &serde_json::Value| {
+        let url = format!("{}/api/v1/images/{}", s.url, v["images"][0]["image_id"]);
+        Command::new("curl")
+            .args(["-s", &url])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let store = Store::embedded();
+    let s = start(&store, &[]);
+    let (code, v) = register(&s, &trailing);
+    assert_eq!(code, 200, "trailing data refused: {v}");
+    let (code, v) = register(&s, &exif);
+    assert_eq!(code, 200, "{v}");
+    let stored = fetch(&s, &v);
+    assert!(
+        !stored.windows(11).any(|w| w == b"GPSLatitude"),
+        "EXIF kept"
+    );
+    assert!(stored.len() <= good.len());
+    let (a, b) = (
+        image::load_from_memory(&stored).unwrap(),
+        image::load_from_memory(&good).unwrap(),
+    );
+    assert_eq!(a.to_rgb8(), b.to_rgb8(), "the pixels changed");
+    drop(s);
+    let s = start(&store, &["--keep-exif"]);
+    let (_, v) = register(&s, &exif);
+    assert_eq!(fetch(&s, &v), std::fs::read(&exif).unwrap());
+}
+
+/// The URL fetcher: a host that drips a byte a second is cut off at the
+/// request's one deadline, a URL with CR LF injects nothing (the host sees
+/// no request at all), and URLs of one request share one byte budget.
+#[test]
+fn the_url_fetcher_keeps_to_one_deadline_and_refuses_injection() {
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                for _ in 0..60 {
+                    if s.write_all(b"x").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+    });
+    let store = Store::embedded();
+    let s = start(
+        &store,
+        &["--allow-url-host", "127.0.0.1", "--url-fetch-timeout", "3"],
+    );
+    let urls: Vec<String> = (0..8)
+        .map(|i| format!("http://127.0.0.1:{port}/drip{i}.jpg"))
+        .collect();
+    let t = Instant::now();
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/faces/urls",
+        &json!({"label": "x", "urls": urls}),
+        None,
+    );
+    let took = t.elapsed();
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("ran out"), "{v}");
+    assert!(
+        took < Duration::from_secs(8),
+        "8 dripping URLs held the request {took:?}"
+    );
+    let before = seen.lock().unwrap().len();
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/faces/urls",
+        &json!({"label": "x", "urls": [format!("http://127.0.0.1:{port}/a.jpg HTTP/1.0\r\nHost: evil\r\n\r\nGET /admin")]}),
+        None,
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("control"), "{v}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before,
+        "the injected URL reached the host"
+    );
+}

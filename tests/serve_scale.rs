@@ -403,7 +403,6 @@ fn two_servers_share_one_postgres() {
     );
     assert_eq!(code, 200, "{v}");
     let id = v["images"][0]["faces"][0]["id"].as_u64().unwrap();
-    let image_url = v["images"][0]["image_url"].clone();
     let query = shared().join("images/faces/query/obama_and_biden.jpg");
     let (code, found) = curl(
         &b,
@@ -424,7 +423,6 @@ fn two_servers_share_one_postgres() {
             .any(|r| r["matches"][0]["id"] == id),
         "registered through A, not found through B: {found}"
     );
-    let _ = image_url;
     let (code, _) = curl(
         &b,
         &[&format!("/api/v1/images/{}", v["images"][0]["image_id"])],

@@ -62,6 +62,12 @@ pub struct Args {
     /// Seconds a request may take from its headers to the response, upload included
     #[arg(long, default_value_t = 120)]
     request_timeout: u64,
+    /// Store photos with their EXIF/XMP metadata (GPS position, camera); stripped by default
+    #[arg(long)]
+    keep_exif: bool,
+    /// Seconds all URLs of one POST /api/v1/faces/urls may take to fetch, together
+    #[arg(long, default_value_t = 30)]
+    url_fetch_timeout: u64,
     /// A host POST /api/v1/faces/urls may fetch from (repeatable; none by default)
     #[arg(long = "allow-url-host")]
     allow_url_hosts: Vec<String>,
@@ -106,6 +112,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         public_read: a.public_read,
         max_faces: a.max_faces,
         max_memory: a.max_memory.saturating_mul(1 << 20),
+        keep_exif: a.keep_exif,
+        url_fetch_time: std::time::Duration::from_secs(a.url_fetch_timeout.max(1)),
         limits: faceall::serve::listen::Limits {
             max_connections: a.max_connections,
             header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),

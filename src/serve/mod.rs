@@ -11,6 +11,7 @@ mod auth;
 mod budget;
 mod error;
 pub mod listen;
+mod metadata;
 mod openapi;
 mod pages;
 pub mod pipeline;
@@ -58,6 +59,10 @@ pub struct Config {
     /// Bytes of decoded photos and detector buffers in flight at most.
     pub max_memory: usize,
     pub limits: listen::Limits,
+    /// Store photos with their EXIF/XMP (GPS, camera) as uploaded.
+    pub keep_exif: bool,
+    /// Time all URLs of one registration may take to fetch, together.
+    pub url_fetch_time: std::time::Duration,
 }
 
 pub struct App {
@@ -66,6 +71,8 @@ pub struct App {
     auth: auth::Auth,
     budget: budget::Budget,
     max_faces: usize,
+    keep_exif: bool,
+    url_fetch_time: std::time::Duration,
     threshold: f32,
     allow_url_hosts: Vec<String>,
     started: Instant,
@@ -147,6 +154,8 @@ pub fn serve(cfg: Config) -> Result<()> {
         auth: auth::Auth::new(cfg.token, cfg.public_read),
         budget: budget::Budget::new(cfg.max_memory),
         max_faces: cfg.max_faces.max(1),
+        keep_exif: cfg.keep_exif,
+        url_fetch_time: cfg.url_fetch_time,
         threshold: cfg.threshold,
         allow_url_hosts: cfg.allow_url_hosts,
         started: Instant::now(),

@@ -115,7 +115,11 @@ async fn register_photos(app: &Arc<App>, photos: Vec<(String, Vec<u8>)>, label: 
         }
         names.push((p.name, p.dropped));
         to_store.push(PhotoFaces {
-            bytes: p.bytes,
+            bytes: if app.keep_exif {
+                p.bytes
+            } else {
+                crate::serve::metadata::strip(p.bytes)
+            },
             ext: p.ext,
             faces: faces
                 .into_iter()
@@ -179,10 +183,11 @@ pub async fn register_urls(
     let (photos, per_url) = blocking(move || {
         let mut per_url = vec![];
         let mut photos = vec![];
-        for u in &body.urls {
-            match urls::fetch(u, &a.allow_url_hosts, MAX_BODY_BYTES)
-                .and_then(|b| photo_dimensions(u, &b).map(|_| b).map_err(|e| e.message))
-            {
+        // One deadline and one byte budget for all the request's URLs.
+        let budget = urls::Budget::new(a.url_fetch_time, MAX_BODY_BYTES);
+        let got = urls::fetch_all(&body.urls, &a.allow_url_hosts, &budget);
+        for (u, r) in body.urls.iter().zip(got) {
+            match r.and_then(|b| photo_dimensions(u, &b).map(|_| b).map_err(|e| e.message)) {
                 Ok(b) => photos.push((u.clone(), b)),
                 Err(e) => per_url.push(json!({"url": u, "error": e})),
             }

@@ -241,10 +241,13 @@ impl Ann {
             lost = still;
         }
         if !lost.is_empty() {
-            return Err(format!(
-                "{} vector(s) stayed unreachable in the index after re-insertion",
+            // Stored and in the index, only not found by a search at this
+            // ef (seen at a million faces): not a reason to refuse the
+            // batch or, at start, the whole store.
+            eprintln!(
+                "faceall serve: index: {} vector(s) not found by a search for themselves after re-insertion (kept; a larger --ef-search finds more)",
                 lost.len()
-            ));
+            );
         }
         Ok(())
     }

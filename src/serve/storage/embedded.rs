@@ -267,10 +267,9 @@ impl Inner {
             first_unsaved: Mutex::new((last_seq > saved).then(Instant::now)),
             stop: AtomicBool::new(false),
         };
-        if last_seq > saved {
-            // Save now so the next start is fast; the journal is trimmed.
-            inner.save()?;
-        }
+        // What was replayed or rebuilt is saved by the background saver
+        // (first_unsaved is set), so the server listens without waiting
+        // for a save of the whole index.
         Ok(inner)
     }
 

@@ -26,28 +26,114 @@ pub fn decode(path: &Path) -> Result<image::RgbImage> {
     decode_bytes(&bytes).map_err(|e| e.in_file(path))
 }
 
-/// Decode JPEG or PNG bytes with limits on their size. Whether a JPEG is
-/// complete is the decoder's call (strict mode: a scan whose data runs out
-/// is an error; image's default fills the missing rows with grey and
-/// succeeds), so data after a complete image (phones' "motion photos") is
-/// fine and a cut-off file is not. A file cut inside the scan and then
-/// given an end-of-image marker still decodes (zune-jpeg stops at the
-/// marker without saying the scan was short).
-pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;
-    let format = reader.format();
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;
+/// Memory the header of an image may take to read: its ancillary blocks
+/// (EXIF, XMP, colour profiles) are bounded by this.
+pub const MAX_HEADER_BYTES: u64 = 8 << 20;
+
+/// A PNG decoder that skips the colour profile (iCCP) and text chunks:
+/// both are deflate-compressed, a 1 MB file can hold a profile that
+/// inflates to hundreds of MB, and nothing here uses them (pixels are
+/// taken as sRGB, as the detector was trained). Output: 8 bits per
+/// sample, palettes expanded.
+fn png_decoder(bytes: &[u8], limit: u64) -> png::Decoder<std::io::Cursor<&[u8]>> {
+    let mut d = png::Decoder::new_with_limits(
+        std::io::Cursor::new(bytes),
+        png::Limits {
+            bytes: usize::try_from(limit).unwrap_or(usize::MAX),
+        },
+    );
+    d.set_ignore_iccp_chunk(true);
+    d.set_ignore_text_chunk(true);
+    d.set_transformations(png::Transformations::normalize_to_color8());
+    d
+}
+
+fn png_error(e: png::DecodingError) -> Error {
+    match e {
+        png::DecodingError::LimitsExceeded => {
+            Error::Format("unreadable image: the PNG needs more memory than its size allows".into())
+        }
+        e => Error::Format(format!("unreadable image: {e}")),
+    }
+}
+
+/// Width, height and format from the header, without decoding the pixels;
+/// over [`MAX_PIXELS`] is an error.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32, Option<image::ImageFormat>)> {
+    let format = image::guess_format(bytes).ok();
+    let (w, h) = if format == Some(image::ImageFormat::Png) {
+        let r = png_decoder(bytes, MAX_HEADER_BYTES)
+            .read_info()
+            .map_err(png_error)?;
+        (r.info().width, r.info().height)
+    } else {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| Error::Format(format!("unreadable image: {e}")))?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(MAX_HEADER_BYTES);
+        reader.limits(limits);
+        reader
+            .into_dimensions()
+            .map_err(|e| Error::Format(format!("unreadable image: {e}")))?
+    };
     if (w as u64) * (h as u64) > MAX_PIXELS {
         return Err(Error::Format(format!(
             "image of {w}x{h} pixels is over the limit of {MAX_PIXELS}"
         )));
     }
-    if format == Some(image::ImageFormat::Jpeg) {
-        return decode_jpeg_strict(bytes, w, h);
+    Ok((w, h, format))
+}
+
+/// A PNG as RGB (alpha dropped, grey replicated), reading at most the
+/// decoded pixels plus [`MAX_HEADER_BYTES`].
+fn decode_png(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
+    let limit = (w as u64) * (h as u64) * 8 + MAX_HEADER_BYTES;
+    let mut r = png_decoder(bytes, limit).read_info().map_err(png_error)?;
+    let size = r
+        .output_buffer_size()
+        .ok_or_else(|| Error::Format("unreadable image: PNG too large".into()))?;
+    let mut buf = vec![0u8; size];
+    let info = r.next_frame(&mut buf).map_err(png_error)?;
+    let (fw, fh) = (info.width, info.height);
+    let px = (fw as usize) * (fh as usize);
+    let channels = match info.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => {
+            return Err(Error::Format(
+                "unreadable image: PNG palette not expanded".into(),
+            ))
+        }
+    };
+    let mut rgb = Vec::with_capacity(px * 3);
+    for row in buf.chunks(info.line_size).take(fh as usize) {
+        for p in row.chunks_exact(channels).take(fw as usize) {
+            match p {
+                [g] | [g, _] => rgb.extend([*g, *g, *g]),
+                [r, g, b] | [r, g, b, _] => rgb.extend([*r, *g, *b]),
+                _ => {}
+            }
+        }
+    }
+    image::RgbImage::from_raw(fw, fh, rgb)
+        .ok_or_else(|| Error::Format("unreadable image: PNG rows shorter than its width".into()))
+}
+
+/// Decode JPEG or PNG bytes with limits on their size. Whether a JPEG is
+/// complete is the decoder's call (strict mode: a scan whose data runs out
+/// is an error; image's default fills the missing rows with grey and
+/// succeeds), so data after a complete image (phones' "motion photos") is
+/// fine and a cut-off file is not, also when an end-of-image marker was
+/// appended to the cut (see `decode_jpeg_strict`).
+pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
+    let (w, h, format) = dimensions(bytes)?;
+    match format {
+        Some(image::ImageFormat::Jpeg) => return decode_jpeg_strict(bytes, w, h),
+        Some(image::ImageFormat::Png) => return decode_png(bytes, w, h),
+        _ => {}
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -61,7 +147,62 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
     Ok(img.to_rgb8())
 }
 
+/// Where the first image of a JPEG ends: the offset of the EOI marker that
+/// follows its last scan, found by walking the segments (lengths) and the
+/// entropy-coded data (up to the first marker that is not a restart or a
+/// stuffed byte). None when the walk runs off the end (truncated).
+fn jpeg_eoi(bytes: &[u8]) -> Option<usize> {
+    if bytes.get(..2) != Some(&[0xFF, 0xD8][..]) {
+        return None;
+    }
+    let mut i = 2;
+    loop {
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        // Fill bytes (FF FF ...) before a marker.
+        while *bytes.get(i + 1)? == 0xFF {
+            i += 1;
+        }
+        let m = *bytes.get(i + 1)?;
+        match m {
+            0xD9 => return Some(i),
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                let len = u16::from_be_bytes([*bytes.get(i + 2)?, *bytes.get(i + 3)?]) as usize;
+                if len < 2 {
+                    return None;
+                }
+                i += 2 + len;
+                if m == 0xDA {
+                    // Entropy-coded data up to the next real marker.
+                    loop {
+                        if *bytes.get(i)? == 0xFF {
+                            match *bytes.get(i + 1)? {
+                                0x00 | 0xD0..=0xD7 => i += 2,
+                                0xFF => i += 1,
+                                _ => break,
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decoded with zune-jpeg in strict mode, and only up to (not including)
+/// the EOI that ends the first image: the decoder fills a scan that ends
+/// early at an EOI with zeros and calls it complete, so half a JPEG with
+/// FF D9 appended would pass; without the EOI it runs out of data before
+/// the last row and refuses. What follows that EOI (a phone's "motion
+/// photo", padding) is not the image and is ignored.
 fn decode_jpeg_strict(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
+    let bytes = jpeg_eoi(bytes)
+        .and_then(|end| bytes.get(..end))
+        .unwrap_or(bytes);
     use zune_core::bytestream::ZCursor;
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
@@ -128,5 +269,81 @@ mod tests {
         let mut c = vec![5.0; 4];
         prewhiten(&mut c);
         assert!(c.iter().all(|v| *v == 0.0));
+    }
+
+    fn jpeg() -> Vec<u8> {
+        let img = image::RgbImage::from_fn(240, 200, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        });
+        let mut out = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_jpeg_is_complete_or_refused_whatever_follows_it() {
+        let good = jpeg();
+        assert_eq!(jpeg_eoi(&good), Some(good.len() - 2));
+        let whole = decode_bytes(&good).unwrap();
+        // Data after the image (motion photos, padding): the same pixels.
+        let mut trailing = good.clone();
+        trailing.extend(std::iter::repeat_n(0x5A, 5000));
+        trailing.extend([0xFF, 0xD9, 0xFF, 0xD8]);
+        assert_eq!(decode_bytes(&trailing).unwrap(), whole);
+        // Cut in the scan, with and without an EOI appended.
+        for cut in [good.len() / 2, good.len() - 200] {
+            let mut half = good[..cut].to_vec();
+            assert!(decode_bytes(&half).is_err(), "cut at {cut}");
+            half.extend([0xFF, 0xD9]);
+            assert!(decode_bytes(&half).is_err(), "cut at {cut} + EOI");
+        }
+    }
+
+    #[test]
+    fn a_png_colour_profile_is_never_inflated() {
+        // 64 MB of profile deflate to about 64 KB.
+        let mut out = vec![];
+        {
+            let mut info = png::Info::with_size(64, 64);
+            info.color_type = png::ColorType::Rgb;
+            info.bit_depth = png::BitDepth::Eight;
+            info.icc_profile = Some(vec![0u8; 64 << 20].into());
+            let enc = png::Encoder::with_info(&mut out, info).unwrap();
+            let mut w = enc.write_header().unwrap();
+            w.write_image_data(&vec![128u8; 64 * 64 * 3]).unwrap();
+        }
+        assert!(out.len() < 1 << 20, "{} bytes", out.len());
+        // Read, with the profile skipped: the decode holds the pixels and
+        // at most MAX_HEADER_BYTES more (the limit it runs under), and the
+        // pixels are those written.
+        assert_eq!(dimensions(&out).unwrap().0, 64);
+        let img = decode_bytes(&out).unwrap();
+        assert_eq!(img.get_pixel(10, 10).0, [128, 128, 128]);
+        // Grey with alpha and a palette come out as RGB too.
+        for (ct, px) in [
+            (png::ColorType::GrayscaleAlpha, vec![77u8, 255]),
+            (png::ColorType::Rgba, vec![1u8, 2, 3, 4]),
+        ] {
+            let mut out = vec![];
+            {
+                let mut e = png::Encoder::new(&mut out, 3, 2);
+                e.set_color(ct);
+                let mut w = e.write_header().unwrap();
+                w.write_image_data(&px.repeat(6)).unwrap();
+            }
+            let img = decode_bytes(&out).unwrap();
+            let want = if px.len() == 2 {
+                [77, 77, 77]
+            } else {
+                [1, 2, 3]
+            };
+            assert_eq!(img.get_pixel(2, 1).0, want);
+        }
     }
 }

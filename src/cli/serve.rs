@@ -28,7 +28,8 @@ pub struct Args {
     /// Embedded index: candidates kept per search (HNSW ef; more is slower and finds more)
     #[arg(long, default_value_t = faceall::serve::storage::ann::AnnOptions::default().expansion_search)]
     ef_search: usize,
-    /// Embedded index: save it after this many changes (bounds the replay after a crash)
+    /// Embedded index: save it after this many changes, or a tenth of the gallery when more (a
+    /// restart searches the faces changed since exactly while inserting them)
     #[arg(long, default_value_t = 10_000)]
     index_save_every: i64,
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -56,6 +57,10 @@ pub struct Args {
     /// Open connections at most; more are closed at once
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Open connections from one client address at most (behind a reverse proxy, raise it to
+    /// --max-connections)
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
     /// Seconds a client has to send a request's headers (also closes idle keep-alive connections)
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
@@ -71,6 +76,10 @@ pub struct Args {
     /// A host POST /api/v1/faces/urls may fetch from (repeatable; none by default)
     #[arg(long = "allow-url-host")]
     allow_url_hosts: Vec<String>,
+    /// PEM file of CA certificates to trust for https URLs besides the public roots (an
+    /// internal CA)
+    #[arg(long)]
+    url_ca_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -116,11 +125,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         url_fetch_time: std::time::Duration::from_secs(a.url_fetch_timeout.max(1)),
         limits: faceall::serve::listen::Limits {
             max_connections: a.max_connections,
+            max_connections_per_ip: a.max_connections_per_ip,
             header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
             request_timeout: std::time::Duration::from_secs(a.request_timeout.max(1)),
         },
         threshold: a.threshold,
         allow_url_hosts: a.allow_url_hosts,
+        url_ca_file: a.url_ca_file,
     })
     .context("serve")?;
     Ok(ExitCode::SUCCESS)

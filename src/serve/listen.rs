@@ -1,13 +1,15 @@
 //! The HTTP listener, with the limits every public server needs: at most
-//! `max_connections` open connections (more are closed at accept, before
-//! they cost anything), a deadline for a request's headers (which also
+//! `max_connections` open connections, and at most `max_connections_per_ip`
+//! from one client address so one client's idle sockets cannot take all of
+//! them (more are closed at accept, before they cost anything), a deadline for a request's headers (which also
 //! closes idle keep-alive connections), and a deadline for the whole
 //! request, body included (JSON 408). Accept errors such as running out of
 //! file descriptors back off instead of spinning or failing the server.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -27,6 +29,8 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_ip: usize,
     /// From the connection (or the previous response) to a complete header.
     pub header_timeout: Duration,
     /// From the header to the response, body upload included.
@@ -37,6 +41,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_ip: 256,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
         }
@@ -58,6 +63,37 @@ pub async fn deadline(limit: Duration, req: Request, next: Next) -> Response {
     }
 }
 
+/// Open connections per client address.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection of an address; counted down on drop.
+struct Open(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn open(me: &Arc<PerIp>, ip: IpAddr, max: usize) -> Option<Open> {
+        let mut m = me.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Open(me.clone(), ip))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut m = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serve `app` on `listener` until `shutdown`, then let open requests finish.
 pub async fn run(
     listener: TcpListener,
@@ -66,6 +102,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -92,6 +129,10 @@ pub async fn run(
             drop(stream); // over the cap: closed at once
             continue;
         };
+        let Some(mine) = PerIp::open(&per_ip, addr.ip(), limits.max_connections_per_ip) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = app.clone();
         let svc =
@@ -103,6 +144,7 @@ pub async fn run(
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = watched.await;
+            drop(mine);
             drop(slot);
         });
     }

@@ -10,6 +10,7 @@
 mod auth;
 mod budget;
 mod error;
+pub(crate) mod fair;
 pub mod listen;
 mod metadata;
 mod openapi;
@@ -54,6 +55,8 @@ pub struct Config {
     pub public_read: bool,
     pub threshold: f32,
     pub allow_url_hosts: Vec<String>,
+    /// PEM certificates the URL fetcher trusts besides the public roots.
+    pub url_ca_file: Option<std::path::PathBuf>,
     /// Faces embedded per photo at most (the best-scored; the rest reported).
     pub max_faces: usize,
     /// Bytes of decoded photos and detector buffers in flight at most.
@@ -70,11 +73,13 @@ pub struct App {
     storage: Arc<dyn storage::Storage>,
     auth: auth::Auth,
     budget: budget::Budget,
+    /// Turns for photo work, round-robin between client addresses.
+    turns: Arc<fair::FairGate>,
     max_faces: usize,
     keep_exif: bool,
     url_fetch_time: std::time::Duration,
     threshold: f32,
-    allow_url_hosts: Vec<String>,
+    fetcher: urls::Fetcher,
     started: Instant,
     requests: AtomicU64,
     /// Time in detect + embed, and calls (for the load benchmark's ratio).
@@ -148,16 +153,19 @@ pub fn serve(cfg: Config) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let fetcher = urls::Fetcher::new(&cfg.allow_url_hosts, cfg.url_ca_file.as_deref())
+        .map_err(Error::Usage)?;
     let app = Arc::new(App {
         pipe,
         storage: storage.clone(),
         auth: auth::Auth::new(cfg.token, cfg.public_read),
         budget: budget::Budget::new(cfg.max_memory),
+        turns: fair::FairGate::new(pipeline::DETECT_CONCURRENCY, budget::ADMISSION_WAIT),
         max_faces: cfg.max_faces.max(1),
         keep_exif: cfg.keep_exif,
         url_fetch_time: cfg.url_fetch_time,
         threshold: cfg.threshold,
-        allow_url_hosts: cfg.allow_url_hosts,
+        fetcher,
         started: Instant::now(),
         requests: AtomicU64::new(0),
         pipeline_ns: AtomicU64::new(0),
@@ -282,16 +290,8 @@ pub(crate) fn photo_dimensions(
         Ok(image::ImageFormat::Jpeg | image::ImageFormat::Png) => {}
         _ => return Err(bad(format!("{name}: not a JPEG or PNG image"))),
     }
-    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .and_then(|r| r.into_dimensions().map_err(std::io::Error::other))
-        .map_err(|e| bad(format!("{name}: unreadable image: {e}")))?;
-    if (w as u64) * (h as u64) > crate::preprocess::MAX_PIXELS {
-        return Err(bad(format!(
-            "{name}: image of {w}x{h} pixels is over the limit of {}",
-            crate::preprocess::MAX_PIXELS
-        )));
-    }
+    let (w, h, _) =
+        crate::preprocess::dimensions(bytes).map_err(|e| bad(format!("{name}: {e}")))?;
     Ok((w, h))
 }
 

@@ -1,26 +1,35 @@
 //! Fetching photos by URL for `POST /api/v1/faces/urls`, only from hosts on
 //! the allow-list (`--allow-url-host`, none by default), so the server cannot
-//! be made to reach internal addresses. Plain `http://` (no TLS client is
-//! linked: https URLs get a clear per-URL error) with no redirects (a
-//! redirect could leave the list).
+//! be made to reach internal addresses. http and https, through reqwest
+//! (rustls, the Mozilla root certificates, plus `--url-ca-file` for an
+//! operator's own CA); no proxy from the environment.
 //!
 //! Against the ways a URL list can be abused:
 //! - a URL is parsed and refused when it holds spaces or control characters
-//!   (`\r\n` would inject headers or whole requests into the allowed host);
-//! - the host name is resolved once and the connection goes to that address;
-//!   a name that resolves to a loopback, private or link-local address is
-//!   refused unless that address itself is on the list (DNS rebinding);
-//! - one deadline ([`Budget::deadline`]) and one byte budget cover all URLs
-//!   of a request, fetched a few at a time: a host dripping a byte every few
-//!   seconds, or forty 20 MB answers, cannot hold or fill the server.
+//!   (`\r\n` would inject headers or whole requests into the allowed host),
+//!   credentials, or a scheme other than http/https;
+//! - the host must be on the list, and so must every redirect's (at most 3);
+//! - names are resolved by our resolver, which drops loopback, private and
+//!   link-local addresses unless that address itself is on the list, and
+//!   the connection goes to an address it returned (DNS rebinding cannot
+//!   lead inside);
+//! - one deadline and one byte budget cover all URLs of a request, fetched
+//!   [`CONCURRENCY`] at a time: a host dripping a byte every few seconds,
+//!   or forty 20 MB answers, cannot hold or fill the server.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tokio::time::Instant;
 
 /// URLs fetched at once.
 pub const CONCURRENCY: usize = 4;
+/// Redirects followed at most (each to an allowed host).
+const MAX_REDIRECTS: usize = 3;
 
 /// What all URLs of one request may use together.
 pub struct Budget {
@@ -28,19 +37,14 @@ pub struct Budget {
     bytes_left: AtomicUsize,
 }
 
+const TIME_RAN_OUT: &str = "the request's time for fetching URLs ran out";
+
 impl Budget {
     pub fn new(total: Duration, bytes: usize) -> Self {
         Budget {
             deadline: Instant::now() + total,
             bytes_left: AtomicUsize::new(bytes),
         }
-    }
-
-    fn remaining(&self) -> Result<Duration, String> {
-        self.deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| "the request's time for fetching URLs ran out".to_string())
     }
 
     /// Take n bytes from the budget.
@@ -52,72 +56,223 @@ impl Budget {
             .map(|_| ())
             .map_err(|_| "the request's URLs together are larger than the server accepts".into())
     }
-}
 
-/// Fetch every URL (at most CONCURRENCY at a time), in order.
-pub fn fetch_all(
-    urls: &[String],
-    allow: &[String],
-    budget: &Budget,
-) -> Vec<Result<Vec<u8>, String>> {
-    let mut out: Vec<Result<Vec<u8>, String>> = Vec::with_capacity(urls.len());
-    for chunk in urls.chunks(CONCURRENCY) {
-        let got: Vec<Result<Vec<u8>, String>> = std::thread::scope(|s| {
-            let hs: Vec<_> = chunk
-                .iter()
-                .map(|u| s.spawn(move || fetch(u, allow, budget)))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("fetch failed".into())))
-                .collect()
-        });
-        out.extend(got);
+    fn left(&self) -> usize {
+        self.bytes_left.load(Ordering::SeqCst)
     }
-    out
 }
 
-struct Parsed<'a> {
-    host: &'a str,
-    port: u16,
-    hostport: &'a str,
-    path: &'a str,
-}
+/// The allow-list, lower-cased.
+#[derive(Clone)]
+struct Allow(Arc<Vec<String>>);
 
-fn parse(url: &str) -> Result<Parsed<'_>, String> {
-    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("the URL holds spaces or control characters".into());
+impl Allow {
+    fn has(&self, host: &str) -> bool {
+        let h = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        self.0.contains(&h)
     }
-    let rest = match url.strip_prefix("http://") {
-        Some(r) => r,
-        None if url.starts_with("https://") => {
-            return Err("https is not supported by this server's fetcher; use http".into())
+
+    fn list(&self) -> String {
+        if self.0.is_empty() {
+            "none".into()
+        } else {
+            self.0.join(", ")
         }
-        None => return Err("not an http:// URL".into()),
-    };
-    let (hostport, path) = match rest.find(['/', '?', '#']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
-        Some(i) => (&rest[..i], "/"),
-        None => (rest, "/"),
-    };
-    let path = path.split('#').next().unwrap_or("/");
-    if hostport.contains('@') {
+    }
+}
+
+/// Resolves allowed names and keeps only addresses outside the machine's
+/// networks, unless the address itself is allowed.
+struct Guard(Allow);
+
+impl Resolve for Guard {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.0.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect();
+            let ok: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| !internal(a.ip()) || allow.has(&a.ip().to_string()))
+                .collect();
+            if ok.is_empty() {
+                return Err(format!(
+                    "host '{host}' resolves to an internal address; allow that address itself to fetch from it"
+                )
+                .into());
+            }
+            let addrs: Addrs = Box::new(ok.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The URL client, built once.
+pub struct Fetcher {
+    client: reqwest::Client,
+    allow: Allow,
+}
+
+impl Fetcher {
+    /// `ca_file`: PEM certificates trusted besides the public roots.
+    pub fn new(allow: &[String], ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+        let allow = Allow(Arc::new(
+            allow
+                .iter()
+                .map(|a| {
+                    a.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_ascii_lowercase()
+                })
+                .collect(),
+        ));
+        let policy_allow = allow.clone();
+        let policy = reqwest::redirect::Policy::custom(move |a| {
+            if a.previous().len() >= MAX_REDIRECTS {
+                return a.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match check(a.url(), &policy_allow) {
+                Ok(()) => a.follow(),
+                Err(e) => {
+                    let msg = format!("redirect to {}: {e}", a.url());
+                    a.error(msg)
+                }
+            }
+        });
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(policy)
+            .dns_resolver(Arc::new(Guard(allow.clone())))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("faceall/", env!("CARGO_PKG_VERSION")))
+            .http1_only();
+        if let Some(p) = ca_file {
+            let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{}: no PEM certificate in it", p.display()));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let client = b
+            .build()
+            .map_err(|e| format!("cannot build the URL client: {e}"))?;
+        Ok(Fetcher { client, allow })
+    }
+
+    /// Fetch every URL (at most CONCURRENCY at a time), in order.
+    pub async fn fetch_all(
+        &self,
+        urls: &[String],
+        budget: &Budget,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        futures_util::stream::iter(urls.iter().cloned())
+            .map(|u: String| async move {
+                match tokio::time::timeout_at(budget.deadline, self.fetch(&u, budget)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TIME_RAN_OUT.into()),
+                }
+            })
+            .buffered(CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// The body of `url`, or why not.
+    pub async fn fetch(&self, url: &str, budget: &Budget) -> Result<Vec<u8>, String> {
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("the URL holds spaces or control characters".into());
+        }
+        let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        check(&u, &self.allow)?;
+        let mut resp = self
+            .client
+            .get(u)
+            .header(reqwest::header::ACCEPT, "image/jpeg, image/png")
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = resp.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(format!("HTTP {}", status.as_u16()));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > budget.left() as u64)
+        {
+            return Err("the request's URLs together are larger than the server accepts".into());
+        }
+        let mut buf = vec![];
+        while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+            budget.take(chunk.len())?;
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    }
+}
+
+/// Scheme, credentials, host and port of a URL (or a redirect's target).
+fn check(u: &reqwest::Url, allow: &Allow) -> Result<(), String> {
+    match u.scheme() {
+        "http" | "https" => {}
+        s => return Err(format!("'{s}:' URLs are not fetched; use http or https")),
+    }
+    if !u.username().is_empty() || u.password().is_some() {
         return Err("credentials in URLs are not accepted".into());
     }
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-            (h, p.parse::<u16>().map_err(|_| "bad port".to_string())?)
-        }
-        _ => (hostport, 80),
-    };
-    if host.is_empty() || port == 0 {
-        return Err("no host in the URL".into());
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("no host in the URL")?;
+    if !allow.has(host) {
+        return Err(format!(
+            "host '{host}' is not allowed (the server allows: {})",
+            allow.list()
+        ));
     }
-    Ok(Parsed {
-        host,
-        port,
-        hostport,
-        path,
-    })
+    if u.port() == Some(0) {
+        return Err("bad port".into());
+    }
+    Ok(())
+}
+
+/// reqwest's error with its causes (the TLS or DNS reason is in there),
+/// without the URL (the client sent it).
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        return TIME_RAN_OUT.into();
+    }
+    let connect = e.is_connect();
+    let mut msg = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    if msg.is_empty() {
+        msg = e.without_url().to_string();
+    }
+    if connect {
+        format!("cannot connect: {msg}")
+    } else {
+        msg
+    }
 }
 
 fn internal(ip: IpAddr) -> bool {
@@ -142,83 +297,6 @@ fn internal(ip: IpAddr) -> bool {
     }
 }
 
-/// The body of `url`, or why not.
-pub fn fetch(url: &str, allow: &[String], budget: &Budget) -> Result<Vec<u8>, String> {
-    let u = parse(url)?;
-    let host_lc = u.host.to_ascii_lowercase();
-    if !allow.iter().any(|a| a.eq_ignore_ascii_case(&host_lc)) {
-        return Err(format!(
-            "host '{}' is not allowed (the server allows: {})",
-            u.host,
-            if allow.is_empty() {
-                "none".to_string()
-            } else {
-                allow.join(", ")
-            }
-        ));
-    }
-    let bare = u.host.trim_start_matches('[').trim_end_matches(']');
-    let literal = bare.parse::<IpAddr>().ok();
-    let addr: SocketAddr = (bare, u.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", u.host))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {}", u.host))?;
-    // An allowed name must not lead inside: only an allowed literal address may.
-    if literal.is_none() && internal(addr.ip()) {
-        return Err(format!(
-            "host '{}' resolves to an internal address; allow that address itself to fetch from it",
-            u.host
-        ));
-    }
-    let mut s = TcpStream::connect_timeout(&addr, budget.remaining()?.min(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(budget.remaining()?))
-        .map_err(|e| e.to_string())?;
-    // One write: a server may answer and close after the first packet.
-    let req = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: faceall\r\nAccept: image/*\r\n\r\n",
-        u.path, u.hostport
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = vec![];
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        // The deadline counts whole: each read gets only what is left.
-        s.set_read_timeout(Some(budget.remaining()?))
-            .map_err(|e| e.to_string())?;
-        let n = match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err("the request's time for fetching URLs ran out".into())
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        budget.take(n)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP response")?;
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("bad HTTP status line")?;
-    if status != 200 {
-        return Err(format!("HTTP {status}"));
-    }
-    Ok(buf.split_off(head_end + 4))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,44 +305,44 @@ mod tests {
         Budget::new(Duration::from_secs(5), 1000)
     }
 
-    #[test]
-    fn refuses_hosts_off_the_list_other_schemes_and_injections() {
-        let allow = vec!["images.example".to_string(), "127.0.0.1".to_string()];
+    #[tokio::test]
+    async fn refuses_hosts_off_the_list_other_schemes_and_injections() {
+        let f = Fetcher::new(&["images.example".into(), "127.0.0.1".into()], None).unwrap();
         let b = budget();
-        assert!(fetch("http://169.254.169.254/latest", &allow, &b)
-            .unwrap_err()
+        let err = |u: &'static str| {
+            let (f, b) = (&f, &b);
+            async move { f.fetch(u, b).await.unwrap_err() }
+        };
+        assert!(err("http://169.254.169.254/latest")
+            .await
             .contains("not allowed"));
-        assert!(fetch("http://localhost/x", &[], &b)
-            .unwrap_err()
-            .contains("allows: none"));
-        assert!(fetch("file:///etc/passwd", &allow, &b).is_err());
-        assert!(fetch("http://user@images.example/x", &allow, &b).is_err());
+        assert!(err("file:///etc/passwd")
+            .await
+            .contains("use http or https"));
+        assert!(err("http://user@images.example/x")
+            .await
+            .contains("credentials"));
+        assert!(err("http://IMAGES.example:0/x").await.contains("port"));
         for bad in [
             "http://127.0.0.1/a\r\nHost: evil\r\n\r\nGET /admin",
             "http://127.0.0.1/a b",
             "http://127.0.0.1/\u{7f}",
         ] {
             assert!(
-                fetch(bad, &allow, &b).unwrap_err().contains("control"),
+                f.fetch(bad, &b).await.unwrap_err().contains("control"),
                 "{bad:?}"
             );
         }
-        // A name that resolves inside is refused; the literal address is the operator's call.
-        let allow = vec!["localhost".to_string()];
-        assert!(fetch("http://localhost:9/x", &allow, &b)
+        let none = Fetcher::new(&[], None).unwrap();
+        assert!(none
+            .fetch("http://localhost/x", &b)
+            .await
             .unwrap_err()
-            .contains("internal"));
-    }
-
-    #[test]
-    fn parses_ports_queries_and_ipv6() {
-        let p = parse("http://h.example:8080/a/b?c=d#frag").unwrap();
-        assert_eq!((p.host, p.port, p.path), ("h.example", 8080, "/a/b?c=d"));
-        let p = parse("http://[::1]:81/x").unwrap();
-        assert_eq!((p.host, p.port), ("[::1]", 81));
-        let p = parse("http://h.example?x").unwrap();
-        assert_eq!((p.host, p.port, p.path), ("h.example", 80, "/"));
-        assert!(parse("http://:80/").is_err());
+            .contains("allows: none"));
+        // A name that resolves inside is refused; the literal address is the operator's call.
+        let local = Fetcher::new(&["localhost".into()], None).unwrap();
+        let e = local.fetch("http://localhost:9/x", &b).await.unwrap_err();
+        assert!(e.contains("internal"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Faces: register from photos, URLs or embeddings; list, get, delete;
 //! the stored photos.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Multipart, Path as UrlPath, Query, State};
@@ -14,6 +15,7 @@ use super::{client_embedding, json_body};
 use crate::serve::auth::{CanRead, CanWrite};
 use crate::serve::budget::Budget;
 use crate::serve::error::{bad, ApiError, ApiResult};
+use crate::serve::fair::Client;
 use crate::serve::storage::{FaceRecord, NewFace, PhotoFaces, MAX_EMBEDDINGS_PER_CALL};
 use crate::serve::{
     blocking, check_label, count, decode_photo, photo_dimensions, read_multipart, urls, App, Photo,
@@ -47,6 +49,7 @@ pub(crate) struct Detected {
 /// each only once the memory budget has room for it.
 pub(crate) async fn detect_each(
     app: &Arc<App>,
+    who: IpAddr,
     photos: Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<Detected>, ApiError> {
     let dims = photos
@@ -55,11 +58,15 @@ pub(crate) async fn detect_each(
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = vec![];
     for ((name, bytes), (w, h)) in photos.into_iter().zip(dims) {
+        // Room in memory first (whoever fits goes), then a turn (round
+        // robin between client addresses).
         let room = app.budget.admit(Budget::estimate(w, h)).await?;
+        let turn = app.turns.enter(who).await?;
         let a = app.clone();
         out.push(
             blocking(move || {
                 let _room = room;
+                let _turn = turn;
                 let Photo {
                     name,
                     bytes,
@@ -83,8 +90,13 @@ pub(crate) async fn detect_each(
 
 /// Detect and embed every photo, then store the photos that have faces
 /// and their faces in one transaction.
-async fn register_photos(app: &Arc<App>, photos: Vec<(String, Vec<u8>)>, label: &str) -> ApiResult {
-    let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>)> = detect_each(app, photos)
+async fn register_photos(
+    app: &Arc<App>,
+    who: IpAddr,
+    photos: Vec<(String, Vec<u8>)>,
+    label: &str,
+) -> ApiResult {
+    let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>)> = detect_each(app, who, photos)
         .await?
         .into_iter()
         .map(|mut d| {
@@ -152,14 +164,19 @@ async fn register_photos(app: &Arc<App>, photos: Vec<(String, Vec<u8>)>, label: 
     Ok(Json(json!({ "registered": registered, "images": results })))
 }
 
-pub async fn register(State(app): State<Arc<App>>, _: CanWrite, mp: Multipart) -> ApiResult {
+pub async fn register(
+    State(app): State<Arc<App>>,
+    _: CanWrite,
+    Client(who): Client,
+    mp: Multipart,
+) -> ApiResult {
     count(&app);
     let (images, label) = read_multipart(mp).await?;
     let label = check_label(&label.ok_or_else(|| bad("missing form field 'label'"))?)?;
     if images.is_empty() {
         return Err(bad("missing form field 'image'"));
     }
-    register_photos(&app, images, &label).await
+    register_photos(&app, who, images, &label).await
 }
 
 #[derive(Deserialize)]
@@ -171,6 +188,7 @@ pub struct UrlsBody {
 pub async fn register_urls(
     State(app): State<Arc<App>>,
     _: CanWrite,
+    Client(who): Client,
     body: Result<Json<UrlsBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     count(&app);
@@ -179,29 +197,24 @@ pub async fn register_urls(
     if body.urls.is_empty() || body.urls.len() > MAX_IMAGES {
         return Err(bad(format!("give 1 to {MAX_IMAGES} urls")));
     }
-    let a = app.clone();
-    let (photos, per_url) = blocking(move || {
-        let mut per_url = vec![];
-        let mut photos = vec![];
-        // One deadline and one byte budget for all the request's URLs.
-        let budget = urls::Budget::new(a.url_fetch_time, MAX_BODY_BYTES);
-        let got = urls::fetch_all(&body.urls, &a.allow_url_hosts, &budget);
-        for (u, r) in body.urls.iter().zip(got) {
-            match r.and_then(|b| photo_dimensions(u, &b).map(|_| b).map_err(|e| e.message)) {
-                Ok(b) => photos.push((u.clone(), b)),
-                Err(e) => per_url.push(json!({"url": u, "error": e})),
-            }
+    // One deadline and one byte budget for all the request's URLs.
+    let budget = urls::Budget::new(app.url_fetch_time, MAX_BODY_BYTES);
+    let got = app.fetcher.fetch_all(&body.urls, &budget).await;
+    let mut per_url = vec![];
+    let mut photos = vec![];
+    for (u, r) in body.urls.iter().zip(got) {
+        match r.and_then(|b| photo_dimensions(u, &b).map(|_| b).map_err(|e| e.message)) {
+            Ok(b) => photos.push((u.clone(), b)),
+            Err(e) => per_url.push(json!({"url": u, "error": e})),
         }
-        Ok((photos, per_url))
-    })
-    .await?;
+    }
     if photos.is_empty() {
         return Err(bad(format!(
             "no url gave an image: {}",
             serde_json::to_string(&per_url).unwrap_or_default()
         )));
     }
-    let Json(mut v) = register_photos(&app, photos, &label).await?;
+    let Json(mut v) = register_photos(&app, who, photos, &label).await?;
     if let Some(imgs) = v["images"].as_array_mut() {
         imgs.extend(per_url);
     }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::{client_embedding, json_body};
 use crate::serve::auth::CanRead;
 use crate::serve::error::{bad, ApiError, ApiResult};
+use crate::serve::fair::Client;
 use crate::serve::storage::{Match, MAX_QUERIES_PER_CALL};
 use crate::serve::{count, read_multipart, App};
 
@@ -57,6 +58,7 @@ fn matches_json(ms: &[Match], threshold: f32) -> Vec<Value> {
 pub async fn photo(
     State(app): State<Arc<App>>,
     _: CanRead,
+    Client(who): Client,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
     mp: Multipart,
 ) -> ApiResult {
@@ -67,7 +69,7 @@ pub async fn photo(
     if images.len() != 1 {
         return Err(bad("send exactly one form field 'image'"));
     }
-    let mut found = super::faces::detect_each(&app, vec![images.remove(0)]).await?;
+    let mut found = super::faces::detect_each(&app, who, vec![images.remove(0)]).await?;
     let d = found.remove(0);
     if d.faces.is_empty() {
         return Err(ApiError::new(

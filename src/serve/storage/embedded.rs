@@ -6,9 +6,12 @@
 //! to a `journal` table (face id, added or deleted); the transaction is
 //! committed (fsynced) before the index is touched and before the client is
 //! answered. The index is saved in the background every `save_every`
-//! journal entries or `save_interval`, recording the journal position it
-//! contains, and the journal is trimmed to what came after. At start the
-//! saved index is loaded and the journal after its position is replayed,
+//! journal entries (or a tenth of the gallery) or `save_interval`,
+//! recording the journal position it contains, and the journal is trimmed
+//! to what came after; writers go on during the save (their faces wait
+//! beside the frozen graph, searched exactly). At start the saved index is
+//! loaded and the journal after its position is replayed (its faces
+//! searched exactly beside the graph until the background inserts them),
 //! so the store of record always wins: after a kill -9 at any moment,
 //! every acknowledged face is searchable again, and a missing, torn or
 //! mismatched index file is rebuilt from the store (progress in the log).
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::ann::{Ann, AnnOptions};
+use super::ann::{group_of, Ann, AnnOptions};
 use super::{
     euclidean, f32_bytes, f32_from_bytes, now, Detection, FaceRecord, Match, NewFace, PhotoFaces,
     Stats, Storage, StoreError, StoreResult, StoredPhoto,
@@ -35,8 +38,10 @@ use super::{
 pub struct Options {
     pub dir: PathBuf,
     pub ann: AnnOptions,
-    /// Save the index after this many journal entries since the last save.
-    /// Bounds the replay at restart (about 2,000 faces/s on 2 cores).
+    /// Save the index after this many journal entries since the last save
+    /// (or a tenth of the gallery, when more). A restart reads the
+    /// journal's faces into an exact list beside the graph (100,000 in
+    /// under a second) and inserts them in the background.
     pub save_every: i64,
     /// ... or this long after the first unsaved change.
     pub save_interval: Duration,
@@ -48,7 +53,7 @@ impl Options {
             dir: dir.into(),
             ann: AnnOptions::default(),
             save_every: 10_000,
-            save_interval: Duration::from_secs(30),
+            save_interval: Duration::from_secs(300),
         }
     }
 }
@@ -302,21 +307,31 @@ impl Inner {
         }
     }
 
-    /// Save the index and trim the journal; holds the writer throughout.
+    /// Save the index and trim the journal. Writers are held only while
+    /// the graph is frozen (an instant): what they add during the save
+    /// waits beside the graph, searched exactly, and is inserted after.
     fn save(&self) -> StoreResult<()> {
-        let w = self.writer();
-        let seq = self.applied.load(Ordering::SeqCst);
-        if seq <= self.saved.load(Ordering::SeqCst) {
-            return Ok(());
-        }
+        let seq = {
+            let _w = self.writer();
+            // No write is half done: every change up to `applied` is in
+            // the graph, none after it.
+            let seq = self.applied.load(Ordering::SeqCst);
+            if seq <= self.saved.load(Ordering::SeqCst) || !self.ann.freeze() {
+                return Ok(());
+            }
+            seq
+        };
         let t = Instant::now();
-        let meta = self
-            .ann
-            .save(&self.dir, seq)
-            .map_err(StoreError::Internal)?;
+        let saved = self.ann.save(&self.dir, seq);
+        self.ann.thaw().map_err(StoreError::Internal)?;
+        let meta = saved.map_err(StoreError::Internal)?;
         self.saved.store(seq, Ordering::SeqCst);
-        *self.first_unsaved.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        w.execute("DELETE FROM journal WHERE seq <= ?1", params![seq])
+        {
+            let mut f = self.first_unsaved.lock().unwrap_or_else(|e| e.into_inner());
+            *f = (self.applied.load(Ordering::SeqCst) > seq).then(Instant::now);
+        }
+        self.writer()
+            .execute("DELETE FROM journal WHERE seq <= ?1", params![seq])
             .map_err(sql_err)?;
         let ms = t.elapsed().as_millis();
         if ms > 500 {
@@ -332,9 +347,27 @@ impl Inner {
     fn saver_loop(&self) {
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(250));
+            if self.ann.pending() > 0 {
+                let t = Instant::now();
+                match self.ann.drain() {
+                    Ok(n) if n > 0 && t.elapsed() > Duration::from_secs(1) => log(format!(
+                        "index: inserted {n} waiting face(s) in {:.1} s",
+                        t.elapsed().as_secs_f64()
+                    )),
+                    Ok(_) => {}
+                    Err(e) => log(format!("index: {e} (the faces stay searchable beside it)")),
+                }
+                continue;
+            }
             let pending = self.applied.load(Ordering::SeqCst) - self.saved.load(Ordering::SeqCst);
             let since = *self.first_unsaved.lock().unwrap_or_else(|e| e.into_inner());
-            let due = pending >= self.opts.save_every
+            // A save writes the whole graph (1.1 GB at a million faces), so
+            // it happens after a tenth of the gallery has changed (at least
+            // `save_every` changes) or `save_interval` after the first
+            // unsaved change. A restart puts the journal's faces beside the
+            // graph without inserting them, so a long journal costs little.
+            let every = self.opts.save_every.max(self.ann.len() as i64 / 10);
+            let due = pending >= every
                 || (pending > 0 && since.is_some_and(|s| s.elapsed() >= self.opts.save_interval));
             if due {
                 if let Err(e) = self.save() {
@@ -384,7 +417,7 @@ impl Inner {
     fn commit_and_index(
         &self,
         w: &mut Connection,
-        build: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<Vec<(u64, Vec<f32>)>>,
+        build: impl FnOnce(&rusqlite::Transaction<'_>) -> StoreResult<Vec<(u64, Vec<f32>, u64)>>,
     ) -> StoreResult<()> {
         let tx = w.transaction().map_err(sql_err)?;
         let added = build(&tx)?;
@@ -394,8 +427,9 @@ impl Inner {
             })
             .map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
-        let items: Vec<(u64, &[f32])> = added.iter().map(|(id, v)| (*id, &v[..])).collect();
-        if let Err(e) = self.ann.add_many(&items) {
+        let items: Vec<(u64, &[f32])> = added.iter().map(|(id, v, _)| (*id, &v[..])).collect();
+        let groups: Vec<u64> = added.iter().map(|a| a.2).collect();
+        if let Err(e) = self.ann.add_many(&items, &groups) {
             // Stored and journalled: the next start indexes them.
             log(format!(
                 "index: {e} (the faces are stored; a restart indexes them)"
@@ -437,7 +471,7 @@ impl Inner {
                 let ids = Inner::insert_faces(tx, &p.faces, Some(image_id), created)?;
                 let mut recs = vec![];
                 for (id, f) in ids.into_iter().zip(p.faces) {
-                    added.push((id, f.embedding.clone()));
+                    added.push((id, f.embedding.clone(), group_of(&f.label)));
                     recs.push(FaceRecord {
                         id,
                         label: f.label,
@@ -469,7 +503,8 @@ impl Inner {
             Ok(ids
                 .iter()
                 .copied()
-                .zip(faces.into_iter().map(|f| f.embedding))
+                .zip(faces.into_iter().map(|f| (f.embedding, group_of(&f.label))))
+                .map(|(id, (v, g))| (id, v, g))
                 .collect())
         })?;
         Ok(ids)
@@ -607,32 +642,40 @@ type FaceRow = (i64, String, Vec<u8>, Option<Vec<u8>>, Option<i64>, i64);
 fn replay(w: &Connection, ann: &Ann, seq: i64) -> StoreResult<usize> {
     let mut st = w
         .prepare(
-            "SELECT DISTINCT j.face_id, f.embedding FROM journal j LEFT JOIN faces f ON f.id = j.face_id WHERE j.seq > ?1",
+            "SELECT DISTINCT j.face_id, f.embedding, f.label FROM journal j LEFT JOIN faces f ON f.id = j.face_id WHERE j.seq > ?1",
         )
         .map_err(sql_err)?;
     let rows = st
         .query_map(params![seq], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<Vec<u8>>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
         })
         .map_err(sql_err)?;
     let mut adds = vec![];
     let mut n = 0;
     for row in rows {
-        let (id, emb) = row.map_err(sql_err)?;
+        let (id, emb, label) = row.map_err(sql_err)?;
         n += 1;
         match emb {
             Some(e) => {
                 let v = f32_from_bytes(&e)
                     .ok_or_else(|| StoreError::Internal(format!("face {id}: damaged embedding")))?;
                 if !ann.contains(id as u64) {
-                    adds.push((id as u64, v));
+                    adds.push((id as u64, v, group_of(label.as_deref().unwrap_or(""))));
                 }
             }
             None => ann.remove(id as u64).map_err(StoreError::Internal)?,
         }
     }
-    let items: Vec<(u64, &[f32])> = adds.iter().map(|(id, v)| (*id, &v[..])).collect();
-    ann.add_many(&items).map_err(StoreError::Internal)?;
+    // Searched exactly beside the graph at once; the saver inserts them
+    // into the graph in the background, so a restart does not wait for it.
+    let items: Vec<(u64, &[f32])> = adds.iter().map(|(id, v, _)| (*id, &v[..])).collect();
+    let groups: Vec<u64> = adds.iter().map(|a| a.2).collect();
+    ann.add_pending(&items, &groups)
+        .map_err(StoreError::Internal)?;
     Ok(n)
 }
 
@@ -644,27 +687,33 @@ fn rebuild(w: &Connection, ann: &Ann, total: i64) -> StoreResult<()> {
     let mut done = 0i64;
     log(format!("index: rebuilding from {total} stored faces"));
     let mut st = w
-        .prepare("SELECT id, embedding FROM faces WHERE id > ?1 ORDER BY id LIMIT 20000")
+        .prepare("SELECT id, embedding, label FROM faces WHERE id > ?1 ORDER BY id LIMIT 20000")
         .map_err(sql_err)?;
     loop {
         let mut chunk = vec![];
         let rows = st
             .query_map(params![after], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .map_err(sql_err)?;
         for row in rows {
-            let (id, e) = row.map_err(sql_err)?;
+            let (id, e, label) = row.map_err(sql_err)?;
             let v = f32_from_bytes(&e)
                 .ok_or_else(|| StoreError::Internal(format!("face {id}: damaged embedding")))?;
-            chunk.push((id as u64, v));
+            chunk.push((id as u64, v, group_of(&label)));
             after = id;
         }
         if chunk.is_empty() {
             break;
         }
-        let items: Vec<(u64, &[f32])> = chunk.iter().map(|(id, v)| (*id, &v[..])).collect();
-        ann.add_many(&items).map_err(StoreError::Internal)?;
+        let items: Vec<(u64, &[f32])> = chunk.iter().map(|(id, v, _)| (*id, &v[..])).collect();
+        let groups: Vec<u64> = chunk.iter().map(|c| c.2).collect();
+        ann.add_many(&items, &groups)
+            .map_err(StoreError::Internal)?;
         done += chunk.len() as i64;
         if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = Instant::now();
@@ -790,7 +839,11 @@ impl Storage for Embedded {
         if let Some(h) = h {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        self.blocking(|i| i.save()).await
+        self.blocking(|i| {
+            i.ann.drain().map_err(StoreError::Internal)?;
+            i.save()
+        })
+        .await
     }
 }
 

@@ -147,6 +147,9 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<image::RgbImage> {
     Ok(img.to_rgb8())
 }
 
+/// 1-bits placed where a truncated scan would look for more data.
+const ONES_PAIRS: usize = 16;
+
 /// Where the first image of a JPEG ends: the offset of the EOI marker that
 /// follows its last scan, found by walking the segments (lengths) and the
 /// entropy-coded data (up to the first marker that is not a restart or a
@@ -193,16 +196,29 @@ fn jpeg_eoi(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// Decoded with zune-jpeg in strict mode, and only up to (not including)
-/// the EOI that ends the first image: the decoder fills a scan that ends
-/// early at an EOI with zeros and calls it complete, so half a JPEG with
-/// FF D9 appended would pass; without the EOI it runs out of data before
-/// the last row and refuses. What follows that EOI (a phone's "motion
+/// Decoded with zune-jpeg in strict mode, with the EOI that ends the first
+/// image replaced by bytes the decoder cannot take as image data: the
+/// decoder fills a scan that ends early at an EOI with zeros and calls it
+/// complete, so half a JPEG with FF D9 appended would pass. After a
+/// complete scan nothing more is read; a scan that ends early now meets
+/// 1-bits (stuffed FF 00 pairs: no Huffman code is all ones) and then the
+/// end of the data, and fails. What follows that EOI (a phone's "motion
 /// photo", padding) is not the image and is ignored.
 fn decode_jpeg_strict(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
-    let bytes = jpeg_eoi(bytes)
-        .and_then(|end| bytes.get(..end))
-        .unwrap_or(bytes);
+    let padded;
+    let bytes = match jpeg_eoi(bytes).and_then(|end| bytes.get(..end)) {
+        Some(image) => {
+            let mut b = Vec::with_capacity(image.len() + 2 * ONES_PAIRS + 2);
+            b.extend_from_slice(image);
+            for _ in 0..ONES_PAIRS {
+                b.extend([0xFF, 0x00]);
+            }
+            b.extend([0xFF, 0xD9]);
+            padded = b;
+            &padded[..]
+        }
+        None => bytes,
+    };
     use zune_core::bytestream::ZCursor;
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;

@@ -388,7 +388,8 @@ fn faces_per_photo_are_bounded() {
 }
 
 /// JPEG validity is the decoder's call: data after a complete image is
-/// fine, a truncated one is refused (tests/serve.rs). Stored photos lose
+/// fine, a truncated one is refused (tests/serve.rs), also when an
+/// end-of-image marker was appended to the cut. Stored photos lose
 /// their EXIF (GPS) unless --keep-exif.
 #[test]
 fn jpegs_are_judged_by_the_decoder_and_stored_without_exif() {
@@ -408,6 +409,10 @@ fn jpegs_are_judged_by_the_decoder_and_stored_without_exif() {
         std::fs::write(&p, b).unwrap();
         p
     };
+    // Half the photo with an end-of-image marker appended: still truncated.
+    let mut half_eoi = good[..good.len() / 2].to_vec();
+    half_eoi.extend([0xFF, 0xD9]);
+    let half_eoi = write("half_eoi.jpg", &half_eoi);
     let (trailing, exif) = (write("trailing.jpg", &trailing), write("exif.jpg", &exif));
     let register = |s: &Server, p: &Path| {
         curl(
@@ -435,6 +440,9 @@ fn jpegs_are_judged_by_the_decoder_and_stored_without_exif() {
     let s = start(&store, &[]);
     let (code, v) = register(&s, &trailing);
     assert_eq!(code, 200, "trailing data refused: {v}");
+    let (code, v) = register(&s, &half_eoi);
+    assert_eq!(code, 400, "half a JPEG + EOI accepted: {v}");
+    assert!(v["error"].as_str().unwrap().contains("truncated"), "{v}");
     let (code, v) = register(&s, &exif);
     assert_eq!(code, 200, "{v}");
     let stored = fetch(&s, &v);

@@ -3,7 +3,7 @@
 //! pages carry security headers and keep the token out of localStorage,
 //! connections are capped and timed out, labels are normalised, the memory
 //! budget holds under concurrent decompression bombs, faces per photo are
-//! bounded.
+//! bounded, the URL fetcher speaks https and checks certificates.
 
 #[macro_use]
 mod common;
@@ -529,4 +529,133 @@ fn the_url_fetcher_keeps_to_one_deadline_and_refuses_injection() {
         before,
         "the injected URL reached the host"
     );
+}
+
+/// https URLs are fetched (rustls): from a local server whose certificate
+/// an operator's CA signed, given with --url-ca-file, the photo registers;
+/// without that CA the URL fails with a certificate error, per URL.
+#[test]
+fn https_urls_are_fetched_and_their_certificates_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .current_dir(d)
+            .args(args)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=faceall test CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let www = d.join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::copy(
+        shared().join("images/faces/train/biden/biden.jpg"),
+        www.join("biden.jpg"),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let server = format!(
+        "import http.server, ssl, functools\n\
+         h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={www:?})\n\
+         s = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), h)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain({cert:?}, {key:?})\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        www = www.display().to_string(),
+        cert = d.join("srv.pem").display().to_string(),
+        key = d.join("srv.key").display().to_string(),
+    );
+    let mut https = Command::new(common::python())
+        .args(["-c", &server])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() && t.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}/biden.jpg");
+    let ca = d.join("ca.pem").display().to_string();
+    let store = Store::embedded();
+    let s = start(
+        &store,
+        &["--allow-url-host", "127.0.0.1", "--url-ca-file", &ca],
+    );
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/faces/urls",
+        &json!({"label": "biden", "urls": [url]}),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["registered"], 1, "{v}");
+    drop(s);
+    let store = Store::embedded();
+    let s = start(&store, &["--allow-url-host", "127.0.0.1"]);
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/faces/urls",
+        &json!({"label": "biden", "urls": [url]}),
+        None,
+    );
+    let _ = https.kill();
+    let _ = https.wait();
+    assert_eq!(code, 400, "{v}");
+    let e = v["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(e.contains("certificate"), "{v}");
 }

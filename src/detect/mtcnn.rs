@@ -94,6 +94,18 @@ impl Mtcnn {
     }
 
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<Face>> {
+        self.detect_with(img, &mut || Ok(()))
+    }
+
+    /// [`Mtcnn::detect`], calling `between` after the pyramid and between
+    /// RNet/ONet batches: a server passes its turn to other requests there
+    /// (a photo of 200 faces takes seconds); an error from it stops the
+    /// detection.
+    pub fn detect_with(
+        &self,
+        img: &RgbImage,
+        between: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<Face>> {
         let (w, h) = (img.width() as f32, img.height() as f32);
         // Pyramid.
         let mut scales = vec![];
@@ -173,8 +185,9 @@ impl Mtcnn {
         if boxes.is_empty() {
             return Ok(vec![]);
         }
+        between()?;
         let crops: Vec<RgbImage> = boxes.iter().map(|c| crop(img, c.b, 24)).collect();
-        let out = self.run_chunked(&self.rnet, &crops, &self.flavour.rnet)?;
+        let out = self.run_chunked(&self.rnet, &crops, &self.flavour.rnet, between)?;
         let (p, r) = (&out[0], &out[1]);
         let mut kept = vec![];
         for (i, c) in boxes.iter().enumerate() {
@@ -200,7 +213,7 @@ impl Mtcnn {
         // ONet
         let boxes_fixed: Vec<[f32; 4]> = boxes.iter().map(|c| c.b.map(f32::trunc)).collect();
         let crops: Vec<RgbImage> = boxes_fixed.iter().map(|b| crop(img, *b, 48)).collect();
-        let out = self.run_chunked(&self.onet, &crops, &self.flavour.onet)?;
+        let out = self.run_chunked(&self.onet, &crops, &self.flavour.onet, between)?;
         let (p, r, l) = (&out[0], &out[1], &out[2]);
         let mut faces: Vec<(Cand, [[f32; 2]; 5])> = vec![];
         for (i, b) in boxes_fixed.iter().enumerate() {
@@ -255,9 +268,13 @@ impl Mtcnn {
         net: &CaffeModel,
         crops: &[RgbImage],
         outs: &[&str],
+        between: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Vec<Vec<f32>>> {
         let mut got: Vec<Vec<f32>> = vec![vec![]; outs.len()];
-        for chunk in crops.chunks(STAGE_BATCH) {
+        for (i, chunk) in crops.chunks(STAGE_BATCH).enumerate() {
+            if i > 0 {
+                between()?;
+            }
             let out = run(net, blob(chunk, self.flavour.transposed)?, outs)?;
             for (g, t) in got.iter_mut().zip(&out) {
                 g.extend_from_slice(&t.as_f32()?);

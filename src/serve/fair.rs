@@ -4,10 +4,12 @@
 //! Two photos are worked on at once (they keep both cores busy). When more
 //! wait, the next turn goes to the next client address in a ring, not to
 //! the oldest request: a client that sends many slow photos (200 faces
-//! each, or huge ones) queues behind itself, and another client's ordinary
-//! search waits for at most one photo per address ahead of it instead of
-//! the whole backlog. A request that gets no turn within the wait gets 503
-//! with Retry-After.
+//! each, or huge ones) queues behind itself. A photo's work also passes
+//! its turn on between steps (after PNet, between RNet/ONet batches of 64
+//! crops and embedding batches of 8 faces) when someone waits, so another
+//! client's ordinary search waits for one step per address ahead of it,
+//! not for a whole 200-face photo. A request that gets no turn within the
+//! wait gets 503 with Retry-After.
 //!
 //! Behind a reverse proxy every request comes from the proxy's address and
 //! the queue is first come, first served again.
@@ -46,9 +48,11 @@ pub struct FairGate {
     wait: Duration,
 }
 
-#[derive(Default)]
 struct State {
     free: usize,
+    turns: usize,
+    /// Called when the last turn comes back (nothing in flight).
+    on_idle: fn(),
     /// Waiters per address, oldest first.
     queues: HashMap<IpAddr, VecDeque<(u64, oneshot::Sender<()>)>>,
     /// Addresses with waiters, in the order they get their next turn.
@@ -57,20 +61,52 @@ struct State {
 }
 
 /// One turn, given back (to the next address in the ring) on drop.
-pub struct Turn(Arc<FairGate>);
+pub struct Turn {
+    gate: Arc<FairGate>,
+    who: IpAddr,
+    held: bool,
+}
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.0.release();
+        if self.held {
+            self.gate.release();
+        }
+    }
+}
+
+impl Turn {
+    /// Between two steps of work, on a blocking thread: when anyone
+    /// waits, hand the turn to the next address in the ring and wait for
+    /// it to come round again; when nobody waits, go on at once.
+    pub fn pass(&mut self) -> Result<(), ApiError> {
+        let (id, rx) = {
+            let mut s = self.gate.lock();
+            if s.ring.is_empty() {
+                return Ok(());
+            }
+            let queued = FairGate::queue(&mut s, self.who);
+            FairGate::hand_over(&mut s);
+            queued
+        };
+        self.held = false;
+        let handle = tokio::runtime::Handle::try_current().map_err(ApiError::internal)?;
+        handle.block_on(self.gate.wait_turn(self.who, id, rx))?;
+        self.held = true;
+        Ok(())
     }
 }
 
 impl FairGate {
-    pub fn new(turns: usize, wait: Duration) -> Arc<Self> {
+    pub fn new(turns: usize, wait: Duration, on_idle: fn()) -> Arc<Self> {
         Arc::new(FairGate {
             state: Mutex::new(State {
                 free: turns.max(1),
-                ..State::default()
+                turns: turns.max(1),
+                on_idle,
+                queues: HashMap::new(),
+                ring: VecDeque::new(),
+                next_id: 0,
             }),
             wait,
         })
@@ -82,25 +118,48 @@ impl FairGate {
 
     /// Wait for a turn for a request from `who`.
     pub async fn enter(self: &Arc<Self>, who: IpAddr) -> Result<Turn, ApiError> {
-        let (id, mut rx) = {
+        let (id, rx) = {
             let mut s = self.lock();
             if s.free > 0 && s.ring.is_empty() {
                 s.free -= 1;
-                return Ok(Turn(self.clone()));
+                return Ok(self.turn(who));
             }
-            let id = s.next_id;
-            s.next_id += 1;
-            let (tx, rx) = oneshot::channel();
-            let q = s.queues.entry(who).or_default();
-            let first = q.is_empty();
-            q.push_back((id, tx));
-            if first {
-                s.ring.push_back(who);
-            }
-            (id, rx)
+            Self::queue(&mut s, who)
         };
+        self.wait_turn(who, id, rx).await?;
+        Ok(self.turn(who))
+    }
+
+    fn turn(self: &Arc<Self>, who: IpAddr) -> Turn {
+        Turn {
+            gate: self.clone(),
+            who,
+            held: true,
+        }
+    }
+
+    fn queue(s: &mut State, who: IpAddr) -> (u64, oneshot::Receiver<()>) {
+        let id = s.next_id;
+        s.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        let q = s.queues.entry(who).or_default();
+        let first = q.is_empty();
+        q.push_back((id, tx));
+        if first {
+            s.ring.push_back(who);
+        }
+        (id, rx)
+    }
+
+    /// Wait until the queued entry `id` is handed a turn, or give up.
+    async fn wait_turn(
+        &self,
+        who: IpAddr,
+        id: u64,
+        mut rx: oneshot::Receiver<()>,
+    ) -> Result<(), ApiError> {
         if let Ok(Ok(())) = tokio::time::timeout(self.wait, &mut rx).await {
-            return Ok(Turn(self.clone()));
+            return Ok(());
         }
         // Timed out: leave the queue. Turns are handed over under the
         // lock, so if our entry is gone the turn is already in `rx`.
@@ -116,9 +175,8 @@ impl FairGate {
                 s.ring.retain(|a| *a != who);
             }
         }
-        drop(s);
         if !queued && rx.try_recv().is_ok() {
-            drop(Turn(self.clone()));
+            Self::hand_over(&mut s);
         }
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -129,6 +187,11 @@ impl FairGate {
 
     fn release(&self) {
         let mut s = self.lock();
+        Self::hand_over(&mut s);
+    }
+
+    /// Give a turn to the next address in the ring, or back to the pool.
+    fn hand_over(s: &mut State) {
         while let Some(who) = s.ring.pop_front() {
             let Some(q) = s.queues.get_mut(&who) else {
                 continue;
@@ -147,6 +210,9 @@ impl FairGate {
             }
         }
         s.free += 1;
+        if s.free == s.turns {
+            (s.on_idle)();
+        }
     }
 
     /// Turns free now (for tests and stats).
@@ -166,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn turns_go_round_the_addresses_not_by_age() {
-        let g = FairGate::new(1, Duration::from_secs(5));
+        let g = FairGate::new(1, Duration::from_secs(5), || {});
         let first = g.enter(ip(1)).await.ok();
         assert!(first.is_some());
         let order = Arc::new(Mutex::new(vec![]));
@@ -193,12 +259,41 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_that_times_out_gets_503_and_loses_no_turn() {
-        let g = FairGate::new(1, Duration::from_millis(20));
+        let g = FairGate::new(1, Duration::from_millis(20), || {});
         let held = g.enter(ip(1)).await.ok();
         let e = g.enter(ip(2)).await.err().map(|e| e.status);
         assert_eq!(e, Some(StatusCode::SERVICE_UNAVAILABLE));
         drop(held);
         assert_eq!(g.free(), 1);
         assert!(g.enter(ip(2)).await.is_ok());
+    }
+
+    /// A long piece of work passes its turn between steps: a request from
+    /// another address that arrives meanwhile runs before the next step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_photo_passes_its_turn_between_steps() {
+        let g = FairGate::new(1, Duration::from_secs(5), || {});
+        let order = Arc::new(Mutex::new(vec![]));
+        let mut long = g.enter(ip(1)).await.ok().unwrap();
+        let (o, g2) = (order.clone(), g.clone());
+        let other = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _t = g2.enter(ip(2)).await;
+            o.lock().unwrap().push("other");
+        });
+        let o = order.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(15));
+                o.lock().unwrap().push("step");
+                long.pass().unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        other.await.unwrap();
+        let got = order.lock().unwrap().clone();
+        assert_eq!(got[..3], ["step", "step", "other"][..], "{got:?}");
+        assert_eq!(g.free(), 1);
     }
 }

@@ -91,12 +91,24 @@ pub struct App {
 
 impl App {
     /// At most `max_faces` faces of the photo, and how many more it had.
-    fn faces(&self, img: &image::RgbImage) -> std::result::Result<(Vec<Found>, usize), ApiError> {
+    /// Detect and embed, passing `turn` on between steps.
+    fn faces(
+        &self,
+        img: &image::RgbImage,
+        turn: &mut fair::Turn,
+    ) -> std::result::Result<(Vec<Found>, usize), ApiError> {
         let t = Instant::now();
-        let r = self
-            .pipe
-            .faces_at_most(img, self.max_faces)
-            .map_err(ApiError::internal);
+        let mut refused = None;
+        let r = self.pipe.faces_stepwise(img, self.max_faces, &mut || {
+            turn.pass().map_err(|e| {
+                refused = Some(e);
+                Error::Usage("no turn".into())
+            })
+        });
+        let r = match (r, refused) {
+            (_, Some(e)) => Err(e),
+            (r, None) => r.map_err(ApiError::internal),
+        };
         self.pipeline_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.pipeline_calls.fetch_add(1, Ordering::Relaxed);
@@ -160,7 +172,11 @@ pub fn serve(cfg: Config) -> Result<()> {
         storage: storage.clone(),
         auth: auth::Auth::new(cfg.token, cfg.public_read),
         budget: budget::Budget::new(cfg.max_memory),
-        turns: fair::FairGate::new(pipeline::DETECT_CONCURRENCY, budget::ADMISSION_WAIT),
+        turns: fair::FairGate::new(
+            pipeline::DETECT_CONCURRENCY,
+            budget::ADMISSION_WAIT,
+            pipeline::release_memory,
+        ),
         max_faces: cfg.max_faces.max(1),
         keep_exif: cfg.keep_exif,
         url_fetch_time: cfg.url_fetch_time,

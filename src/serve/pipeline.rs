@@ -84,10 +84,18 @@ impl Pipeline {
     /// detected (not embedded): bounds the work one photo can ask for.
     pub fn faces_at_most(&self, img: &RgbImage, max: usize) -> Result<(Vec<Found>, usize)> {
         let _slot = Slot::take(&self.busy)?;
-        self.faces_now(img, max)
+        self.faces_stepwise(img, max, &mut || Ok(()))
     }
 
-    fn faces_now(&self, img: &RgbImage, max: usize) -> Result<(Vec<Found>, usize)> {
+    /// [`Pipeline::faces_at_most`] without the DETECT_CONCURRENCY places
+    /// (the caller bounds concurrency), calling `between` between steps of
+    /// detection and before each embedding batch (see `serve::fair`).
+    pub fn faces_stepwise(
+        &self,
+        img: &RgbImage,
+        max: usize,
+        between: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<(Vec<Found>, usize)> {
         let long = img.width().max(img.height());
         let mut faces = if long > DETECT_MAX_SIDE {
             let s = DETECT_MAX_SIDE as f32 / long as f32;
@@ -100,7 +108,7 @@ impl Pipeline {
                 img.width() as f32 / w as f32,
                 img.height() as f32 / h as f32,
             );
-            let mut faces = self.mtcnn.detect(&small)?;
+            let mut faces = self.mtcnn.detect_with(&small, between)?;
             for f in &mut faces {
                 f.bbox = [
                     f.bbox[0] * sx,
@@ -114,7 +122,7 @@ impl Pipeline {
             }
             faces
         } else {
-            self.mtcnn.detect(img)?
+            self.mtcnn.detect_with(img, between)?
         };
         faces.sort_by(|a, b| b.score.total_cmp(&a.score));
         let dropped = faces.len().saturating_sub(max);
@@ -125,6 +133,7 @@ impl Pipeline {
         let per = (self.size * self.size * 3) as usize;
         let mut emb = Vec::with_capacity(self.dim * faces.len());
         for chunk in faces.chunks(EMBED_BATCH) {
+            between()?;
             let mut batch = Vec::with_capacity(per * chunk.len());
             for f in chunk {
                 let crop = face_crop(img, f, MARGIN);
@@ -185,7 +194,7 @@ impl Drop for Slot<'_> {
 
 /// Hand the detector's freed buffers back to the system once no photo is
 /// in flight (see `serve::tune_allocator`).
-fn release_memory() {
+pub(crate) fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system.
     unsafe {

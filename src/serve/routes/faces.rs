@@ -66,14 +66,14 @@ pub(crate) async fn detect_each(
         out.push(
             blocking(move || {
                 let _room = room;
-                let _turn = turn;
+                let mut turn = turn;
                 let Photo {
                     name,
                     bytes,
                     ext,
                     img,
                 } = decode_photo(name, bytes)?;
-                let (faces, dropped) = a.faces(&img)?;
+                let (faces, dropped) = a.faces(&img, &mut turn)?;
                 Ok(Detected {
                     name,
                     bytes,

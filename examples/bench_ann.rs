@@ -65,7 +65,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let build = t.elapsed().as_secs_f64();
     let tail_rate = (n / 10) as f64 / tail.elapsed().as_secs_f64();
-    eprintln!("last tenth built at {tail_rate:.0} faces/s");
+    eprintln!(
+        "last tenth built at {tail_rate:.0} faces/s; kernels: {}",
+        ann.hardware_acceleration()
+    );
     let dir = tempfile_dir()?;
     let t = Instant::now();
     ann.save(&dir, 1)?;

@@ -68,6 +68,9 @@ pub struct Config {
     pub url_fetch_time: std::time::Duration,
 }
 
+/// Embedding-endpoint calls at once (each uses every core).
+const INDEX_CONCURRENCY: usize = 2;
+
 pub struct App {
     pipe: Pipeline,
     storage: Arc<dyn storage::Storage>,
@@ -75,6 +78,9 @@ pub struct App {
     budget: budget::Budget,
     /// Turns for photo work, round-robin between client addresses.
     turns: Arc<fair::FairGate>,
+    /// Turns for the embedding endpoints (up to 10,000 faces or 1,000
+    /// queries a call, all cores each), the same way.
+    index_turns: Arc<fair::FairGate>,
     max_faces: usize,
     keep_exif: bool,
     url_fetch_time: std::time::Duration,
@@ -177,6 +183,7 @@ pub fn serve(cfg: Config) -> Result<()> {
             budget::ADMISSION_WAIT,
             pipeline::release_memory,
         ),
+        index_turns: fair::FairGate::new(INDEX_CONCURRENCY, budget::ADMISSION_WAIT, || {}),
         max_faces: cfg.max_faces.max(1),
         keep_exif: cfg.keep_exif,
         url_fetch_time: cfg.url_fetch_time,

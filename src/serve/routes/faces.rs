@@ -237,6 +237,7 @@ pub struct EmbeddingsBody {
 pub async fn add_embeddings(
     State(app): State<Arc<App>>,
     _: CanWrite,
+    Client(who): Client,
     body: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     count(&app);
@@ -261,6 +262,7 @@ pub async fn add_embeddings(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let _turn = app.index_turns.enter(who).await?;
     let ids = app.storage.add_embeddings(faces).await?;
     Ok(Json(json!({ "ids": ids })))
 }

@@ -111,6 +111,7 @@ pub struct EmbeddingsQuery {
 pub async fn embeddings(
     State(app): State<Arc<App>>,
     _: CanRead,
+    Client(who): Client,
     body: Result<Json<EmbeddingsQuery>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     count(&app);
@@ -129,6 +130,7 @@ pub async fn embeddings(
         .enumerate()
         .map(|(i, v)| client_embedding(v, dim, &format!("embedding {i}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let _turn = app.index_turns.enter(who).await?;
     let found = app.storage.search(queries, k).await?;
     let results: Vec<Value> = found
         .iter()

@@ -78,14 +78,6 @@ impl Default for AnnOptions {
 /// (see `Ann::add_many`).
 pub const VERIFY_MAX_BATCH: usize = 256;
 
-fn l2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
-}
-
 /// The insertion group of a face: its label's hash (two labels sharing a
 /// hash are only inserted one after the other).
 pub fn group_of(label: &str) -> u64 {
@@ -135,11 +127,125 @@ pub struct Ann {
 ///   inserts them in the background.
 #[derive(Default)]
 struct Side {
-    /// key -> (vector, insertion group)
-    vecs: HashMap<u64, (Vec<f32>, u64)>,
+    vecs: Vecs,
     /// Keys in the graph deleted while it was frozen.
     removed: HashSet<u64>,
     frozen: bool,
+}
+
+/// Vectors kept contiguously (one scan per query runs over them; after a
+/// restart at a million faces they can be 100,000), with their keys and
+/// insertion groups; removal swaps the last one in.
+#[derive(Default)]
+struct Vecs {
+    dim: usize,
+    keys: Vec<u64>,
+    groups: Vec<u64>,
+    data: Vec<f32>,
+    pos: HashMap<u64, usize>,
+}
+
+impl Vecs {
+    fn new(dim: usize) -> Self {
+        Vecs {
+            dim,
+            ..Vecs::default()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn contains_key(&self, k: &u64) -> bool {
+        self.pos.contains_key(k)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &u64> {
+        self.keys.iter()
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn insert(&mut self, k: u64, v: &[f32], g: u64) {
+        if let Some(&i) = self.pos.get(&k) {
+            self.data[i * self.dim..(i + 1) * self.dim].copy_from_slice(v);
+            self.groups[i] = g;
+            return;
+        }
+        self.pos.insert(k, self.keys.len());
+        self.keys.push(k);
+        self.groups.push(g);
+        self.data.extend_from_slice(v);
+    }
+
+    fn remove(&mut self, k: &u64) -> bool {
+        let Some(i) = self.pos.remove(k) else {
+            return false;
+        };
+        let last = self.keys.len() - 1;
+        if i != last {
+            self.keys.swap(i, last);
+            self.groups.swap(i, last);
+            let d = self.dim;
+            let (head, tail) = self.data.split_at_mut(last * d);
+            head[i * d..(i + 1) * d].copy_from_slice(&tail[..d]);
+            self.pos.insert(self.keys[i], i);
+        }
+        self.keys.pop();
+        self.groups.pop();
+        self.data.truncate(last * self.dim);
+        true
+    }
+
+    /// Up to n entries (the last ones), copied.
+    fn tail(&self, n: usize) -> Vec<(u64, Vec<f32>, u64)> {
+        let from = self.len().saturating_sub(n);
+        (from..self.len())
+            .map(|i| (self.keys[i], self.row(i).to_vec(), self.groups[i]))
+            .collect()
+    }
+
+    /// The k nearest by exact Euclidean distance (all cores when many).
+    fn nearest(&self, q: &[f32], k: usize) -> Vec<(u64, f32)> {
+        let score = |i: usize| (self.keys[i], l2sq(q, self.row(i)));
+        let mut all: Vec<(u64, f32)> = if self.len() >= 16_384 {
+            (0..self.len()).into_par_iter().map(score).collect()
+        } else {
+            (0..self.len()).map(score).collect()
+        };
+        if all.len() > k && k > 0 {
+            all.select_nth_unstable_by(k - 1, |a, b| a.1.total_cmp(&b.1));
+            all.truncate(k);
+        }
+        all.into_iter().map(|(key, d)| (key, d.sqrt())).collect()
+    }
+}
+
+/// Squared Euclidean distance in 16 lanes (vectorised by the compiler;
+/// a plain sum is a serial dependency chain it may not reorder).
+fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 struct Context<'a>(&'a (Mutex<usize>, Condvar));
@@ -186,7 +292,10 @@ impl Ann {
             .map_err(|e| format!("cannot reserve index memory: {e}"))?;
         Ok(Ann {
             index: RwLock::new(index),
-            side: RwLock::new(Side::default()),
+            side: RwLock::new(Side {
+                vecs: Vecs::new(dim),
+                ..Side::default()
+            }),
             mutating: RwLock::new(()),
             opts,
             dim,
@@ -228,6 +337,11 @@ impl Ann {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The SIMD kernels usearch picked on this machine (for benchmarks).
+    pub fn hardware_acceleration(&self) -> String {
+        self.read().hardware_acceleration()
     }
 
     /// Bytes the index holds in memory.
@@ -284,7 +398,7 @@ impl Ann {
                         // Replaced: the graph's old vector is hidden until the save ends.
                         side.removed.insert(*k);
                     }
-                    side.vecs.insert(*k, (v.to_vec(), *g));
+                    side.vecs.insert(*k, v, *g);
                 }
                 return Ok(());
             }
@@ -301,7 +415,7 @@ impl Ann {
         self.check_batch(items, groups)?;
         let mut side = self.side_mut();
         for ((k, v), g) in items.iter().zip(groups) {
-            side.vecs.insert(*k, (v.to_vec(), *g));
+            side.vecs.insert(*k, v, *g);
         }
         Ok(())
     }
@@ -317,11 +431,7 @@ impl Ann {
                 if side.frozen {
                     break;
                 }
-                side.vecs
-                    .iter()
-                    .take(5000)
-                    .map(|(k, (v, g))| (*k, v.clone(), *g))
-                    .collect()
+                side.vecs.tail(5000)
             };
             if chunk.is_empty() {
                 break;
@@ -331,7 +441,7 @@ impl Ann {
             self.insert_graph(&items, &groups)?;
             let mut side = self.side_mut();
             for (k, _, _) in &chunk {
-                if side.vecs.remove(k).is_none() {
+                if !side.vecs.remove(k) {
                     // Deleted while it was being inserted.
                     self.remove_from_graph(*k)?;
                 }
@@ -504,15 +614,7 @@ impl Ann {
         // The side is read first and held, so a vector moving from it into
         // the graph is seen in one or the other (or both: kept once).
         let side = self.side();
-        let mut out: Vec<(u64, f32)> = side
-            .vecs
-            .iter()
-            .map(|(key, (v, _))| (*key, l2(q, v)))
-            .collect();
-        if out.len() > k {
-            out.select_nth_unstable_by(k - 1, |a, b| a.1.total_cmp(&b.1));
-            out.truncate(k);
-        }
+        let mut out = side.vecs.nearest(q, k);
         let idx = self.read();
         if idx.size() > 0 {
             let _c = Context::take(&self.free);

@@ -29,8 +29,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::ann::{group_of, Ann, AnnOptions};
 use super::{
-    euclidean, f32_bytes, f32_from_bytes, now, Detection, FaceRecord, Match, NewFace, PhotoFaces,
-    Stats, Storage, StoreError, StoreResult, StoredPhoto,
+    check_dim, euclidean, f32_bytes, f32_from_bytes, now, Detection, FaceRecord, Match, NewFace,
+    PhotoFaces, Stats, Storage, StoreError, StoreResult, StoredPhoto,
 };
 
 /// Settings of the embedded backend.
@@ -439,21 +439,10 @@ impl Inner {
         Ok(())
     }
 
-    fn check_dim(&self, v: &[f32]) -> StoreResult<()> {
-        if v.len() != self.dim {
-            return Err(StoreError::Invalid(format!(
-                "an embedding has {} numbers; this server's model gives {}",
-                v.len(),
-                self.dim
-            )));
-        }
-        Ok(())
-    }
-
     fn register(&self, photos: Vec<PhotoFaces>) -> StoreResult<Vec<StoredPhoto>> {
         for p in &photos {
             for f in &p.faces {
-                self.check_dim(&f.embedding)?;
+                check_dim(&f.embedding, self.dim)?;
             }
         }
         let created = now();
@@ -493,7 +482,7 @@ impl Inner {
 
     fn add_embeddings(&self, faces: Vec<NewFace>) -> StoreResult<Vec<u64>> {
         for f in &faces {
-            self.check_dim(&f.embedding)?;
+            check_dim(&f.embedding, self.dim)?;
         }
         let created = now();
         let mut ids = vec![];
@@ -550,7 +539,7 @@ impl Inner {
     fn search(&self, queries: Vec<Vec<f32>>, k: usize) -> StoreResult<Vec<Vec<Match>>> {
         use rayon::prelude::*;
         for q in &queries {
-            self.check_dim(q)?;
+            check_dim(q, self.dim)?;
         }
         // Two more candidates than asked, in case one was deleted since;
         // the k kept are re-ranked by their exact float32 distance (the

@@ -210,6 +210,17 @@ pub(crate) fn f32_from_bytes(b: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Euclidean distance.
+/// An embedding of the server's model's length, or a client error.
+pub(crate) fn check_dim(v: &[f32], dim: usize) -> StoreResult<()> {
+    if v.len() != dim {
+        return Err(StoreError::Invalid(format!(
+            "an embedding has {} numbers; this server's model gives {dim}",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn euclidean(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)

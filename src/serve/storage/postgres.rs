@@ -19,7 +19,7 @@ use pgvector::Vector;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    now, Detection, FaceRecord, Match, NewFace, PhotoFaces, Stats, Storage, StoreError,
+    check_dim, now, Detection, FaceRecord, Match, NewFace, PhotoFaces, Stats, Storage, StoreError,
     StoreResult, StoredPhoto,
 };
 
@@ -196,17 +196,6 @@ impl Postgres {
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
-
-    fn check_dim(&self, v: &[f32]) -> StoreResult<()> {
-        if v.len() != self.dim {
-            return Err(StoreError::Invalid(format!(
-                "an embedding has {} numbers; this server's model gives {}",
-                v.len(),
-                self.dim
-            )));
-        }
-        Ok(())
-    }
 }
 
 const INSERT_FACE: &str =
@@ -227,7 +216,7 @@ impl Storage for Postgres {
     async fn register(&self, photos: Vec<PhotoFaces>) -> StoreResult<Vec<StoredPhoto>> {
         for p in &photos {
             for f in &p.faces {
-                self.check_dim(&f.embedding)?;
+                check_dim(&f.embedding, self.dim)?;
             }
         }
         let created = now() as i64;
@@ -281,7 +270,7 @@ impl Storage for Postgres {
 
     async fn add_embeddings(&self, faces: Vec<NewFace>) -> StoreResult<Vec<u64>> {
         for f in &faces {
-            self.check_dim(&f.embedding)?;
+            check_dim(&f.embedding, self.dim)?;
         }
         let created = now() as i64;
         let mut c = self.pool.get().await.map_err(pool_err)?;
@@ -307,7 +296,7 @@ impl Storage for Postgres {
 
     async fn search(&self, queries: Vec<Vec<f32>>, k: usize) -> StoreResult<Vec<Vec<Match>>> {
         for q in &queries {
-            self.check_dim(q)?;
+            check_dim(q, self.dim)?;
         }
         let mut c = self.pool.get().await.map_err(pool_err)?;
         let tx = c.transaction().await.map_err(db_err)?;

@@ -31,6 +31,7 @@ pub async fn stats(State(app): State<Arc<App>>, _: CanRead) -> ApiResult {
         "labels": s.labels,
         "images": s.images,
         "indexed": s.indexed,
+        "index_waiting": s.waiting,
         "backend": app.storage.backend(),
         "threshold": app.threshold,
         "model": app.model,

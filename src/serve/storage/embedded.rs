@@ -805,6 +805,7 @@ impl Storage for Embedded {
     async fn stats(&self) -> StoreResult<Stats> {
         self.blocking(move |i| {
             let indexed = i.ann.len() as u64;
+            let waiting = i.ann.pending() as u64;
             i.with_reader(|c| {
                 let q = |sql: &str| -> StoreResult<u64> {
                     c.query_row(sql, [], |r| r.get::<_, i64>(0))
@@ -816,6 +817,7 @@ impl Storage for Embedded {
                     labels: q("SELECT count(DISTINCT label) FROM faces")?,
                     images: q("SELECT count(*) FROM images")?,
                     indexed,
+                    waiting,
                 })
             })
         })

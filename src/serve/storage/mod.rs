@@ -134,6 +134,9 @@ pub struct Stats {
     pub images: u64,
     /// Faces in the nearest-neighbour index (equal to `faces` when healthy).
     pub indexed: u64,
+    /// Of those, faces searched exactly beside the graph until the
+    /// background inserts them (after a restart, or during a save).
+    pub waiting: u64,
 }
 
 /// Most faces in one `add_embeddings` call (`POST /api/v1/faces/embeddings`).

@@ -429,6 +429,7 @@ impl Storage for Postgres {
             images: r.get::<_, i64>(2) as u64,
             // pgvector's index is maintained inside each transaction.
             indexed: faces,
+            waiting: 0,
         })
     }
 

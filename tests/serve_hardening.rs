@@ -659,3 +659,33 @@ fn https_urls_are_fetched_and_their_certificates_checked() {
     let e = v["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(e.contains("certificate"), "{v}");
 }
+
+/// Pixels per request are bounded: 15 photos of 6000 x 6000 (540 Mpixel
+/// together, from 2 MB of PNG) are refused before any is decoded.
+#[test]
+fn pixels_per_request_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.png");
+    write_one_colour_png(&bomb, 6000);
+    let store = Store::embedded();
+    let s = start(&store, &[]);
+    let mut args = vec![
+        "/api/v1/faces".to_string(),
+        "-X".into(),
+        "POST".into(),
+        "-F".into(),
+        "label=bombs".into(),
+    ];
+    for _ in 0..15 {
+        args.push("-F".into());
+        args.push(format!("image=@{}", bomb.display()));
+    }
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    // Decoded, they would be a 422 (no face); refused unread, a 400.
+    let (code, v) = curl(&s, &args);
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("Mpixel together"),
+        "{v}"
+    );
+}

@@ -72,7 +72,7 @@ pub fn document() -> Value {
                     "responses": {"200": ok("Registered"), "400": err(), "401": err(), "403": err(), "413": err(), "422": err()}}
             },
             "/api/v1/faces/urls": {
-                "post": {"summary": "Register photos fetched from URLs on the server's allow-list", "security": auth,
+                "post": {"summary": "Register photos fetched from http or https URLs on the server's allow-list (up to 3 redirects, each to an allowed host; one deadline and one 20 MB budget for all URLs)", "security": auth,
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["urls", "label"], "properties": {
                         "urls": {"type": "array", "items": {"type": "string"}, "maxItems": 100}, "label": {"type": "string"}}}}}},
                     "responses": {"200": ok("Registered"), "400": err(), "401": err(), "403": err(), "422": err()}}
@@ -109,7 +109,7 @@ pub fn document() -> Value {
                     "responses": {"200": ok("SearchResult"), "400": err(), "413": err(), "422": err()}}
             },
             "/api/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-            "/api/v1/stats": {"get": {"summary": "Counts, threshold, model, uptime", "responses": {"200": {"description": "ok"}}}},
+            "/api/v1/stats": {"get": {"summary": "Counts (faces, labels, images, indexed, index_waiting: faces searched exactly beside the graph until the background inserts them), threshold, model, uptime", "responses": {"200": {"description": "ok"}}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}}
         }
     })

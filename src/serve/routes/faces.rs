@@ -45,6 +45,10 @@ pub(crate) struct Detected {
     pub dropped: usize,
 }
 
+/// Pixels all photos of one request may have together (30 phone photos of
+/// 12 Mpixel fit; 30 decompression bombs of 36 Mpixel do not).
+pub const MAX_REQUEST_PIXELS: u64 = 500_000_000;
+
 /// Check every photo's header, then decode and detect them one at a time,
 /// each only once the memory budget has room for it.
 pub(crate) async fn detect_each(
@@ -56,6 +60,14 @@ pub(crate) async fn detect_each(
         .iter()
         .map(|(n, b)| photo_dimensions(n, b))
         .collect::<Result<Vec<_>, _>>()?;
+    let pixels: u64 = dims.iter().map(|(w, h)| *w as u64 * *h as u64).sum();
+    if pixels > MAX_REQUEST_PIXELS {
+        return Err(bad(format!(
+            "the photos of one request may have {} Mpixel together (these have {})",
+            MAX_REQUEST_PIXELS / 1_000_000,
+            pixels / 1_000_000
+        )));
+    }
     let mut out = vec![];
     for ((name, bytes), (w, h)) in photos.into_iter().zip(dims) {
         // Room in memory first (whoever fits goes), then a turn (round

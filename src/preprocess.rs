@@ -109,7 +109,7 @@ fn decode_png(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
         }
     };
     let mut rgb = Vec::with_capacity(px * 3);
-    for row in buf.chunks(info.line_size).take(fh as usize) {
+    for row in buf.chunks(info.line_size.max(1)).take(fh as usize) {
         for p in row.chunks_exact(channels).take(fw as usize) {
             match p {
                 [g] | [g, _] => rgb.extend([*g, *g, *g]),

@@ -11,6 +11,7 @@ mod auth;
 mod budget;
 mod error;
 pub(crate) mod fair;
+mod form;
 pub mod listen;
 mod metadata;
 mod openapi;
@@ -25,8 +26,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-use axum::extract::Multipart;
 
 use crate::error::{Error, Result};
 use error::bad;
@@ -103,9 +102,54 @@ impl App {
         img: &image::RgbImage,
         turn: &mut fair::Turn,
     ) -> std::result::Result<(Vec<Found>, usize), ApiError> {
+        self.stepwise(turn, |between| {
+            self.pipe.faces_stepwise(img, self.max_faces, between)
+        })
+    }
+
+    /// Every face of the photo, detected only (not embedded).
+    fn detect(
+        &self,
+        img: &image::RgbImage,
+        turn: &mut fair::Turn,
+    ) -> std::result::Result<Vec<crate::detect::mtcnn::Face>, ApiError> {
+        self.stepwise(turn, |between| self.pipe.detect_stepwise(img, between))
+    }
+
+    /// The photo's face with the largest box, embedded (None when it has
+    /// none): the face a verification compares.
+    fn largest_face(
+        &self,
+        img: &image::RgbImage,
+        turn: &mut fair::Turn,
+    ) -> std::result::Result<Option<Found>, ApiError> {
+        self.stepwise(turn, |between| {
+            let area = |f: &crate::detect::mtcnn::Face| {
+                (f.bbox[2] - f.bbox[0]).max(0.0) * (f.bbox[3] - f.bbox[1]).max(0.0)
+            };
+            let largest = self
+                .pipe
+                .detect_stepwise(img, between)?
+                .into_iter()
+                .max_by(|a, b| area(a).total_cmp(&area(b)));
+            match largest {
+                Some(f) => Ok(self.pipe.embed_stepwise(img, vec![f], between)?.pop()),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Run photo work that passes `turn` on between its steps; a turn that
+    /// does not come back in time is the request's error (503), not an
+    /// internal one.
+    fn stepwise<T>(
+        &self,
+        turn: &mut fair::Turn,
+        work: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> Result<T>,
+    ) -> std::result::Result<T, ApiError> {
         let t = Instant::now();
         let mut refused = None;
-        let r = self.pipe.faces_stepwise(img, self.max_faces, &mut || {
+        let r = work(&mut || {
             turn.pass().map_err(|e| {
                 refused = Some(e);
                 Error::Usage("no turn".into())
@@ -331,37 +375,6 @@ pub(crate) fn decode_photo(name: String, bytes: Vec<u8>) -> std::result::Result<
         ext,
         img,
     })
-}
-
-pub(crate) async fn read_multipart(
-    mut mp: Multipart,
-) -> std::result::Result<(Vec<(String, Vec<u8>)>, Option<String>), ApiError> {
-    let mut images = vec![];
-    let mut label = None;
-    loop {
-        let field = match mp.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => return Err(ApiError::new(e.status(), e.body_text())),
-        };
-        let name = field.name().unwrap_or("").to_string();
-        let file = field.file_name().unwrap_or("upload").to_string();
-        let data = field
-            .bytes()
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        match name.as_str() {
-            "image" => {
-                if images.len() == MAX_IMAGES {
-                    return Err(bad(format!("at most {MAX_IMAGES} images per request")));
-                }
-                images.push((file, data.to_vec()));
-            }
-            "label" => label = Some(String::from_utf8_lossy(&data).into_owned()),
-            other => return Err(bad(format!("unexpected form field '{other}'"))),
-        }
-    }
-    Ok((images, label))
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(

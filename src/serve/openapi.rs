@@ -10,11 +10,52 @@ fn ok(schema: &str) -> Value {
     json!({"description": "ok", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
 
+/// A photo route's body: a multipart form, or the same fields as JSON
+/// with each photo field `F` sent as `F_base64`.
+fn photo_body(photos: &[(&str, bool)], texts: &[(&str, Value)], required: &[&str]) -> Value {
+    let mut form = serde_json::Map::new();
+    let mut js = serde_json::Map::new();
+    for (f, many) in photos {
+        let file = json!({"type": "string", "format": "binary"});
+        let b64 = json!({"type": "string", "format": "byte", "description": "standard base64 (padding optional, whitespace ignored, a data: URL accepted)"});
+        if *many {
+            form.insert(
+                f.to_string(),
+                json!({"type": "array", "items": file, "maxItems": super::MAX_IMAGES}),
+            );
+            js.insert(format!("{f}_base64"), json!({"oneOf": [b64, {"type": "array", "items": b64, "maxItems": super::MAX_IMAGES}]}));
+        } else {
+            form.insert(f.to_string(), file);
+            js.insert(format!("{f}_base64"), b64);
+        }
+    }
+    for (f, schema) in texts {
+        form.insert(f.to_string(), schema.clone());
+        js.insert(f.to_string(), schema.clone());
+    }
+    let js_required: Vec<String> = required
+        .iter()
+        .map(|r| {
+            if photos.iter().any(|(p, _)| p == r) {
+                format!("{r}_base64")
+            } else {
+                r.to_string()
+            }
+        })
+        .collect();
+    json!({"required": true, "description": "photos (JPEG or PNG) of at most 20 MB together, however sent", "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": form}},
+        "application/json": {"schema": {"type": "object", "required": js_required, "properties": js}}}})
+}
+
 pub fn document() -> Value {
     let id_param =
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}]);
     let auth = json!([{"bearer": []}]);
-    json!({
+    let label = json!({"type": "string", "maxLength": super::MAX_LABEL_CHARS});
+    let label_param =
+        json!([{"name": "label", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "faceall serve",
@@ -25,6 +66,8 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Detection": {"type": "object", "properties": {
+                    "box": {"$ref": "#/components/schemas/Box"}, "landmarks": {"$ref": "#/components/schemas/Landmarks"}, "score": {"type": "number"}}},
                 "Box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "description": "x1, y1, x2, y2 in pixels"},
                 "Landmarks": {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}, "minItems": 5, "maxItems": 5, "description": "left eye, right eye, nose, mouth left, mouth right"},
                 "Face": {"type": "object", "properties": {
@@ -66,9 +109,7 @@ pub fn document() -> Value {
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50, "maximum": 1000}}],
                     "responses": {"200": ok("FaceList")}},
                 "post": {"summary": "Register every face in one or more photos under a label", "security": auth,
-                    "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["image", "label"], "properties": {
-                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": 100},
-                        "label": {"type": "string", "maxLength": 100}}}}}},
+                    "requestBody": photo_body(&[("image", true)], &[("label", label.clone())], &["image", "label"]),
                     "responses": {"200": ok("Registered"), "400": err(), "401": err(), "403": err(), "413": err(), "422": err()}}
             },
             "/api/v1/faces/urls": {
@@ -105,12 +146,77 @@ pub fn document() -> Value {
                     "parameters": [
                         {"name": "k", "in": "query", "schema": {"type": "integer", "default": 5, "maximum": 100}},
                         {"name": "threshold", "in": "query", "schema": {"type": "number", "default": super::DEFAULT_THRESHOLD}}],
-                    "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}}}},
+                    "requestBody": photo_body(&[("image", false)], &[], &["image"]),
                     "responses": {"200": ok("SearchResult"), "400": err(), "413": err(), "422": err()}}
             },
             "/api/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/api/v1/stats": {"get": {"summary": "Counts (faces, labels, images, indexed, index_waiting: faces searched exactly beside the graph until the background inserts them), threshold, model, uptime", "responses": {"200": {"description": "ok"}}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}}
         }
-    })
+    });
+    for (path, item) in analysis_paths(&auth, &label, &label_param) {
+        doc["paths"][path] = item;
+    }
+    doc
+}
+
+/// The paths of verify, detect, embed and subjects (apart from the rest:
+/// one `json!` of everything passes the macro's recursion limit).
+fn analysis_paths(auth: &Value, label: &Value, label_param: &Value) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "/api/v1/verify",
+            json!({
+                "post": {"summary": "1:1 verification: are the largest faces of image1 and image2 (or image1 and the closest face registered under label) the same person",
+                    "parameters": [{"name": "threshold", "in": "query", "schema": {"type": "number", "default": super::DEFAULT_THRESHOLD}}],
+                    "requestBody": photo_body(&[("image1", false), ("image2", false)], &[("label", label.clone())], &["image1"]),
+                    "responses": {"200": {"description": "same_person is distance <= threshold", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "same_person": {"type": "boolean"}, "distance": {"type": "number"}, "threshold": {"type": "number"},
+                        "image1": {"$ref": "#/components/schemas/Detection"}, "image2": {"$ref": "#/components/schemas/Detection"},
+                        "label": {"type": "string"}, "registered_faces": {"type": "integer"},
+                        "nearest": {"type": "object", "properties": {"id": {"type": "integer"}, "box": {"$ref": "#/components/schemas/Box"}, "image_url": {"type": "string"}}}}}}}},
+                        "400": err(), "404": err(), "413": err(), "422": {"description": "no face in one of the photos (the error names which)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+            }),
+        ),
+        (
+            "/api/v1/detect",
+            json!({
+                "post": {"summary": "Every face of a photo (box, five landmarks, score), best-scored first; nothing is stored",
+                    "requestBody": photo_body(&[("image", false)], &[], &["image"]),
+                    "responses": {"200": {"description": "faces", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}}}}}}}, "400": err(), "413": err()}}
+            }),
+        ),
+        (
+            "/api/v1/embed",
+            json!({
+                "post": {"summary": "The faces of a photo with their L2-normalised embeddings (the vectors search compares); nothing is stored",
+                    "requestBody": photo_body(&[("image", false)], &[], &["image"]),
+                    "responses": {"200": {"description": "faces", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "faces": {"type": "array", "items": {"allOf": [{"$ref": "#/components/schemas/Detection"}, {"type": "object", "properties": {"embedding": {"$ref": "#/components/schemas/Embedding"}}}]}},
+                        "faces_not_embedded": {"type": "integer", "description": "faces beyond the server's --max-faces"}}}}}}, "400": err(), "413": err()}}
+            }),
+        ),
+        (
+            "/api/v1/subjects",
+            json!({
+                "get": {"summary": "Registered labels in order, each with its number of faces", "parameters": [
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50, "maximum": 1000}}],
+                    "responses": {"200": {"description": "one page", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
+                        "subjects": {"type": "array", "items": {"type": "object", "properties": {"label": {"type": "string"}, "faces": {"type": "integer"}}}}}}}}}}}
+            }),
+        ),
+        (
+            "/api/v1/subjects/{label}",
+            json!({
+                "patch": {"summary": "Rename a label (its faces join the new label if it exists)", "security": auth, "parameters": label_param,
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["label"], "properties": {"label": label.clone()}}}}},
+                    "responses": {"200": {"description": "label, renamed_from, faces (how many moved)"}, "400": err(), "401": err(), "403": err(), "404": err()}},
+                "delete": {"summary": "Delete a label's faces (and the photos no other face refers to)", "security": auth, "parameters": label_param,
+                    "responses": {"200": {"description": "label, deleted_faces"}, "400": err(), "401": err(), "403": err(), "404": err()}}
+            }),
+        ),
+    ]
 }

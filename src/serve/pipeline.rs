@@ -96,6 +96,20 @@ impl Pipeline {
         max: usize,
         between: &mut dyn FnMut() -> Result<()>,
     ) -> Result<(Vec<Found>, usize)> {
+        let mut faces = self.detect_stepwise(img, between)?;
+        let dropped = faces.len().saturating_sub(max);
+        faces.truncate(max);
+        Ok((self.embed_stepwise(img, faces, between)?, dropped))
+    }
+
+    /// Every face MTCNN finds, best-scored first, in the photo's pixels
+    /// (photos longer than DETECT_MAX_SIDE are detected scaled down);
+    /// `between` as in [`Pipeline::faces_stepwise`].
+    pub fn detect_stepwise(
+        &self,
+        img: &RgbImage,
+        between: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<Face>> {
         let long = img.width().max(img.height());
         let mut faces = if long > DETECT_MAX_SIDE {
             let s = DETECT_MAX_SIDE as f32 / long as f32;
@@ -125,10 +139,19 @@ impl Pipeline {
             self.mtcnn.detect_with(img, between)?
         };
         faces.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let dropped = faces.len().saturating_sub(max);
-        faces.truncate(max);
+        Ok(faces)
+    }
+
+    /// The normalised embedding of each face of `img`, in batches of
+    /// EMBED_BATCH, calling `between` before each batch.
+    pub fn embed_stepwise(
+        &self,
+        img: &RgbImage,
+        faces: Vec<Face>,
+        between: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<Found>> {
         if faces.is_empty() {
-            return Ok((vec![], dropped));
+            return Ok(vec![]);
         }
         let per = (self.size * self.size * 3) as usize;
         let mut emb = Vec::with_capacity(self.dim * faces.len());
@@ -149,17 +172,14 @@ impl Pipeline {
             let out = self.engine.run(&[&batch], chunk.len())?;
             emb.extend_from_slice(&out[0].as_f32()?);
         }
-        Ok((
-            faces
-                .into_iter()
-                .zip(emb.chunks(self.dim))
-                .map(|(face, e)| Found {
-                    face,
-                    embedding: l2_normalize(e),
-                })
-                .collect(),
-            dropped,
-        ))
+        Ok(faces
+            .into_iter()
+            .zip(emb.chunks(self.dim))
+            .map(|(face, e)| Found {
+                face,
+                embedding: l2_normalize(e),
+            })
+            .collect())
     }
 }
 

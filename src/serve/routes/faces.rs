@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{Multipart, Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,9 +16,10 @@ use crate::serve::auth::{CanRead, CanWrite};
 use crate::serve::budget::Budget;
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::fair::Client;
+use crate::serve::form::{Fields, PhotoForm};
 use crate::serve::storage::{FaceRecord, NewFace, PhotoFaces, MAX_EMBEDDINGS_PER_CALL};
 use crate::serve::{
-    blocking, check_label, count, decode_photo, photo_dimensions, read_multipart, urls, App, Photo,
+    blocking, check_label, count, decode_photo, photo_dimensions, urls, App, Photo,
 };
 use crate::serve::{MAX_BODY_BYTES, MAX_IMAGES};
 
@@ -56,6 +57,42 @@ pub(crate) async fn detect_each(
     who: IpAddr,
     photos: Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<Detected>, ApiError> {
+    Ok(
+        analyse_each(app, who, photos, |a, img, turn| a.faces(img, turn))
+            .await?
+            .into_iter()
+            .map(|p| Detected {
+                name: p.name,
+                bytes: p.bytes,
+                ext: p.ext,
+                faces: p.out.0,
+                dropped: p.out.1,
+            })
+            .collect(),
+    )
+}
+
+/// One uploaded photo and what `work` made of its pixels.
+pub(crate) struct Analysed<T> {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub ext: &'static str,
+    pub out: T,
+}
+
+/// What is done with a decoded photo, passing the turn on between steps.
+pub(crate) type PhotoWork<T> =
+    fn(&App, &image::RgbImage, &mut crate::serve::fair::Turn) -> Result<T, ApiError>;
+
+/// Check every photo's header (and the pixels of all together), then
+/// decode each and run `work` on it one at a time, each only once the
+/// memory budget has room for it and the client has a turn.
+pub(crate) async fn analyse_each<T: Send + 'static>(
+    app: &Arc<App>,
+    who: IpAddr,
+    photos: Vec<(String, Vec<u8>)>,
+    work: PhotoWork<T>,
+) -> Result<Vec<Analysed<T>>, ApiError> {
     let dims = photos
         .iter()
         .map(|(n, b)| photo_dimensions(n, b))
@@ -85,13 +122,12 @@ pub(crate) async fn detect_each(
                     ext,
                     img,
                 } = decode_photo(name, bytes)?;
-                let (faces, dropped) = a.faces(&img, &mut turn)?;
-                Ok(Detected {
+                let out = work(&a, &img, &mut turn)?;
+                Ok(Analysed {
                     name,
                     bytes,
                     ext,
-                    faces,
-                    dropped,
+                    out,
                 })
             })
             .await?,
@@ -180,16 +216,26 @@ pub async fn register(
     State(app): State<Arc<App>>,
     _: CanWrite,
     Client(who): Client,
-    mp: Multipart,
+    req: Request,
 ) -> ApiResult {
     count(&app);
-    let (images, label) = read_multipart(mp).await?;
-    let label = check_label(&label.ok_or_else(|| bad("missing form field 'label'"))?)?;
+    let mut form = PhotoForm::read(req, &REGISTER_FIELDS).await?;
+    let label = check_label(
+        form.text("label")
+            .ok_or_else(|| bad("missing form field 'label'"))?,
+    )?;
+    let images = form.take_photos("image");
     if images.is_empty() {
         return Err(bad("missing form field 'image'"));
     }
     register_photos(&app, who, images, &label).await
 }
+
+/// `POST /api/v1/faces`: one or more photos and their label.
+const REGISTER_FIELDS: Fields = Fields {
+    photos: &["image"],
+    texts: &["label"],
+};
 
 #[derive(Deserialize)]
 pub struct UrlsBody {
@@ -285,6 +331,24 @@ pub struct Page {
     limit: Option<u64>,
 }
 
+impl Page {
+    /// Offset (0) and limit (50, at most 1,000).
+    pub fn resolve(&self) -> (u64, u64) {
+        (
+            self.offset.unwrap_or(0),
+            self.limit.unwrap_or(50).clamp(1, 1000),
+        )
+    }
+
+    /// One page of a listing: `{"total", "offset", "limit", KEY: items}`.
+    pub fn page_json(&self, total: u64, key: &str, items: Value) -> Value {
+        let (offset, limit) = self.resolve();
+        let mut v = json!({ "total": total, "offset": offset, "limit": limit });
+        v[key] = items;
+        v
+    }
+}
+
 pub async fn list(
     State(app): State<Arc<App>>,
     _: CanRead,
@@ -292,15 +356,10 @@ pub async fn list(
 ) -> ApiResult {
     count(&app);
     let Query(p) = p.map_err(|e| bad(e.body_text()))?;
-    let offset = p.offset.unwrap_or(0);
-    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let (offset, limit) = p.resolve();
     let (total, faces) = app.storage.list(offset, limit).await?;
-    Ok(Json(json!({
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
-    })))
+    let faces: Vec<Value> = faces.iter().map(face_json).collect();
+    Ok(Json(p.page_json(total, "faces", json!(faces))))
 }
 
 fn parse_id(s: &str) -> Result<u64, ApiError> {

@@ -1,7 +1,9 @@
 //! The HTTP API, one module per resource; `router` assembles them.
 
+pub mod analyse;
 pub mod faces;
 pub mod search;
+pub mod subjects;
 pub mod system;
 
 use std::sync::Arc;
@@ -26,7 +28,10 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
         .route("/api/v1/openapi.json", get(system::openapi))
         .route("/api/v1/health", get(system::health))
         .route("/api/v1/stats", get(system::stats))
-        .route("/api/v1/faces", get(faces::list).post(faces::register))
+        .route(
+            "/api/v1/faces",
+            get(faces::list).post(faces::register).layer(photo_body()),
+        )
         .route("/api/v1/faces/urls", post(faces::register_urls))
         .route(
             "/api/v1/faces/embeddings",
@@ -34,8 +39,16 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
         )
         .route("/api/v1/faces/{id}", get(faces::get).delete(faces::delete))
         .route("/api/v1/images/{id}", get(faces::image))
-        .route("/api/v1/search", post(search::photo))
+        .route("/api/v1/search", post(search::photo).layer(photo_body()))
         .route("/api/v1/search/embeddings", post(search::embeddings))
+        .route("/api/v1/verify", post(analyse::verify).layer(photo_body()))
+        .route("/api/v1/detect", post(analyse::detect).layer(photo_body()))
+        .route("/api/v1/embed", post(analyse::embed).layer(photo_body()))
+        .route("/api/v1/subjects", get(subjects::list))
+        .route(
+            "/api/v1/subjects/{label}",
+            axum::routing::patch(subjects::rename).delete(subjects::delete),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -49,6 +62,11 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
         .layer(axum::middleware::map_response(security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
+}
+
+/// The body limit of routes that take photos (as a form or as base64).
+fn photo_body() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(crate::serve::form::MAX_PHOTO_BODY_BYTES)
 }
 
 /// A JSON body, with extractor rejections answered as JSON errors.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Multipart, Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -12,8 +12,15 @@ use super::{client_embedding, json_body};
 use crate::serve::auth::CanRead;
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::fair::Client;
+use crate::serve::form::{Fields, PhotoForm};
 use crate::serve::storage::{Match, MAX_QUERIES_PER_CALL};
-use crate::serve::{count, read_multipart, App};
+use crate::serve::{count, App};
+
+/// Routes that take one photo.
+pub(crate) const ONE_IMAGE: Fields = Fields {
+    photos: &["image"],
+    texts: &[],
+};
 
 /// Most matches per face.
 pub const MAX_K: usize = 100;
@@ -60,16 +67,13 @@ pub async fn photo(
     _: CanRead,
     Client(who): Client,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
-    mp: Multipart,
+    req: Request,
 ) -> ApiResult {
     count(&app);
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let (k, threshold) = check_k_threshold(&app, q.k, q.threshold)?;
-    let (mut images, _) = read_multipart(mp).await?;
-    if images.len() != 1 {
-        return Err(bad("send exactly one form field 'image'"));
-    }
-    let mut found = super::faces::detect_each(&app, who, vec![images.remove(0)]).await?;
+    let image = PhotoForm::read(req, &ONE_IMAGE).await?.one_photo("image")?;
+    let mut found = super::faces::detect_each(&app, who, vec![image]).await?;
     let d = found.remove(0);
     if d.faces.is_empty() {
         return Err(ApiError::new(

@@ -22,6 +22,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, RwLock};
 
+use super::l2sq;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
@@ -226,26 +227,6 @@ impl Vecs {
         }
         all.into_iter().map(|(key, d)| (key, d.sqrt())).collect()
     }
-}
-
-/// Squared Euclidean distance in 16 lanes (vectorised by the compiler;
-/// a plain sum is a serial dependency chain it may not reorder).
-fn l2sq(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 struct Context<'a>(&'a (Mutex<usize>, Condvar));

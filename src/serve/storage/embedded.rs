@@ -30,7 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::ann::{group_of, Ann, AnnOptions};
 use super::{
     check_dim, euclidean, f32_bytes, f32_from_bytes, now, Detection, FaceRecord, Match, NewFace,
-    PhotoFaces, Stats, Storage, StoreError, StoreResult, StoredPhoto,
+    PhotoFaces, Stats, Storage, StoreError, StoreResult, StoredPhoto, Subject,
 };
 
 /// Settings of the embedded backend.
@@ -536,6 +536,52 @@ impl Inner {
         Ok(true)
     }
 
+    fn delete_subject(&self, label: &str) -> StoreResult<u64> {
+        let mut w = self.writer();
+        let tx = w.transaction().map_err(sql_err)?;
+        let rows: Vec<(i64, Option<i64>)> = {
+            let mut st = tx
+                .prepare_cached("SELECT id, image_id FROM faces WHERE label = ?1")
+                .map_err(sql_err)?;
+            let rows = st
+                .query_map(params![label], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql_err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql_err)?
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        tx.execute("DELETE FROM faces WHERE label = ?1", params![label])
+            .map_err(sql_err)?;
+        {
+            let mut jr = tx
+                .prepare_cached("INSERT INTO journal(face_id, added) VALUES (?1, 0)")
+                .map_err(sql_err)?;
+            for (id, _) in &rows {
+                jr.execute(params![id]).map_err(sql_err)?;
+            }
+            let mut img = tx
+                .prepare_cached(
+                    "DELETE FROM images WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM faces WHERE image_id = ?1)",
+                )
+                .map_err(sql_err)?;
+            let images: std::collections::BTreeSet<i64> =
+                rows.iter().filter_map(|(_, i)| *i).collect();
+            for i in images {
+                img.execute(params![i]).map_err(sql_err)?;
+            }
+        }
+        let seq = tx.last_insert_rowid();
+        tx.commit().map_err(sql_err)?;
+        for (id, _) in &rows {
+            if let Err(e) = self.ann.remove(*id as u64) {
+                log(format!("index: {e} (the face is deleted from the store)"));
+            }
+        }
+        self.note_change(seq);
+        Ok(rows.len() as u64)
+    }
+
     fn search(&self, queries: Vec<Vec<f32>>, k: usize) -> StoreResult<Vec<Vec<Match>>> {
         use rayon::prelude::*;
         for q in &queries {
@@ -785,6 +831,76 @@ impl Storage for Embedded {
 
     async fn delete(&self, id: u64) -> StoreResult<bool> {
         self.blocking(move |i| i.delete(id)).await
+    }
+
+    async fn faces_of(&self, label: &str, limit: u64) -> StoreResult<Vec<FaceRecord>> {
+        let label = label.to_string();
+        self.blocking(move |i| {
+            i.with_reader(|c| {
+                let mut st = c
+                    .prepare_cached(&format!(
+                        "SELECT {FACE_COLUMNS} FROM faces WHERE label = ?1 ORDER BY id LIMIT ?2"
+                    ))
+                    .map_err(sql_err)?;
+                let rows = st
+                    .query_map(params![label, limit as i64], Inner::record)
+                    .map_err(sql_err)?;
+                let mut out = vec![];
+                for r in rows {
+                    out.push(Inner::to_record(r.map_err(sql_err)?)?);
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn subjects(&self, offset: u64, limit: u64) -> StoreResult<(u64, Vec<Subject>)> {
+        self.blocking(move |i| {
+            i.with_reader(|c| {
+                let total: i64 = c
+                    .query_row("SELECT count(DISTINCT label) FROM faces", [], |r| r.get(0))
+                    .map_err(sql_err)?;
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT label, count(*) FROM faces GROUP BY label ORDER BY label LIMIT ?1 OFFSET ?2",
+                    )
+                    .map_err(sql_err)?;
+                let rows = st
+                    .query_map(params![limit as i64, offset as i64], |r| {
+                        Ok(Subject {
+                            label: r.get(0)?,
+                            faces: r.get::<_, i64>(1)? as u64,
+                        })
+                    })
+                    .map_err(sql_err)?;
+                let out = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_err)?;
+                Ok((total as u64, out))
+            })
+        })
+        .await
+    }
+
+    async fn rename_subject(&self, from: &str, to: &str) -> StoreResult<u64> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.blocking(move |i| {
+            // Labels live in the store only (the index holds ids), so this
+            // is one statement.
+            let n = i
+                .writer()
+                .execute(
+                    "UPDATE faces SET label = ?2 WHERE label = ?1",
+                    params![from, to],
+                )
+                .map_err(sql_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn delete_subject(&self, label: &str) -> StoreResult<u64> {
+        let label = label.to_string();
+        self.blocking(move |i| i.delete_subject(&label)).await
     }
 
     async fn image(&self, id: u64) -> StoreResult<Option<(Vec<u8>, String)>> {

@@ -139,6 +139,17 @@ pub struct Stats {
     pub waiting: u64,
 }
 
+/// A label with its number of faces (`GET /api/v1/subjects`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subject {
+    pub label: String,
+    pub faces: u64,
+}
+
+/// Most faces one `faces_of` call returns (a verification against a label
+/// compares with each of them).
+pub const MAX_FACES_OF_LABEL: u64 = 10_000;
+
 /// Most faces in one `add_embeddings` call (`POST /api/v1/faces/embeddings`).
 pub const MAX_EMBEDDINGS_PER_CALL: usize = 10_000;
 /// Most queries in one `search` call (`POST /api/v1/search/embeddings`).
@@ -165,6 +176,17 @@ pub trait Storage: Send + Sync {
     /// Delete a face (and its photo once no face refers to it); false when
     /// there was no such face.
     async fn delete(&self, id: u64) -> StoreResult<bool>;
+    /// The faces registered under `label`, in id order, at most `limit`.
+    async fn faces_of(&self, label: &str, limit: u64) -> StoreResult<Vec<FaceRecord>>;
+    /// The number of labels and one page of them in label order, each with
+    /// its face count.
+    async fn subjects(&self, offset: u64, limit: u64) -> StoreResult<(u64, Vec<Subject>)>;
+    /// Give every face of `from` the label `to` (merging into `to` when it
+    /// exists already); how many faces changed.
+    async fn rename_subject(&self, from: &str, to: &str) -> StoreResult<u64>;
+    /// Delete every face of `label` (and the photos no face refers to any
+    /// more) in one transaction; how many faces.
+    async fn delete_subject(&self, label: &str) -> StoreResult<u64>;
     /// A stored photo's bytes and extension.
     async fn image(&self, id: u64) -> StoreResult<Option<(Vec<u8>, String)>>;
     async fn stats(&self) -> StoreResult<Stats>;
@@ -224,12 +246,29 @@ pub(crate) fn check_dim(v: &[f32], dim: usize) -> StoreResult<()> {
     Ok(())
 }
 
+/// Euclidean distance (what search results report).
 pub(crate) fn euclidean(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
+    l2sq(a, b).sqrt()
+}
+
+/// Squared Euclidean distance in 16 lanes (vectorised by the compiler;
+/// a plain sum is a serial dependency chain it may not reorder).
+pub(crate) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
         .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

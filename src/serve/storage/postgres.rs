@@ -20,7 +20,7 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     check_dim, now, Detection, FaceRecord, Match, NewFace, PhotoFaces, Stats, Storage, StoreError,
-    StoreResult, StoredPhoto,
+    StoreResult, StoredPhoto, Subject,
 };
 
 /// Schema migrations, applied in order; `faceall_meta.schema_version`
@@ -397,6 +397,83 @@ impl Storage for Postgres {
         }
         tx.commit().await.map_err(db_err)?;
         Ok(true)
+    }
+
+    async fn faces_of(&self, label: &str, limit: u64) -> StoreResult<Vec<FaceRecord>> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {FACE_COLUMNS} FROM faceall_faces WHERE label = $1 ORDER BY id LIMIT $2"
+                ),
+                &[&label, &(limit as i64)],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(face_of).collect()
+    }
+
+    async fn subjects(&self, offset: u64, limit: u64) -> StoreResult<(u64, Vec<Subject>)> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let total: i64 = c
+            .query_one("SELECT count(DISTINCT label) FROM faceall_faces", &[])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        let rows = c
+            .query(
+                "SELECT label, count(*) FROM faceall_faces GROUP BY label ORDER BY label LIMIT $1 OFFSET $2",
+                &[&(limit as i64), &(offset as i64)],
+            )
+            .await
+            .map_err(db_err)?;
+        let subjects = rows
+            .iter()
+            .map(|r| Subject {
+                label: r.get(0),
+                faces: r.get::<_, i64>(1) as u64,
+            })
+            .collect();
+        Ok((total as u64, subjects))
+    }
+
+    async fn rename_subject(&self, from: &str, to: &str) -> StoreResult<u64> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        c.execute(
+            "UPDATE faceall_faces SET label = $2 WHERE label = $1",
+            &[&from, &to],
+        )
+        .await
+        .map_err(db_err)
+    }
+
+    async fn delete_subject(&self, label: &str) -> StoreResult<u64> {
+        let mut c = self.pool.get().await.map_err(pool_err)?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let rows = tx
+            .query(
+                "DELETE FROM faceall_faces WHERE label = $1 RETURNING image_id",
+                &[&label],
+            )
+            .await
+            .map_err(db_err)?;
+        let mut images: Vec<i64> = rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<i64>>(0))
+            .collect();
+        images.sort_unstable();
+        images.dedup();
+        if !images.is_empty() {
+            tx.execute(
+                "DELETE FROM faceall_images i WHERE i.id = ANY($1)
+                 AND NOT EXISTS (SELECT 1 FROM faceall_faces f WHERE f.image_id = i.id)",
+                &[&images],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(rows.len() as u64)
     }
 
     async fn image(&self, id: u64) -> StoreResult<Option<(Vec<u8>, String)>> {

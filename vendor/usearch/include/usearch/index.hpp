@@ -2733,6 +2733,13 @@ class index_gt {
     member_iterator_t begin() noexcept { return {this, static_cast<compressed_slot_t>(0u)}; }
     member_iterator_t end() noexcept { return {this, static_cast<compressed_slot_t>(size())}; }
 
+    /// faceall's patch: start loading a node's head (its key and base-level
+    /// links) into the cache ahead of use; see `index_dense_gt::prefetch_t`.
+    void prefetch_node(compressed_slot_t slot) const noexcept {
+        byte_t const* tape = nodes_[slot].tape();
+        usearch_prefetch_m(tape);
+        usearch_prefetch_m(tape + 64);
+    }
     member_ref_t at(compressed_slot_t slot) noexcept { return {nodes_[slot].key(), slot}; }
     member_cref_t at(compressed_slot_t slot) const noexcept { return {nodes_[slot].ckey(), slot}; }
     member_iterator_t iterator_at(compressed_slot_t slot) noexcept { return {this, slot}; }
@@ -4452,6 +4459,27 @@ class index_gt {
         return static_cast<level_t>(-std::log(uniform) * pre_.inverse_log_connectivity);
     }
 
+    /**
+     *  faceall's patch: while the distance to neighbour @p i is computed, the
+     *  next unvisited neighbour's vector is loaded (hnswlib's pattern). The
+     *  whole list is not prefetched at once: 32 vectors of 1-2 KB are more
+     *  lines than the core can have in flight, and they would evict each
+     *  other from L1 before use.
+     */
+    template <typename prefetch_at>
+    static void prefetch_ahead_(prefetch_at& prefetch, neighbors_ref_t const& neighbors, std::size_t i,
+                                visits_hash_set_t const& visits) noexcept {
+        if constexpr (!is_dummy<prefetch_at>()) {
+            if (i + 1 < neighbors.size()) {
+                compressed_slot_t ahead = neighbors[i + 1];
+                if (!visits.test(ahead))
+                    prefetch.slot(ahead);
+            }
+        } else {
+            (void)prefetch, (void)neighbors, (void)i, (void)visits;
+        }
+    }
+
     struct candidates_range_t;
     class candidates_iterator_t {
         friend struct candidates_range_t;
@@ -4619,7 +4647,10 @@ class index_gt {
             if (!visits.reserve(visits.size() + candidate_neighbors.size()))
                 return false;
 
-            for (compressed_slot_t successor_slot : candidate_neighbors) {
+            std::size_t const neighbors_count = candidate_neighbors.size();
+            for (std::size_t i = 0; i != neighbors_count; ++i) {
+                compressed_slot_t successor_slot = candidate_neighbors[i];
+                prefetch_ahead_(prefetch, candidate_neighbors, i, visits);
                 if (visits.set(successor_slot))
                     continue;
 
@@ -4711,7 +4742,10 @@ class index_gt {
             if (!visits.reserve(visits.size() + candidate_neighbors.size()))
                 return false;
 
-            for (compressed_slot_t successor_slot : candidate_neighbors) {
+            std::size_t const neighbors_count = candidate_neighbors.size();
+            for (std::size_t i = 0; i != neighbors_count; ++i) {
+                compressed_slot_t successor_slot = candidate_neighbors[i];
+                prefetch_ahead_(prefetch, candidate_neighbors, i, visits);
                 if (visits.set(successor_slot))
                     continue;
 
@@ -4791,7 +4825,10 @@ class index_gt {
             if (!visits.reserve(visits.size() + candidate_neighbors.size()))
                 return false;
 
-            for (compressed_slot_t successor_slot : candidate_neighbors) {
+            std::size_t const neighbors_count = candidate_neighbors.size();
+            for (std::size_t i = 0; i != neighbors_count; ++i) {
+                compressed_slot_t successor_slot = candidate_neighbors[i];
+                prefetch_ahead_(prefetch, candidate_neighbors, i, visits);
                 if (visits.set(successor_slot))
                     continue;
 

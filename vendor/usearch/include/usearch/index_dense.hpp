@@ -455,6 +455,38 @@ class index_dense_gt {
         inline distance_t f(byte_t const* a, byte_t const* b) const noexcept { return index_->metric_(a, b); }
     };
 
+    /**
+     *  faceall's patch: the graph walk reads each unvisited neighbour's vector
+     *  (a separate allocation, 1-2 KB for a face) and its node (key and
+     *  links); with the default `dummy_prefetch_t` every one of those reads
+     *  waits on memory once the gallery outgrows the caches. `slot()` starts
+     *  loading one whole vector and the walk calls it one neighbour ahead
+     *  (`prefetch_ahead_`), so the load overlaps the current distance; the
+     *  range form loads the node heads of a candidate's unvisited neighbours,
+     *  which the key check and later expansions read. (Prefetching all their
+     *  vectors at once instead was no faster: more lines than the core keeps
+     *  in flight, evicting each other before use.)
+     */
+    class prefetch_t {
+        index_dense_gt const* index_ = nullptr;
+        std::size_t lines_ = 0;
+
+      public:
+        prefetch_t(index_dense_gt const& index) noexcept
+            : index_(&index), lines_((index.metric_.bytes_per_vector() + 63) / 64) {}
+
+        void slot(compressed_slot_t slot) const noexcept {
+            byte_t const* vector = index_->vectors_lookup_[slot];
+            for (std::size_t line = 0; line != lines_; ++line)
+                usearch_prefetch_m(vector + line * 64);
+        }
+
+        template <typename iterator_at> void operator()(iterator_at begin, iterator_at end) const noexcept {
+            for (; begin != end; ++begin)
+                index_->typed_->prefetch_node(static_cast<compressed_slot_t>(get_slot(begin)));
+        }
+    };
+
     index_dense_config_t config_;
     index_t* typed_ = nullptr;
 
@@ -2231,8 +2263,9 @@ class index_dense_gt {
         metric_proxy_t metric{*this};
         add_result_t result =
             reuse_node //
-                ? typed_->update(typed_->iterator_at(free_slot), key, vector_data, metric, update_config, on_success)
-                : typed_->add(key, vector_data, metric, update_config, on_success);
+                ? typed_->update(typed_->iterator_at(free_slot), key, vector_data, metric, update_config, on_success,
+                                 prefetch_t{*this})
+                : typed_->add(key, vector_data, metric, update_config, on_success, prefetch_t{*this});
         if (result && !key_mapped)
             return result.failed("Failed to map the key to its slot");
         return result;
@@ -2264,13 +2297,13 @@ class index_dense_gt {
             auto allow = [free_key_copy](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy;
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow, prefetch_t{*this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         } else {
             auto allow = [free_key_copy, &predicate](member_cref_t const& member) noexcept {
                 return (vector_key_t)member.key != free_key_copy && predicate(member.key);
             };
-            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow);
+            auto typed_result = typed_->search(vector_data, wanted, metric_proxy_t{*this}, search_config, allow, prefetch_t{*this});
             return search_result_t{std::move(typed_result), std::move(lock)};
         }
     }

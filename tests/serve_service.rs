@@ -577,3 +577,72 @@ fn subjects_are_listed_renamed_merged_and_deleted(store: Store) {
     assert_eq!(subjects(&s, "")["total"], 0);
     assert_eq!(faces_count(&s), 0);
 }
+
+/// `GET /metrics`: requests per route template with latency, detection
+/// time per photo and the gallery's size, in the OpenMetrics text format.
+#[test]
+fn metrics_count_routes_photos_and_the_gallery() {
+    let s = start(&Store::embedded(), &[]);
+    let (code, v) = post_photo(&s, "/api/v1/detect", &photo("query/obama1.jpg"));
+    assert_eq!(code, 200, "{v}");
+    let (gallery, _) = common::identity_gallery(1, 512, 9);
+    let faces: Vec<Value> = gallery
+        .iter()
+        .take(3)
+        .map(|e| json!({"label": "m", "embedding": e}))
+        .collect();
+    let (code, v) = post_json(
+        &s,
+        "/api/v1/faces/embeddings",
+        &json!({"faces": faces}),
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    let id = v["ids"][0].as_u64().unwrap();
+    assert_eq!(curl(&s, &[&format!("/api/v1/faces/{id}")]).0, 200);
+    assert_eq!(curl(&s, &["/api/v1/faces/999999"]).0, 404);
+    let o = std::process::Command::new("curl")
+        .args(["-s", "-i", &format!("{}/metrics", s.url)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    for line in [
+        r#"faceall_http_requests_total{method="POST",route="/api/v1/detect",status="200"} 1"#,
+        r#"faceall_http_requests_total{method="POST",route="/api/v1/faces/embeddings",status="200"} 1"#,
+        // Ids are not series: both face reads are one route, by status.
+        r#"faceall_http_requests_total{method="GET",route="/api/v1/faces/{id}",status="200"} 1"#,
+        r#"faceall_http_requests_total{method="GET",route="/api/v1/faces/{id}",status="404"} 1"#,
+        r#"faceall_http_request_duration_seconds_count{method="POST",route="/api/v1/detect",status="200"} 1"#,
+        "faceall_photo_detect_embed_seconds_count 1",
+        "faceall_gallery_faces 3",
+        "faceall_gallery_labels 1",
+        "# EOF",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "no line {line:?} in\n{body}"
+        );
+    }
+    // The detection took real time, and no more than the request did.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+    };
+    let photo = value("faceall_photo_detect_embed_seconds_sum");
+    let request = value(
+        r#"faceall_http_request_duration_seconds_sum{method="POST",route="/api/v1/detect",status="200"}"#,
+    );
+    assert!(
+        photo > 0.001 && photo <= request,
+        "photo {photo} s, request {request} s"
+    );
+}

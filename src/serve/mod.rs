@@ -14,6 +14,7 @@ pub(crate) mod fair;
 mod form;
 pub mod listen;
 mod metadata;
+mod metrics;
 mod openapi;
 mod pages;
 pub mod pipeline;
@@ -90,6 +91,7 @@ pub struct App {
     /// Time in detect + embed, and calls (for the load benchmark's ratio).
     pipeline_ns: AtomicU64,
     pipeline_calls: AtomicU64,
+    metrics: metrics::Metrics,
     /// The model's file name (never its absolute path).
     model: String,
 }
@@ -161,6 +163,9 @@ impl App {
         };
         self.pipeline_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.metrics
+            .photo_seconds
+            .observe(t.elapsed().as_secs_f64());
         self.pipeline_calls.fetch_add(1, Ordering::Relaxed);
         r
     }
@@ -236,6 +241,7 @@ pub fn serve(cfg: Config) -> Result<()> {
         started: Instant::now(),
         requests: AtomicU64::new(0),
         pipeline_ns: AtomicU64::new(0),
+        metrics: metrics::Metrics::default(),
         pipeline_calls: AtomicU64::new(0),
         model,
     });

@@ -151,7 +151,8 @@ pub fn document() -> Value {
             },
             "/api/v1/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/api/v1/stats": {"get": {"summary": "Counts (faces, labels, images, indexed, index_waiting: faces searched exactly beside the graph until the background inserts them), threshold, model, uptime", "responses": {"200": {"description": "ok"}}}},
-            "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}}
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text): faceall_http_requests_total and faceall_http_request_duration_seconds by method, route template and status; faceall_photo_detect_embed_seconds; faceall_gallery_faces, _labels, _images", "responses": {"200": {"description": "metrics", "content": {"application/openmetrics-text": {}}}, "401": err()}}}
         }
     });
     for (path, item) in analysis_paths(&auth, &label, &label_param) {

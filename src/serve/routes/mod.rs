@@ -49,6 +49,12 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
             "/api/v1/subjects/{label}",
             axum::routing::patch(subjects::rename).delete(subjects::delete),
         )
+        .route("/metrics", get(crate::serve::metrics::scrape))
+        // Inside routing, so the matched route template is known.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::serve::metrics::track,
+        ))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -514,7 +514,6 @@ fn the_url_fetcher_keeps_to_one_deadline_and_refuses_injection() {
         took < Duration::from_secs(8),
         "8 dripping URLs held the request {took:?}"
     );
-    let before = seen.lock().unwrap().len();
     let (code, v) = post_json(
         &s,
         "/api/v1/faces/urls",
@@ -524,10 +523,13 @@ fn the_url_fetcher_keeps_to_one_deadline_and_refuses_injection() {
     assert_eq!(code, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("control"), "{v}");
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        seen.lock().unwrap().len(),
-        before,
-        "the injected URL reached the host"
+    // By what the host saw, not how many connections: a drip connection of
+    // the request before may still be landing.
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|r| !r.contains("a.jpg") && !r.contains("evil") && !r.contains("admin")),
+        "the injected URL reached the host: {seen:?}"
     );
 }
 

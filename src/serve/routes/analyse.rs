@@ -89,15 +89,14 @@ pub async fn verify(
             }
         }
     }
-    let mut v = match (&label, found.as_slice()) {
+    let (distance, mut v) = match (&label, found.as_slice()) {
         (Some(l), [a]) => {
             let (distance, nearest) = registered
                 .iter()
                 .map(|r| (euclidean(&a.embedding, &r.embedding), r))
                 .min_by(|x, y| x.0.total_cmp(&y.0))
                 .ok_or_else(|| ApiError::internal("verify: no registered face"))?;
-            json!({
-                "distance": distance,
+            let v = json!({
                 "image1": face_json(&a.face),
                 "label": l,
                 "nearest": {
@@ -106,17 +105,20 @@ pub async fn verify(
                     "image_url": nearest.image_id.map(|i| format!("/api/v1/images/{i}")),
                 },
                 "registered_faces": registered.len(),
-            })
+            });
+            (distance, v)
         }
-        (None, [a, b]) => json!({
-            "distance": euclidean(&a.embedding, &b.embedding),
-            "image1": face_json(&a.face),
-            "image2": face_json(&b.face),
-        }),
+        (None, [a, b]) => (
+            euclidean(&a.embedding, &b.embedding),
+            json!({
+                "image1": face_json(&a.face),
+                "image2": face_json(&b.face),
+            }),
+        ),
         _ => return Err(ApiError::internal("verify: faces and photos disagree")),
     };
-    let distance = v["distance"].as_f64().unwrap_or(f64::INFINITY);
-    v["same_person"] = json!(distance <= threshold as f64);
+    v["distance"] = json!(distance);
+    v["same_person"] = json!(distance <= threshold);
     v["threshold"] = json!(threshold);
     Ok(Json(v))
 }

@@ -621,8 +621,8 @@ fn metrics_count_routes_photos_and_the_gallery() {
         r#"faceall_http_requests_total{method="GET",route="/api/v1/faces/{id}",status="404"} 1"#,
         r#"faceall_http_request_duration_seconds_count{method="POST",route="/api/v1/detect",status="200"} 1"#,
         "faceall_photo_detect_embed_seconds_count 1",
-        "faceall_gallery_faces 3",
-        "faceall_gallery_labels 1",
+        r#"faceall_gallery_faces{collection="default"} 3"#,
+        r#"faceall_gallery_labels{collection="default"} 1"#,
         "# EOF",
     ] {
         assert!(
@@ -645,4 +645,119 @@ fn metrics_count_routes_photos_and_the_gallery() {
         photo > 0.001 && photo <= request,
         "photo {photo} s, request {request} s"
     );
+}
+
+/// Every response carries a request id (the client's, when it sent a
+/// plain one), and the JSON log's access line for it names the id, the
+/// route template (never the raw path with its label) and the status.
+#[test]
+fn requests_carry_ids_into_json_logs() {
+    let store = Store::embedded();
+    let s = start(&store, &["--log-format", "json"]);
+    let head = |args: &[&str]| -> String {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null"])
+            .arg(format!("{}{}", s.url, args[0]))
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_ascii_lowercase()
+    };
+    let h = head(&[
+        "/api/v1/subjects/ann-smith",
+        "-X",
+        "DELETE",
+        "-H",
+        "X-Request-Id: trace-42.a",
+    ]);
+    assert!(h.contains("x-request-id: trace-42.a"), "{h}");
+    // A client's id that is not a plain token is replaced.
+    let h = head(&["/api/v1/stats", "-H", "X-Request-Id: <b>x</b>"]);
+    let id = h
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    assert!(!id.is_empty() && !id.contains('<'), "{h}");
+    let h = head(&["/no/such/route"]);
+    assert!(h.contains("x-request-id: "), "{h}");
+    // The log is JSON lines; the access lines carry id, route and status.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let log = std::fs::read_to_string(&s.log).unwrap();
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .collect();
+        let done = lines.iter().filter(|l| l["message"] == "request").count() >= 3;
+        if done || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let access = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == "request" && l["span"]["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no access line for {id}: {lines:?}"))
+    };
+    let a = access("trace-42.a");
+    assert_eq!(a["span"]["route"], "/api/v1/subjects/{label}", "{a}");
+    assert_eq!(a["span"]["method"], "DELETE", "{a}");
+    assert_eq!(a["status"], 404, "{a}");
+    assert!(
+        !a.to_string().contains("ann-smith"),
+        "the label is not logged: {a}"
+    );
+    let b = access(&id);
+    assert_eq!(
+        (b["span"]["route"].as_str(), b["status"].as_u64()),
+        (Some("/api/v1/stats"), Some(200)),
+        "{b}"
+    );
+    assert!(lines.iter().any(|l| l["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("listening on http://"))));
+}
+
+/// The OpenAPI document passes openapi-spec-validator (PyPI) and lists
+/// every API route the router has (read from the router's source, so a
+/// route added without its description fails here).
+#[test]
+fn the_openapi_document_is_valid_and_lists_every_route() {
+    let store = Store::embedded();
+    let s = start(&store, &[]);
+    let (code, doc) = curl(&s, &["/api/v1/openapi.json"]);
+    assert_eq!(code, 200);
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), doc.to_string()).unwrap();
+    let o = std::process::Command::new(common::python())
+        .args(["-m", "openapi_spec_validator"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let src = std::fs::read_to_string(common::root().join("src/serve/routes/mod.rs")).unwrap();
+    let routes: Vec<&str> = src
+        .split(".route(")
+        .skip(1)
+        .filter_map(|chunk| chunk.trim_start().strip_prefix('"')?.split('"').next())
+        .filter(|p| p.starts_with("/api/") || *p == "/metrics")
+        .collect();
+    assert!(routes.len() >= 15, "{routes:?}");
+    for r in routes {
+        assert!(
+            doc["paths"][r].is_object(),
+            "the OpenAPI document lacks {r}"
+        );
+    }
+    // Gallery routes say which collection they work on.
+    let params = doc["paths"]["/api/v1/search"]["post"]["parameters"].to_string();
+    assert!(params.contains("\"collection\""), "{params}");
 }

@@ -198,7 +198,7 @@ fn register_and_retrieve_through_the_pages(store: common::Store) {
     // The index links to both pages.
     b.go(&url);
     let links = b.js("return [...document.querySelectorAll('a')].map(a => a.getAttribute('href'))");
-    for l in ["/register", "/retrieve"] {
+    for l in ["/register", "/retrieve", "/gallery"] {
         assert!(links.as_array().unwrap().iter().any(|x| x == l), "{links}");
     }
 
@@ -272,4 +272,85 @@ fn register_and_retrieve_through_the_pages(store: common::Store) {
     );
     assert_eq!(drawn, true, "no box drawn on the photo");
     b.screenshot(&shots.join("retrieve.png"));
+
+    // The gallery: every registered person with a thumbnail per face.
+    let labels: Vec<String> = people
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    b.go(&format!("{url}/gallery"));
+    let people_shown =
+        "return [...document.querySelectorAll('section.person')].map(s => s.dataset.label)";
+    wait_until("the gallery", || {
+        b.js(people_shown)
+            .as_array()
+            .is_some_and(|a| a.len() == labels.len())
+    });
+    assert_eq!(b.js(people_shown), json!(labels));
+    wait_until("gallery thumbnails", || {
+        b.js("const c=[...document.querySelectorAll('.person canvas')];return c.length>0 && c.every(x => x.width === 96)")
+            == true
+    });
+    let api_faces = http("GET", &format!("{url}/api/v1/stats"), None)["faces"]
+        .as_u64()
+        .unwrap();
+    let shown = b.js("return document.querySelectorAll('.person .face').length");
+    assert_eq!(
+        shown.as_u64(),
+        Some(api_faces),
+        "every face has a thumbnail"
+    );
+    b.screenshot(&shots.join("gallery.png"));
+    // Delete one of Biden's faces from the page (after the confirmation).
+    let before = http("GET", &format!("{url}/api/v1/subjects/biden"), None)["faces"]
+        .as_array()
+        .unwrap()
+        .len();
+    b.click("section.person[data-label='biden'] .face button.delete");
+    wait_until("the confirmation", || {
+        http("GET", &format!("{}/alert/text", b.base), None)["value"].is_string()
+    });
+    b.cmd("POST", "/alert/accept", json!({}));
+    wait_until("the deletion", || {
+        b.js("return document.getElementById('status').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("deleted"))
+    });
+    let after = http("GET", &format!("{url}/api/v1/subjects/biden"), None)["faces"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert_eq!(after, before - 1, "the face is deleted on the server");
+    let shown = b.js(
+        "return document.querySelectorAll(\"section.person[data-label='biden'] .face\").length",
+    );
+    assert_eq!(shown.as_u64(), Some(after as u64));
+
+    // Per collection: a new collection shows only what was registered in it.
+    let created = http(
+        "POST",
+        &format!("{url}/api/v1/collections"),
+        Some(&json!({"name": "vip"})),
+    );
+    assert_eq!(created["name"], "vip", "{created}");
+    let photo = shared().join("images/faces/train/obama/obama2.jpg");
+    let o = Command::new("curl")
+        .args(["-s", "-F", "label=obama", "-F"])
+        .arg(format!("image=@{}", photo.display()))
+        .arg(format!("{url}/api/v1/faces?collection=vip"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"registered\""));
+    b.go(&format!("{url}/gallery?collection=vip"));
+    wait_until("the vip gallery", || {
+        b.js("return document.getElementById('status').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("collection vip"))
+    });
+    assert_eq!(b.js(people_shown), json!(["obama"]));
+    wait_until("vip thumbnails", || {
+        b.js("const c=[...document.querySelectorAll('.person canvas')];return c.length>0 && c.every(x => x.width === 96)")
+            == true
+    });
+    b.screenshot(&shots.join("gallery-vip.png"));
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod convert;
 mod inspect;
+mod register;
 mod serve;
 mod verify;
 
@@ -33,6 +34,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Serve face register and retrieve over HTTP (JSON API and web pages).
     Serve(Box<serve::Args>),
+    /// Register a folder tree of photos (one subfolder per person) into a server or a store.
+    Register(Box<register::Args>),
 }
 
 pub fn main() -> ExitCode {
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
         Cmd::VerifyParity(a) => verify::run(*a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Serve(a) => serve::run(*a),
+        Cmd::Register(a) => register::run(*a),
     };
     match result {
         Ok(code) => code,

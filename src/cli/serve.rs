@@ -80,6 +80,10 @@ pub struct Args {
     /// internal CA)
     #[arg(long)]
     url_ca_file: Option<std::path::PathBuf>,
+    /// Log lines as text or JSON objects (one per event; each request's carry its id); the level
+    /// is FACEALL_LOG (info by default)
+    #[arg(long, default_value = "text")]
+    log_format: faceall::serve::log::LogFormat,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -132,6 +136,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         threshold: a.threshold,
         allow_url_hosts: a.allow_url_hosts,
         url_ca_file: a.url_ca_file,
+        log_format: a.log_format,
     })
     .context("serve")?;
     Ok(ExitCode::SUCCESS)

@@ -47,7 +47,7 @@ impl ApiError {
     /// the log gets the details.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         let n = ERRORS.fetch_add(1, Ordering::Relaxed);
-        eprintln!("faceall serve: error {n}: {detail}");
+        tracing::error!(error = n, "{detail}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("internal error (error {n} in the server's log)"),
@@ -78,7 +78,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(d) => {
                 let n = ERRORS.fetch_add(1, Ordering::Relaxed);
-                eprintln!("faceall serve: error {n}: {d}");
+                tracing::error!(error = n, "{d}");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the face database is unavailable; try again shortly",
@@ -87,12 +87,14 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Full(d) => {
                 let n = ERRORS.fetch_add(1, Ordering::Relaxed);
-                eprintln!("faceall serve: error {n}: {d}");
+                tracing::error!(error = n, "{d}");
                 ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "the server's storage is full; nothing was stored",
                 )
             }
+            StoreError::Busy(d) => ApiError::internal(d),
+            StoreError::Exists(m) => ApiError::new(StatusCode::CONFLICT, m),
             StoreError::Invalid(m) => bad(m),
             StoreError::Internal(d) => ApiError::internal(d),
         }

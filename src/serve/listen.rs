@@ -118,7 +118,7 @@ pub async fn run(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE / ENFILE / ECONNABORTED: wait for descriptors to free up.
-                    eprintln!("faceall serve: accept: {e}");
+                    tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -2,7 +2,7 @@
 //! Prometheus project's own Rust client: requests and their latency per
 //! route (the matched route template, never the raw path, so ids and labels
 //! do not explode the series), time in detection + embedding per photo, and
-//! the gallery's size read from the store at scrape time.
+//! the gallery's size per collection, read from the stores at scrape time.
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::auth::CanRead;
+use super::auth::Admin;
 use super::error::ApiError;
 use super::App;
 
@@ -30,6 +30,13 @@ pub struct RouteLabels {
     pub route: String,
     pub status: u16,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectionLabel {
+    pub collection: String,
+}
+
+type PerCollection = Family<CollectionLabel, Gauge<i64, AtomicI64>>;
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms to about 16 s.
@@ -42,9 +49,9 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// Seconds of detection + embedding per photo.
     pub photo_seconds: Histogram,
-    faces: Gauge<i64, AtomicI64>,
-    labels: Gauge<i64, AtomicI64>,
-    images: Gauge<i64, AtomicI64>,
+    faces: PerCollection,
+    labels: PerCollection,
+    images: PerCollection,
 }
 
 impl Default for Metrics {
@@ -70,9 +77,9 @@ impl Default for Metrics {
             "Time in face detection and embedding per photo",
             photo_seconds.clone(),
         );
-        let faces = Gauge::<i64, AtomicI64>::default();
-        let labels = Gauge::<i64, AtomicI64>::default();
-        let images = Gauge::<i64, AtomicI64>::default();
+        let faces = PerCollection::default();
+        let labels = PerCollection::default();
+        let images = PerCollection::default();
         registry.register("gallery_faces", "Registered faces", faces.clone());
         registry.register("gallery_labels", "Registered labels", labels.clone());
         registry.register("gallery_images", "Stored photos", images.clone());
@@ -111,13 +118,22 @@ pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     r
 }
 
-/// `GET /metrics`.
-pub async fn scrape(State(app): State<Arc<App>>, _: CanRead) -> Result<Response, ApiError> {
-    let s = app.storage.stats().await?;
+/// `GET /metrics` (the admin token: the series name every collection).
+pub async fn scrape(State(app): State<Arc<App>>, _: Admin) -> Result<Response, ApiError> {
     let m = &app.metrics;
-    m.faces.set(s.faces as i64);
-    m.labels.set(s.labels as i64);
-    m.images.set(s.images as i64);
+    // Deleted collections leave no series behind.
+    m.faces.clear();
+    m.labels.clear();
+    m.images.clear();
+    for c in app.collections.list() {
+        let s = c.storage.stats().await?;
+        let l = CollectionLabel {
+            collection: c.name.clone(),
+        };
+        m.faces.get_or_create(&l).set(s.faces as i64);
+        m.labels.get_or_create(&l).set(s.labels as i64);
+        m.images.get_or_create(&l).set(s.images as i64);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &m.registry)
         .map_err(ApiError::internal)?;

@@ -13,6 +13,7 @@ mod error;
 pub(crate) mod fair;
 mod form;
 pub mod listen;
+pub mod log;
 mod metadata;
 mod metrics;
 mod openapi;
@@ -66,6 +67,7 @@ pub struct Config {
     pub keep_exif: bool,
     /// Time all URLs of one registration may take to fetch, together.
     pub url_fetch_time: std::time::Duration,
+    pub log_format: log::LogFormat,
 }
 
 /// Embedding-endpoint calls at once (each uses every core).
@@ -73,7 +75,7 @@ const INDEX_CONCURRENCY: usize = 2;
 
 pub struct App {
     pipe: Pipeline,
-    storage: Arc<dyn storage::Storage>,
+    collections: storage::collections::Collections,
     auth: auth::Auth,
     budget: budget::Budget,
     /// Turns for photo work, round-robin between client addresses.
@@ -200,6 +202,7 @@ fn tune_allocator() {
 /// Load the models and the store, then serve until Ctrl-C or SIGTERM;
 /// the store is closed (the embedded index saved) on the way out.
 pub fn serve(cfg: Config) -> Result<()> {
+    log::init(cfg.log_format);
     tune_allocator();
     let t = Instant::now();
     let pipe = Pipeline::load(&cfg.model, &cfg.mtcnn)?;
@@ -212,8 +215,8 @@ pub fn serve(cfg: Config) -> Result<()> {
     };
     let dim = pipe.dim;
     let limits = cfg.limits;
-    let storage = rt
-        .block_on(storage::open(cfg.backend, dim))
+    let collections = rt
+        .block_on(storage::collections::Collections::open(cfg.backend, dim))
         .map_err(|e| Error::Usage(format!("cannot open the {backend_name}: {e}")))?;
     let model = cfg
         .model
@@ -224,7 +227,7 @@ pub fn serve(cfg: Config) -> Result<()> {
         .map_err(Error::Usage)?;
     let app = Arc::new(App {
         pipe,
-        storage: storage.clone(),
+        collections,
         auth: auth::Auth::new(cfg.token, cfg.public_read),
         budget: budget::Budget::new(cfg.max_memory),
         turns: fair::FairGate::new(
@@ -246,13 +249,20 @@ pub fn serve(cfg: Config) -> Result<()> {
         model,
     });
     rt.block_on(async move {
-        let faces = storage.stats().await.map(|s| s.faces).unwrap_or(0);
-        eprintln!(
-            "faceall serve: {faces} faces in the {backend_name}; ready in {:.2} s",
+        let mut faces = 0;
+        let all = app.collections.list();
+        for c in &all {
+            faces += c.storage.stats().await.map(|s| s.faces).unwrap_or(0);
+        }
+        tracing::info!(
+            "{faces} faces in {} collection(s) of the {backend_name}; ready in {:.2} s",
+            all.len(),
             t.elapsed().as_secs_f64()
         );
+        drop(all);
+        let closing = app.clone();
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-        eprintln!("listening on http://{}", listener.local_addr()?);
+        tracing::info!("listening on http://{}", listener.local_addr()?);
         listen::run(
             listener,
             routes::router(app, limits),
@@ -260,8 +270,8 @@ pub fn serve(cfg: Config) -> Result<()> {
             shutdown_signal(),
         )
         .await?;
-        if let Err(e) = storage.close().await {
-            eprintln!("faceall serve: closing the store: {e}");
+        if let Err(e) = closing.collections.close().await {
+            tracing::error!("closing the store: {e}");
         }
         Ok::<_, std::io::Error>(())
     })?;

@@ -60,7 +60,7 @@ pub fn document() -> Value {
         "info": {
             "title": "faceall serve",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Register faces and retrieve the closest registered faces. Distances are Euclidean between L2-normalised FaceNet embeddings (0 to 2). Every error is JSON {\"error\": ...}; 503 (with Retry-After) when the database is unavailable, 507 when the server's disk is full (nothing stored)."
+            "description": "Register faces and retrieve the closest registered faces. Distances are Euclidean between L2-normalised FaceNet embeddings (0 to 2). Faces live in collections (`?collection=`, default `default`), each a gallery of its own with its own key. Every response carries X-Request-Id (the client's, if it sent a plain one), also in the server's log. Every error is JSON {\"error\": ...}; 503 (with Retry-After) when the database is unavailable, 507 when the server's disk is full (nothing stored)."
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -158,7 +158,67 @@ pub fn document() -> Value {
     for (path, item) in analysis_paths(&auth, &label, &label_param) {
         doc["paths"][path] = item;
     }
+    for (path, item) in collection_paths(&auth) {
+        doc["paths"][path] = item;
+    }
+    // Every route on a gallery takes ?collection=.
+    let collection = json!({"name": "collection", "in": "query",
+        "description": "the collection (default `default`); a collection's key works in its own only (403 elsewhere), the admin token in all; 404 for one that does not exist",
+        "schema": {"type": "string", "default": "default", "pattern": "^[a-z0-9][a-z0-9_-]{0,47}$"}});
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let on_gallery = [
+                "/api/v1/faces",
+                "/api/v1/images",
+                "/api/v1/search",
+                "/api/v1/subjects",
+                "/api/v1/stats",
+                "/api/v1/verify",
+            ]
+            .iter()
+            .any(|p| path.starts_with(p));
+            let Some(ops) = item.as_object_mut().filter(|_| on_gallery) else {
+                continue;
+            };
+            for op in ops.values_mut() {
+                match op["parameters"].as_array_mut() {
+                    Some(ps) => ps.push(collection.clone()),
+                    None => op["parameters"] = json!([collection.clone()]),
+                }
+            }
+        }
+    }
     doc
+}
+
+/// The collections routes (admin token).
+fn collection_paths(auth: &Value) -> Vec<(&'static str, Value)> {
+    let name = json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,47}$"});
+    vec![
+        (
+            "/api/v1/collections",
+            json!({
+                "post": {"summary": "Create a collection: a gallery of its own with its own API key (shown only in this answer; the server keeps its SHA-256)", "security": auth,
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": name}}}}},
+                    "responses": {"201": {"description": "created", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "api_key": {"type": "string"}, "created": {"type": "integer"}}}}}},
+                        "400": err(), "401": err(), "403": err(), "409": err()}},
+                "get": {"summary": "Every collection with its counts (never its key)", "security": auth,
+                    "responses": {"200": {"description": "collections", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "collections": {"type": "array", "items": {"type": "object", "properties": {
+                            "name": {"type": "string"}, "faces": {"type": "integer"}, "labels": {"type": "integer"}, "images": {"type": "integer"}, "created": {"type": "integer"}}}}}}}}},
+                        "401": err(), "403": err()}}
+            }),
+        ),
+        (
+            "/api/v1/collections/{name}",
+            json!({
+                "delete": {"summary": "Delete a collection with its faces, photos and key (`default` cannot be deleted)", "security": auth,
+                    "parameters": [{"name": "name", "in": "path", "required": true, "schema": name}],
+                    "responses": {"200": {"description": "deleted, faces"}, "400": err(), "401": err(), "403": err(), "404": err()}}
+            }),
+        ),
+    ]
 }
 
 /// The paths of verify, detect, embed and subjects (apart from the rest:
@@ -212,6 +272,13 @@ fn analysis_paths(auth: &Value, label: &Value, label_param: &Value) -> Vec<(&'st
         (
             "/api/v1/subjects/{label}",
             json!({
+                "get": {"summary": "A label's faces in id order, paged (more: a next page has faces)", "parameters": [
+                    label_param[0].clone(),
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50, "maximum": 1000}}],
+                    "responses": {"200": {"description": "one page", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "label": {"type": "string"}, "offset": {"type": "integer"}, "limit": {"type": "integer"}, "more": {"type": "boolean"},
+                        "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}}}}}}}, "404": err()}},
                 "patch": {"summary": "Rename a label (its faces join the new label if it exists)", "security": auth, "parameters": label_param,
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["label"], "properties": {"label": label.clone()}}}}},
                     "responses": {"200": {"description": "label, renamed_from, faces (how many moved)"}, "400": err(), "401": err(), "403": err(), "404": err()}},

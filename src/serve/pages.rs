@@ -1,6 +1,7 @@
 //! The web pages: `/` links to `/register` (photos or URLs) and `/retrieve`
 //! (a photo in; every face boxed on it and its matches shown as the
-//! registered photos, cropped to the matched face, with distances). Plain
+//! registered photos, cropped to the matched face, with distances) and
+//! `/gallery` (the people of a collection with their faces). Plain
 //! HTML with a little JavaScript over the JSON API.
 
 use axum::response::Html;
@@ -13,7 +14,7 @@ fieldset{margin:1rem 0;padding:1rem} label{display:block;margin:.4rem 0}
 .face canvas{border:1px solid #ccc} table{border-collapse:collapse} td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd}
 </style>"#;
 
-const NAV: &str = r#"<nav><a href="/">faceall</a><a href="/register">Register</a><a href="/retrieve">Retrieve</a><a href="/api/v1/openapi.json">API</a></nav>"#;
+const NAV: &str = r#"<nav><a href="/">faceall</a><a href="/register">Register</a><a href="/retrieve">Retrieve</a><a href="/gallery">Gallery</a><a href="/api/v1/openapi.json">API</a></nav>"#;
 
 const TOKEN_JS: &str = r#"<script>
 function authHeaders(){const e=document.getElementById('token');const t=(e?e.value:(sessionStorage.getItem('faceall-token')||'')).trim();if(t){sessionStorage.setItem('faceall-token',t);return {'Authorization':'Bearer '+t};}return {};}
@@ -33,6 +34,7 @@ pub async fn index() -> Html<String> {
         r#"<p>Face register and retrieve with a FaceNet model converted by <code>faceall convert-tf</code>, MTCNN detection and an HNSW index.</p>
 <ul><li><a href="/register">Register</a> faces under a name, from photos or URLs.</li>
 <li><a href="/retrieve">Retrieve</a> the registered faces closest to the faces in a photo.</li>
+<li><a href="/gallery">Gallery</a>: the registered people of a collection with their faces.</li>
 <li><a href="/api/v1/openapi.json">The JSON API</a> (OpenAPI 3).</li></ul>
 <p id="stats"></p>
 <script>fetch('/api/v1/stats',{headers:authHeaders()}).then(r=>r.json()).then(s=>{document.getElementById('stats').textContent=s.error?'':s.faces+' faces of '+s.labels+' people registered; match threshold '+s.threshold+'.';});</script>"#,
@@ -86,6 +88,48 @@ document.getElementById('q').addEventListener('submit',async e=>{e.preventDefaul
  for(const [i,f] of j.results.entries()){const sec=document.createElement('section');sec.className='result';sec.innerHTML='<h3 style="color:'+colors[i%colors.length]+'">Face '+(i+1)+'</h3>'+(f.matches.length?'':'<p class="nomatch">No registered face within the threshold.</p>');out.appendChild(sec);
   for(const m of f.matches){const d=document.createElement('div');d.className='face match';const cv=document.createElement('canvas');d.appendChild(cv);d.insertAdjacentHTML('beforeend','<div class="label">'+esc(m.label)+'</div><div class="distance">distance '+m.distance.toFixed(3)+'</div>');sec.appendChild(d);if(m.image_url)authedUrl(m.image_url).then(loadImg).then(im=>cropTo(cv,im,m.box));}}
 });
+</script>"#,
+    )
+}
+
+/// `/gallery`: the registered people of a collection with their faces
+/// (thumbnails cropped from the stored photos), a delete button per face,
+/// and a collection picker (the collections list when the token may read
+/// it, else a name field).
+pub async fn gallery() -> Html<String> {
+    page(
+        "Gallery",
+        r#"<label>Token (if the server needs one) <input id="token" type="password" autocomplete="off"></label>
+<form id="pick"><label>Collection <input id="collection" list="collections" value="default" pattern="[a-z0-9][a-z0-9_\-]{0,47}"><datalist id="collections"></datalist></label>
+<button id="load">Show</button></form>
+<div id="status"></div><div id="people"></div><button id="more" style="display:none">More people</button>
+<script>
+function esc(s){return String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
+function loadImg(src){return new Promise((ok,no)=>{const i=new Image();i.onload=()=>ok(i);i.onerror=no;i.src=src;});}
+function cropTo(canvas,img,b){if(!b){b=[0,0,img.width,img.height];}const w=b[2]-b[0],h=b[3]-b[1],m=0.2;const x=Math.max(0,b[0]-w*m),y=Math.max(0,b[1]-h*m),W=Math.min(img.width-x,w*(1+2*m)),H=Math.min(img.height-y,h*(1+2*m));canvas.width=96;canvas.height=Math.round(96*H/W);canvas.getContext('2d').drawImage(img,x,y,W,H,0,0,canvas.width,canvas.height);}
+let coll='default',offset=0;
+function q(extra){return '?collection='+encodeURIComponent(coll)+(extra||'');}
+function status(ok,t){const s=document.getElementById('status');s.className=ok?'ok':'err';s.textContent=t;}
+async function api(path,opts){const r=await fetch(path,Object.assign({headers:authHeaders()},opts||{}));const j=await r.json().catch(()=>({error:'HTTP '+r.status}));if(!r.ok)throw new Error(j.error||('HTTP '+r.status));return j;}
+async function collections(){try{const j=await api('/api/v1/collections');const d=document.getElementById('collections');d.innerHTML='';for(const c of j.collections){const o=document.createElement('option');o.value=c.name;o.textContent=c.name+' ('+c.faces+' faces)';d.appendChild(o);}}catch(e){}}
+async function person(sec,s){
+ const j=await api('/api/v1/subjects/'+encodeURIComponent(s.label)+q('&limit=1000'));
+ const row=sec.querySelector('.faces');
+ for(const f of j.faces){const d=document.createElement('div');d.className='face';d.dataset.id=f.id;const cv=document.createElement('canvas');d.appendChild(cv);
+  const b=document.createElement('button');b.className='delete';b.textContent='delete';b.title='delete face '+f.id;d.appendChild(document.createElement('br'));d.appendChild(b);row.appendChild(d);
+  b.addEventListener('click',async()=>{if(!confirm('Delete this face of '+s.label+'?'))return;try{await api('/api/v1/faces/'+f.id+q(),{method:'DELETE'});d.remove();const n=row.querySelectorAll('.face').length;sec.querySelector('.count').textContent=n+' face(s)';if(!n)sec.remove();status(true,'face '+f.id+' deleted');}catch(e){status(false,e.message);}});
+  if(f.image_url)authedUrl(f.image_url).then(loadImg).then(im=>cropTo(cv,im,f.box)).catch(()=>{});}
+}
+async function page(){
+ try{const j=await api('/api/v1/subjects'+q('&limit=50&offset='+offset));const out=document.getElementById('people');
+  for(const s of j.subjects){const sec=document.createElement('section');sec.className='person';sec.dataset.label=s.label;sec.innerHTML='<h3>'+esc(s.label)+' <small class="count">'+s.faces+' face(s)</small></h3><div class="faces"></div>';out.appendChild(sec);await person(sec,s);}
+  offset+=j.subjects.length;document.getElementById('more').style.display=offset<j.total?'':'none';
+  status(true,j.total+' people in collection '+coll);}catch(e){status(false,e.message);}
+}
+async function show(){coll=document.getElementById('collection').value.trim()||'default';offset=0;document.getElementById('people').innerHTML='';const u=new URL(location);u.searchParams.set('collection',coll);history.replaceState(null,'',u);await page();}
+document.getElementById('pick').addEventListener('submit',e=>{e.preventDefault();show();});
+document.getElementById('more').addEventListener('click',page);
+window.addEventListener('load',()=>{const c=new URL(location).searchParams.get('collection');if(c)document.getElementById('collection').value=c;collections();show();});
 </script>"#,
     )
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::faces::{analyse_each, PhotoWork};
 use super::search::ONE_IMAGE;
 use crate::detect::mtcnn::Face;
-use crate::serve::auth::CanRead;
+use crate::serve::auth::{after_upload, CanRead, ReadIn};
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::fair::Client;
 use crate::serve::form::{Fields, PhotoForm};
@@ -36,14 +36,19 @@ const VERIFY_FIELDS: Fields = Fields {
 /// `POST /api/v1/verify`: are the largest faces of `image1` and `image2`
 /// (or of `image1` and the closest face registered as `label`) the same
 /// person, by the server's threshold or `?threshold=`.
+///
+/// Two photos need any credential; a label is looked up in the request's
+/// collection and needs the right to read it.
 pub async fn verify(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    model: Result<CanRead, ApiError>,
+    gallery: Result<ReadIn, ApiError>,
     Client(who): Client,
     q: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> ApiResult {
     count(&app);
+    let (_, req) = after_upload(model, req).await?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let threshold = q.threshold.unwrap_or(app.threshold);
     if !(threshold.is_finite() && threshold >= 0.0) {
@@ -62,15 +67,16 @@ pub async fn verify(
         }
     };
     // A label is looked up before any photo work is spent.
-    let registered = match &label {
+    let (registered, coll) = match &label {
         Some(l) => {
-            let faces = app.storage.faces_of(l, MAX_FACES_OF_LABEL).await?;
+            let ReadIn(coll) = gallery?;
+            let faces = coll.storage.faces_of(l, MAX_FACES_OF_LABEL).await?;
             if faces.is_empty() {
                 return Err(super::subjects::no_subject(l));
             }
-            faces
+            (faces, Some(coll))
         }
-        None => vec![],
+        None => (vec![], None),
     };
     let mut photos = vec![first];
     photos.append(&mut second);
@@ -102,8 +108,10 @@ pub async fn verify(
                 "nearest": {
                     "id": nearest.id,
                     "box": nearest.detection.map(|d| d.bbox),
-                    "image_url": nearest.image_id.map(|i| format!("/api/v1/images/{i}")),
+                    "image_url": nearest.image_id.zip(coll.as_ref())
+                        .map(|(i, c)| super::faces::image_url(i, &c.name)),
                 },
+                "collection": coll.as_ref().map(|c| c.name.clone()),
                 "registered_faces": registered.len(),
             });
             (distance, v)
@@ -127,11 +135,11 @@ pub async fn verify(
 /// score), best-scored first; nothing is stored or searched.
 pub async fn detect(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    auth: Result<CanRead, ApiError>,
     Client(who): Client,
     req: Request,
 ) -> ApiResult {
-    let faces = one_photo(&app, who, req, |a, img, turn| a.detect(img, turn)).await?;
+    let faces = one_photo(&app, auth, who, req, |a, img, turn| a.detect(img, turn)).await?;
     let faces: Vec<Value> = faces.iter().map(face_json).collect();
     Ok(Json(json!({ "faces": faces })))
 }
@@ -140,11 +148,12 @@ pub async fn detect(
 /// (L2-normalised, the vectors search uses), at most --max-faces of them.
 pub async fn embed(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    auth: Result<CanRead, ApiError>,
     Client(who): Client,
     req: Request,
 ) -> ApiResult {
-    let (found, dropped) = one_photo(&app, who, req, |a, img, turn| a.faces(img, turn)).await?;
+    let (found, dropped) =
+        one_photo(&app, auth, who, req, |a, img, turn| a.faces(img, turn)).await?;
     let faces: Vec<Value> = found
         .iter()
         .map(|f| {
@@ -163,11 +172,13 @@ pub async fn embed(
 /// The one photo `image` of a request, through `work`.
 async fn one_photo<T: Send + 'static>(
     app: &Arc<App>,
+    auth: Result<CanRead, ApiError>,
     who: std::net::IpAddr,
     req: Request,
     work: PhotoWork<T>,
 ) -> Result<T, ApiError> {
     count(app);
+    let (_, req) = after_upload(auth, req).await?;
     let image = PhotoForm::read(req, &ONE_IMAGE).await?.one_photo("image")?;
     let mut out = analyse_each(app, who, vec![image], work).await?;
     out.pop()

@@ -12,18 +12,28 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{client_embedding, json_body};
-use crate::serve::auth::{CanRead, CanWrite};
+use crate::serve::auth::{after_upload, ReadIn, WriteIn};
 use crate::serve::budget::Budget;
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::fair::Client;
 use crate::serve::form::{Fields, PhotoForm};
+use crate::serve::storage::collections::Collection;
 use crate::serve::storage::{FaceRecord, NewFace, PhotoFaces, MAX_EMBEDDINGS_PER_CALL};
 use crate::serve::{
     blocking, check_label, count, decode_photo, photo_dimensions, urls, App, Photo,
 };
 use crate::serve::{MAX_BODY_BYTES, MAX_IMAGES};
 
-pub fn face_json(r: &FaceRecord) -> Value {
+/// Where a stored photo is served, in its collection.
+pub fn image_url(id: u64, collection: &str) -> String {
+    if collection == crate::serve::storage::collections::DEFAULT {
+        format!("/api/v1/images/{id}")
+    } else {
+        format!("/api/v1/images/{id}?collection={collection}")
+    }
+}
+
+pub fn face_json(r: &FaceRecord, collection: &str) -> Value {
     json!({
         "id": r.id,
         "label": r.label,
@@ -31,7 +41,7 @@ pub fn face_json(r: &FaceRecord) -> Value {
         "landmarks": r.detection.map(|d| d.landmarks),
         "score": r.detection.map(|d| d.score),
         "image_id": r.image_id,
-        "image_url": r.image_id.map(|i| format!("/api/v1/images/{i}")),
+        "image_url": r.image_id.map(|i| image_url(i, collection)),
         "created": r.created,
     })
 }
@@ -84,15 +94,9 @@ pub(crate) struct Analysed<T> {
 pub(crate) type PhotoWork<T> =
     fn(&App, &image::RgbImage, &mut crate::serve::fair::Turn) -> Result<T, ApiError>;
 
-/// Check every photo's header (and the pixels of all together), then
-/// decode each and run `work` on it one at a time, each only once the
-/// memory budget has room for it and the client has a turn.
-pub(crate) async fn analyse_each<T: Send + 'static>(
-    app: &Arc<App>,
-    who: IpAddr,
-    photos: Vec<(String, Vec<u8>)>,
-    work: PhotoWork<T>,
-) -> Result<Vec<Analysed<T>>, ApiError> {
+/// Every photo's dimensions from its header, and the pixels of all
+/// together within MAX_REQUEST_PIXELS.
+fn check_headers(photos: &[(String, Vec<u8>)]) -> Result<Vec<(u32, u32)>, ApiError> {
     let dims = photos
         .iter()
         .map(|(n, b)| photo_dimensions(n, b))
@@ -105,6 +109,19 @@ pub(crate) async fn analyse_each<T: Send + 'static>(
             pixels / 1_000_000
         )));
     }
+    Ok(dims)
+}
+
+/// Check every photo's header (and the pixels of all together), then
+/// decode each and run `work` on it one at a time, each only once the
+/// memory budget has room for it and the client has a turn.
+pub(crate) async fn analyse_each<T: Send + 'static>(
+    app: &Arc<App>,
+    who: IpAddr,
+    photos: Vec<(String, Vec<u8>)>,
+    work: PhotoWork<T>,
+) -> Result<Vec<Analysed<T>>, ApiError> {
+    let dims = check_headers(&photos)?;
     let mut out = vec![];
     for ((name, bytes), (w, h)) in photos.into_iter().zip(dims) {
         // Room in memory first (whoever fits goes), then a turn (round
@@ -137,38 +154,76 @@ pub(crate) async fn analyse_each<T: Send + 'static>(
 }
 
 /// Detect and embed every photo, then store the photos that have faces
-/// and their faces in one transaction.
+/// and their faces in one transaction. A photo registered under this label
+/// already (the same bytes) is answered with its stored faces and not
+/// processed again, so sending a folder twice, or resuming a bulk import,
+/// stores nothing twice.
 async fn register_photos(
     app: &Arc<App>,
+    coll: &Collection,
     who: IpAddr,
     photos: Vec<(String, Vec<u8>)>,
     label: &str,
 ) -> ApiResult {
-    let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>)> = detect_each(app, who, photos)
-        .await?
-        .into_iter()
-        .map(|mut d| {
-            let f = std::mem::take(&mut d.faces);
-            (d, f)
-        })
-        .collect();
-    if found.iter().all(|(_, f)| f.is_empty()) {
+    use sha2::{Digest, Sha256};
+    // The limits hold for the request as sent, photos seen before included.
+    check_headers(&photos)?;
+    let mut results = vec![];
+    let mut fresh = vec![];
+    let mut hashes = vec![];
+    for (name, bytes) in photos {
+        let h: [u8; 32] = Sha256::digest(&bytes).into();
+        match coll.storage.photo_by_hash(h, label).await? {
+            Some(s) => results.push(json!({
+                "image": name,
+                "image_id": s.image_id,
+                "faces": s.faces.iter().map(|f| face_json(f, &coll.name)).collect::<Vec<_>>(),
+                "already_registered": true,
+                "message": "this photo is registered under this label already; nothing stored",
+            })),
+            None if hashes.contains(&h) => results.push(json!({
+                "image": name,
+                "faces": [],
+                "already_registered": true,
+                "message": "the same photo twice in one request; registered once",
+            })),
+            None => {
+                hashes.push(h);
+                fresh.push((name, bytes));
+            }
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(Json(
+            json!({ "collection": coll.name, "registered": 0, "images": results }),
+        ));
+    }
+    let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>, [u8; 32])> =
+        detect_each(app, who, fresh)
+            .await?
+            .into_iter()
+            .zip(hashes)
+            .map(|(mut d, h)| {
+                let f = std::mem::take(&mut d.faces);
+                (d, f, h)
+            })
+            .collect();
+    if results.is_empty() && found.iter().all(|(_, f, _)| f.is_empty()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "no face found in {}: nothing registered",
                 found
                     .iter()
-                    .map(|(p, _)| p.name.as_str())
+                    .map(|(p, _, _)| p.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         ));
     }
-    let mut results = vec![];
     let mut to_store = vec![];
     let mut names = vec![];
-    for (p, faces) in found {
+    for (p, faces, sha256) in found {
         if faces.is_empty() {
             results.push(json!({"image": p.name, "faces": [], "message": "no face found; nothing registered"}));
             continue;
@@ -181,6 +236,7 @@ async fn register_photos(
                 crate::serve::metadata::strip(p.bytes)
             },
             ext: p.ext,
+            sha256,
             faces: faces
                 .into_iter()
                 .map(|f| NewFace {
@@ -191,14 +247,14 @@ async fn register_photos(
                 .collect(),
         });
     }
-    let stored = app.storage.register(to_store).await?;
+    let stored = coll.storage.register(to_store).await?;
     let mut registered = 0;
     for ((name, dropped), s) in names.into_iter().zip(stored) {
         registered += s.faces.len();
         let mut v = json!({
             "image": name,
             "image_id": s.image_id,
-            "faces": s.faces.iter().map(face_json).collect::<Vec<_>>(),
+            "faces": s.faces.iter().map(|f| face_json(f, &coll.name)).collect::<Vec<_>>(),
         });
         if dropped > 0 {
             v["faces_not_registered"] = json!(dropped);
@@ -209,16 +265,19 @@ async fn register_photos(
         }
         results.push(v);
     }
-    Ok(Json(json!({ "registered": registered, "images": results })))
+    Ok(Json(
+        json!({ "collection": coll.name, "registered": registered, "images": results }),
+    ))
 }
 
 pub async fn register(
     State(app): State<Arc<App>>,
-    _: CanWrite,
+    auth: Result<WriteIn, ApiError>,
     Client(who): Client,
     req: Request,
 ) -> ApiResult {
     count(&app);
+    let (WriteIn(coll), req) = after_upload(auth, req).await?;
     let mut form = PhotoForm::read(req, &REGISTER_FIELDS).await?;
     let label = check_label(
         form.text("label")
@@ -228,7 +287,7 @@ pub async fn register(
     if images.is_empty() {
         return Err(bad("missing form field 'image'"));
     }
-    register_photos(&app, who, images, &label).await
+    register_photos(&app, &coll, who, images, &label).await
 }
 
 /// `POST /api/v1/faces`: one or more photos and their label.
@@ -245,7 +304,7 @@ pub struct UrlsBody {
 
 pub async fn register_urls(
     State(app): State<Arc<App>>,
-    _: CanWrite,
+    WriteIn(coll): WriteIn,
     Client(who): Client,
     body: Result<Json<UrlsBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
@@ -272,7 +331,7 @@ pub async fn register_urls(
             serde_json::to_string(&per_url).unwrap_or_default()
         )));
     }
-    let Json(mut v) = register_photos(&app, who, photos, &label).await?;
+    let Json(mut v) = register_photos(&app, &coll, who, photos, &label).await?;
     if let Some(imgs) = v["images"].as_array_mut() {
         imgs.extend(per_url);
     }
@@ -294,7 +353,7 @@ pub struct EmbeddingsBody {
 /// (migrations from other systems, index measurements).
 pub async fn add_embeddings(
     State(app): State<Arc<App>>,
-    _: CanWrite,
+    WriteIn(coll): WriteIn,
     Client(who): Client,
     body: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
@@ -306,7 +365,7 @@ pub async fn add_embeddings(
             body.faces.len()
         )));
     }
-    let dim = app.storage.dim();
+    let dim = coll.storage.dim();
     let faces = body
         .faces
         .into_iter()
@@ -321,8 +380,8 @@ pub async fn add_embeddings(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let _turn = app.index_turns.enter(who).await?;
-    let ids = app.storage.add_embeddings(faces).await?;
-    Ok(Json(json!({ "ids": ids })))
+    let ids = coll.storage.add_embeddings(faces).await?;
+    Ok(Json(json!({ "collection": coll.name, "ids": ids })))
 }
 
 #[derive(Deserialize)]
@@ -351,14 +410,14 @@ impl Page {
 
 pub async fn list(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    ReadIn(coll): ReadIn,
     p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     count(&app);
     let Query(p) = p.map_err(|e| bad(e.body_text()))?;
     let (offset, limit) = p.resolve();
-    let (total, faces) = app.storage.list(offset, limit).await?;
-    let faces: Vec<Value> = faces.iter().map(face_json).collect();
+    let (total, faces) = coll.storage.list(offset, limit).await?;
+    let faces: Vec<Value> = faces.iter().map(|f| face_json(f, &coll.name)).collect();
     Ok(Json(p.page_json(total, "faces", json!(faces))))
 }
 
@@ -369,29 +428,29 @@ fn parse_id(s: &str) -> Result<u64, ApiError> {
 
 pub async fn get(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    ReadIn(coll): ReadIn,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
     count(&app);
     let id = parse_id(&id)?;
-    let r = app
+    let r = coll
         .storage
         .face(id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no face {id}")))?;
-    let mut v = face_json(&r);
+    let mut v = face_json(&r, &coll.name);
     v["embedding"] = json!(r.embedding);
     Ok(Json(v))
 }
 
 pub async fn delete(
     State(app): State<Arc<App>>,
-    _: CanWrite,
+    WriteIn(coll): WriteIn,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult {
     count(&app);
     let id = parse_id(&id)?;
-    if app.storage.delete(id).await? {
+    if coll.storage.delete(id).await? {
         Ok(Json(json!({ "deleted": id })))
     } else {
         Err(ApiError::new(
@@ -403,12 +462,12 @@ pub async fn delete(
 
 pub async fn image(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    ReadIn(coll): ReadIn,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     count(&app);
     let id = parse_id(&id)?;
-    let (bytes, ext) = app
+    let (bytes, ext) = coll
         .storage
         .image(id)
         .await?

@@ -1,6 +1,7 @@
 //! The HTTP API, one module per resource; `router` assembles them.
 
 pub mod analyse;
+pub mod collections;
 pub mod faces;
 pub mod search;
 pub mod subjects;
@@ -25,6 +26,7 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
         .route("/", get(pages::index))
         .route("/register", get(pages::register))
         .route("/retrieve", get(pages::retrieve))
+        .route("/gallery", get(pages::gallery))
         .route("/api/v1/openapi.json", get(system::openapi))
         .route("/api/v1/health", get(system::health))
         .route("/api/v1/stats", get(system::stats))
@@ -44,10 +46,20 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
         .route("/api/v1/verify", post(analyse::verify).layer(photo_body()))
         .route("/api/v1/detect", post(analyse::detect).layer(photo_body()))
         .route("/api/v1/embed", post(analyse::embed).layer(photo_body()))
+        .route(
+            "/api/v1/collections",
+            get(collections::list).post(collections::create),
+        )
+        .route(
+            "/api/v1/collections/{name}",
+            axum::routing::delete(collections::delete),
+        )
         .route("/api/v1/subjects", get(subjects::list))
         .route(
             "/api/v1/subjects/{label}",
-            axum::routing::patch(subjects::rename).delete(subjects::delete),
+            get(subjects::faces)
+                .patch(subjects::rename)
+                .delete(subjects::delete),
         )
         .route("/metrics", get(crate::serve::metrics::scrape))
         // Inside routing, so the matched route template is known.
@@ -55,6 +67,7 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
             app.clone(),
             crate::serve::metrics::track,
         ))
+        .route_layer(axum::middleware::from_fn(crate::serve::log::record_route))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -66,6 +79,7 @@ pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
             crate::serve::listen::deadline(limits.request_timeout, req, next)
         }))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(crate::serve::log::requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{client_embedding, json_body};
-use crate::serve::auth::CanRead;
+use crate::serve::auth::{after_upload, ReadIn};
 use crate::serve::error::{bad, ApiError, ApiResult};
 use crate::serve::fair::Client;
 use crate::serve::form::{Fields, PhotoForm};
@@ -47,7 +47,7 @@ fn check_k_threshold(
     Ok((k, threshold))
 }
 
-fn matches_json(ms: &[Match], threshold: f32) -> Vec<Value> {
+fn matches_json(ms: &[Match], threshold: f32, collection: &str) -> Vec<Value> {
     ms.iter()
         .filter(|m| m.distance <= threshold)
         .map(|m| {
@@ -56,7 +56,7 @@ fn matches_json(ms: &[Match], threshold: f32) -> Vec<Value> {
                 "label": m.label,
                 "distance": m.distance,
                 "box": m.bbox,
-                "image_url": m.image_id.map(|i| format!("/api/v1/images/{i}")),
+                "image_url": m.image_id.map(|i| super::faces::image_url(i, collection)),
             })
         })
         .collect()
@@ -64,12 +64,13 @@ fn matches_json(ms: &[Match], threshold: f32) -> Vec<Value> {
 
 pub async fn photo(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    auth: Result<ReadIn, ApiError>,
     Client(who): Client,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
     req: Request,
 ) -> ApiResult {
     count(&app);
+    let (ReadIn(coll), req) = after_upload(auth, req).await?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let (k, threshold) = check_k_threshold(&app, q.k, q.threshold)?;
     let image = PhotoForm::read(req, &ONE_IMAGE).await?.one_photo("image")?;
@@ -83,7 +84,7 @@ pub async fn photo(
     }
     let (faces, dropped) = (d.faces, d.dropped);
     let queries = faces.iter().map(|f| f.embedding.clone()).collect();
-    let found = app.storage.search(queries, k).await?;
+    let found = coll.storage.search(queries, k).await?;
     let results: Vec<Value> = faces
         .iter()
         .zip(found)
@@ -92,11 +93,11 @@ pub async fn photo(
                 "box": f.face.bbox,
                 "landmarks": f.face.landmarks,
                 "score": f.face.score,
-                "matches": matches_json(&ms, threshold),
+                "matches": matches_json(&ms, threshold, &coll.name),
             })
         })
         .collect();
-    let mut v = json!({ "threshold": threshold, "results": results });
+    let mut v = json!({ "collection": coll.name, "threshold": threshold, "results": results });
     if dropped > 0 {
         v["faces_not_searched"] = json!(dropped);
     }
@@ -114,7 +115,7 @@ pub struct EmbeddingsQuery {
 /// embedding, in query order.
 pub async fn embeddings(
     State(app): State<Arc<App>>,
-    _: CanRead,
+    ReadIn(coll): ReadIn,
     Client(who): Client,
     body: Result<Json<EmbeddingsQuery>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
@@ -127,7 +128,7 @@ pub async fn embeddings(
             body.embeddings.len()
         )));
     }
-    let dim = app.storage.dim();
+    let dim = coll.storage.dim();
     let queries = body
         .embeddings
         .into_iter()
@@ -135,10 +136,12 @@ pub async fn embeddings(
         .map(|(i, v)| client_embedding(v, dim, &format!("embedding {i}")))
         .collect::<Result<Vec<_>, _>>()?;
     let _turn = app.index_turns.enter(who).await?;
-    let found = app.storage.search(queries, k).await?;
+    let found = coll.storage.search(queries, k).await?;
     let results: Vec<Value> = found
         .iter()
-        .map(|ms| json!({ "matches": matches_json(ms, threshold) }))
+        .map(|ms| json!({ "matches": matches_json(ms, threshold, &coll.name) }))
         .collect();
-    Ok(Json(json!({ "threshold": threshold, "results": results })))
+    Ok(Json(
+        json!({ "collection": coll.name, "threshold": threshold, "results": results }),
+    ))
 }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::serve::auth::CanRead;
+use crate::serve::auth::ReadIn;
 use crate::serve::error::ApiResult;
 use crate::serve::{count, openapi as doc, App};
 
@@ -15,15 +15,17 @@ use crate::serve::{count, openapi as doc, App};
 /// database is gone is not healthy: 503).
 pub async fn health(State(app): State<Arc<App>>) -> ApiResult {
     count(&app);
-    app.storage.stats().await?;
+    let c = app.collections.default_collection()?;
+    c.storage.stats().await?;
     Ok(Json(
-        json!({ "status": "ok", "backend": app.storage.backend() }),
+        json!({ "status": "ok", "backend": c.storage.backend() }),
     ))
 }
 
-pub async fn stats(State(app): State<Arc<App>>, _: CanRead) -> ApiResult {
+/// The counts of the request's collection and the server's own.
+pub async fn stats(State(app): State<Arc<App>>, ReadIn(coll): ReadIn) -> ApiResult {
     count(&app);
-    let s = app.storage.stats().await?;
+    let s = coll.storage.stats().await?;
     let calls = app.pipeline_calls.load(Ordering::Relaxed).max(1);
     let mean_ms = app.pipeline_ns.load(Ordering::Relaxed) as f64 / calls as f64 / 1e6;
     Ok(Json(json!({
@@ -32,7 +34,9 @@ pub async fn stats(State(app): State<Arc<App>>, _: CanRead) -> ApiResult {
         "images": s.images,
         "indexed": s.indexed,
         "index_waiting": s.waiting,
-        "backend": app.storage.backend(),
+        "collection": coll.name,
+        "collections": app.collections.list().len(),
+        "backend": coll.storage.backend(),
         "threshold": app.threshold,
         "model": app.model,
         "uptime_seconds": app.started.elapsed().as_secs(),

@@ -538,8 +538,8 @@ impl Ann {
             // Stored and in the index, only not found by a search at this
             // ef (seen at a million faces): not a reason to refuse the
             // batch or, at start, the whole store.
-            eprintln!(
-                "faceall serve: index: {} vector(s) not found by a search for themselves after re-insertion (kept; a larger --ef-search finds more)",
+            tracing::warn!(
+                "index: {} vector(s) not found by a search for themselves after re-insertion (kept; a larger --ef-search finds more)",
                 lost.len()
             );
         }

@@ -58,7 +58,14 @@ impl Options {
     }
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: the SHA-256 of each photo as uploaded, so a photo sent again
+/// under the same label is recognised (and a bulk import resumes).
+const TO_VERSION_2: &str = "
+ALTER TABLE images ADD COLUMN sha256 BLOB;
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images(
@@ -125,16 +132,19 @@ struct Inner {
 pub struct Embedded {
     inner: Arc<Inner>,
     saver: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// An exclusive lock on `DIR/lock` from open to close (or drop): two
+    /// processes on one store would each keep an index of their own.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("faceall serve: {}", msg.as_ref());
+    tracing::info!("{}", msg.as_ref());
 }
 
 impl Embedded {
     pub async fn open(opts: Options, dim: usize) -> StoreResult<Self> {
         let o = opts.clone();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(o, dim))
+        let (inner, lock) = tokio::task::spawn_blocking(move || Inner::open(o, dim))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))??;
         let inner = Arc::new(inner);
@@ -146,6 +156,7 @@ impl Embedded {
         Ok(Embedded {
             inner,
             saver: Mutex::new(Some(saver)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -161,10 +172,29 @@ impl Embedded {
 }
 
 impl Inner {
-    fn open(opts: Options, dim: usize) -> StoreResult<Self> {
+    /// The store and its lock.
+    fn open(opts: Options, dim: usize) -> StoreResult<(Self, std::fs::File)> {
         let dir = opts.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::Internal(format!("{}: {e}", dir.display())))?;
+        let lock_path = dir.join("lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| StoreError::Internal(format!("{}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Busy(format!(
+                    "{} is in use by another faceall process (a running `faceall serve`?)",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Internal(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )))
+            }
+        }
         let db = dir.join("faces.db");
         let mut w = open_conn(&db)?;
         let version: i64 = w
@@ -177,6 +207,11 @@ impl Inner {
             )));
         }
         w.execute_batch(SCHEMA).map_err(sql_err)?;
+        if version < 2 {
+            let tx = w.transaction().map_err(sql_err)?;
+            tx.execute_batch(TO_VERSION_2).map_err(sql_err)?;
+            tx.commit().map_err(sql_err)?;
+        }
         w.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(sql_err)?;
         // The dimension is fixed by the first face stored.
@@ -275,7 +310,7 @@ impl Inner {
         // What was replayed or rebuilt is saved by the background saver
         // (first_unsaved is set), so the server listens without waiting
         // for a save of the whole index.
-        Ok(inner)
+        Ok((inner, lock))
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -452,8 +487,8 @@ impl Inner {
             let mut added = vec![];
             for p in photos {
                 tx.execute(
-                    "INSERT INTO images(ext, bytes, created) VALUES (?1, ?2, ?3)",
-                    params![p.ext, p.bytes, created as i64],
+                    "INSERT INTO images(ext, bytes, created, sha256) VALUES (?1, ?2, ?3, ?4)",
+                    params![p.ext, p.bytes, created as i64, p.sha256.as_slice()],
                 )
                 .map_err(sql_err)?;
                 let image_id = tx.last_insert_rowid() as u64;
@@ -855,6 +890,39 @@ impl Storage for Embedded {
         .await
     }
 
+    async fn photo_by_hash(
+        &self,
+        sha256: [u8; 32],
+        label: &str,
+    ) -> StoreResult<Option<StoredPhoto>> {
+        let label = label.to_string();
+        self.blocking(move |i| {
+            i.with_reader(|c| {
+                let mut st = c
+                    .prepare_cached(&format!(
+                        "SELECT {FACE_COLUMNS} FROM faces WHERE label = ?1 AND image_id =
+                         (SELECT i.id FROM images i WHERE i.sha256 = ?2 AND EXISTS
+                            (SELECT 1 FROM faces f WHERE f.image_id = i.id AND f.label = ?1)
+                          ORDER BY i.id LIMIT 1)
+                         ORDER BY id"
+                    ))
+                    .map_err(sql_err)?;
+                let rows = st
+                    .query_map(params![label, sha256.as_slice()], Inner::record)
+                    .map_err(sql_err)?;
+                let mut faces = vec![];
+                for r in rows {
+                    faces.push(Inner::to_record(r.map_err(sql_err)?)?);
+                }
+                Ok(faces
+                    .first()
+                    .and_then(|f| f.image_id)
+                    .map(|image_id| StoredPhoto { image_id, faces }))
+            })
+        })
+        .await
+    }
+
     async fn subjects(&self, offset: u64, limit: u64) -> StoreResult<(u64, Vec<Subject>)> {
         self.blocking(move |i| {
             i.with_reader(|c| {
@@ -946,11 +1014,15 @@ impl Storage for Embedded {
         if let Some(h) = h {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        self.blocking(|i| {
-            i.ann.drain().map_err(StoreError::Internal)?;
-            i.save()
-        })
-        .await
+        let saved = self
+            .blocking(|i| {
+                i.ann.drain().map_err(StoreError::Internal)?;
+                i.save()
+            })
+            .await;
+        // Another process may open the store from here on.
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+        saved
     }
 }
 

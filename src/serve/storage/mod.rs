@@ -14,6 +14,7 @@
 //! do it), and distances are Euclidean between normalised vectors (0 to 2).
 
 pub mod ann;
+pub mod collections;
 pub mod embedded;
 mod legacy;
 pub mod postgres;
@@ -32,6 +33,12 @@ pub enum StoreError {
     /// The disk is full: nothing of the request was written (507).
     #[error("storage full: {0}")]
     Full(String),
+    /// Another process holds the store (a second server on one `--data`).
+    #[error("{0}")]
+    Busy(String),
+    /// What the request would create exists already (409).
+    #[error("{0}")]
+    Exists(String),
     /// The request does not fit the store (wrong dimension...): 400.
     #[error("{0}")]
     Invalid(String),
@@ -94,6 +101,8 @@ pub struct PhotoFaces {
     pub bytes: Vec<u8>,
     /// "jpg" or "png".
     pub ext: &'static str,
+    /// SHA-256 of the photo as uploaded (before metadata is stripped).
+    pub sha256: [u8; 32],
     pub faces: Vec<NewFace>,
 }
 
@@ -178,6 +187,13 @@ pub trait Storage: Send + Sync {
     async fn delete(&self, id: u64) -> StoreResult<bool>;
     /// The faces registered under `label`, in id order, at most `limit`.
     async fn faces_of(&self, label: &str, limit: u64) -> StoreResult<Vec<FaceRecord>>;
+    /// The photo with this SHA-256 (as uploaded) registered under
+    /// `label`, with its faces of that label; None when there is none.
+    async fn photo_by_hash(
+        &self,
+        sha256: [u8; 32],
+        label: &str,
+    ) -> StoreResult<Option<StoredPhoto>>;
     /// The number of labels and one page of them in label order, each with
     /// its face count.
     async fn subjects(&self, offset: u64, limit: u64) -> StoreResult<(u64, Vec<Subject>)>;
@@ -204,7 +220,7 @@ pub enum Backend {
 pub async fn open(backend: Backend, dim: usize) -> StoreResult<Arc<dyn Storage>> {
     Ok(match backend {
         Backend::Embedded(o) => Arc::new(embedded::Embedded::open(o, dim).await?),
-        Backend::Postgres { url } => Arc::new(postgres::Postgres::open(&url, dim).await?),
+        Backend::Postgres { url } => Arc::new(postgres::Postgres::open(&url, dim, None).await?),
     })
 }
 

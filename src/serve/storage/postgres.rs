@@ -25,7 +25,8 @@ use super::{
 
 /// Schema migrations, applied in order; `faceall_meta.schema_version`
 /// says how many ran. `{dim}` is the model's embedding size.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE TABLE faceall_images(
     id BIGSERIAL PRIMARY KEY,
@@ -43,7 +44,12 @@ CREATE INDEX faceall_faces_image ON faceall_faces(image_id);
 CREATE INDEX faceall_faces_label ON faceall_faces(label);
 CREATE INDEX faceall_faces_embedding ON faceall_faces
     USING hnsw (embedding vector_l2_ops) WITH (m = 16, ef_construction = 64);
-"];
+",
+    "
+ALTER TABLE faceall_images ADD COLUMN sha256 BYTEA;
+CREATE INDEX faceall_images_sha256 ON faceall_images(sha256);
+",
+];
 
 /// pgvector's `hnsw.ef_search` for every search: 100 gives identity
 /// recall@5 of 0.99+ on 100k synthetic faces (scripts/bench_index; the
@@ -109,29 +115,152 @@ impl Postgres {
     /// Connect (libpq URIs, `?host=/socket/dir` included), create or
     /// migrate the schema. An unreachable database or a refused login is
     /// an error here, before the server listens.
-    pub async fn open(url: &str, dim: usize) -> StoreResult<Self> {
-        let cfg = tokio_postgres::Config::from_str(url)
+    ///
+    /// `collection`: a collection other than `default` lives in the schema
+    /// `faceall_c_NAME` (created here), which its connections put first on
+    /// their search path; `default` uses the database's own search path.
+    pub async fn open(url: &str, dim: usize, collection: Option<&str>) -> StoreResult<Self> {
+        let mut cfg = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
-        let mgr = Manager::from_config(
-            cfg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(16)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
-            .recycle_timeout(Some(POOL_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Internal(format!("database pool: {e}")))?;
-        let pg = Postgres { pool, dim };
+        if let Some(name) = collection {
+            let schema = quote_ident(&schema_of(name));
+            // The schema must exist before a connection can use it.
+            let boot = make_pool(cfg.clone(), 1)?;
+            let c = boot.get().await.map_err(pool_err)?;
+            c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(db_err)?;
+            drop(c);
+            boot.close();
+            cfg.options(format!("-c search_path={schema},public"));
+        }
+        let pg = Postgres {
+            pool: make_pool(cfg, POOL_SIZE)?,
+            dim,
+        };
         pg.migrate().await?;
         Ok(pg)
     }
 
+    /// The catalog of collections (in the default schema).
+    pub(crate) async fn catalog_init(&self) -> StoreResult<()> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS faceall_collections(
+                name TEXT PRIMARY KEY,
+                key_sha256 BYTEA NOT NULL,
+                created BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(db_err)
+    }
+
+    pub(crate) async fn catalog_rows(&self) -> StoreResult<Vec<super::collections::Row>> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let rows = c
+            .query(
+                "SELECT name, key_sha256, created FROM faceall_collections ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::collections::Row {
+                    name: r.try_get(0).map_err(db_err)?,
+                    key_sha256: r.try_get(1).map_err(db_err)?,
+                    created: r.try_get::<_, i64>(2).map_err(db_err)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn catalog_add(&self, row: &super::collections::Row) -> StoreResult<()> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        c.execute(
+            "INSERT INTO faceall_collections(name, key_sha256, created) VALUES ($1, $2, $3)",
+            &[&row.name, &row.key_sha256, &(row.created as i64)],
+        )
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn catalog_remove(&self, name: &str) -> StoreResult<()> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        c.execute("DELETE FROM faceall_collections WHERE name = $1", &[&name])
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Drop a collection's schema with its tables.
+    pub(crate) async fn drop_schema(&self, name: &str) -> StoreResult<()> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        c.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quote_ident(&schema_of(name))
+        ))
+        .await
+        .map_err(db_err)
+    }
+
+    /// Drop the collection schemas whose collection is not in `keep`.
+    pub(crate) async fn drop_orphan_schemas(&self, keep: &[String]) -> StoreResult<()> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let rows = c
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'faceall_c_')",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        drop(c);
+        for r in rows {
+            let schema: String = r.try_get(0).map_err(db_err)?;
+            let name = schema.trim_start_matches("faceall_c_");
+            if !keep.iter().any(|k| k == name) {
+                tracing::warn!("dropping schema {schema}, a collection without a catalog entry");
+                self.drop_schema(name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connections per pool (each collection has its own pool).
+const POOL_SIZE: usize = 16;
+
+fn make_pool(cfg: tokio_postgres::Config, size: usize) -> StoreResult<Pool> {
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Internal(format!("database pool: {e}")))
+}
+
+/// The schema of a collection other than `default`.
+fn schema_of(name: &str) -> String {
+    format!("faceall_c_{name}")
+}
+
+/// A PostgreSQL identifier in double quotes (collection names are checked
+/// to letters, digits, '_' and '-', so this is belt and braces).
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl Postgres {
     async fn migrate(&self) -> StoreResult<()> {
         let mut c = self.pool.get().await.map_err(pool_err)?;
         let tx = c.transaction().await.map_err(db_err)?;
@@ -227,8 +356,8 @@ impl Storage for Postgres {
         for p in photos {
             let image_id: i64 = tx
                 .query_one(
-                    "INSERT INTO faceall_images(ext, bytes, created) VALUES ($1, $2, $3) RETURNING id",
-                    &[&p.ext, &p.bytes, &created],
+                    "INSERT INTO faceall_images(ext, bytes, created, sha256) VALUES ($1, $2, $3, $4) RETURNING id",
+                    &[&p.ext, &p.bytes, &created, &p.sha256.as_slice()],
                 )
                 .await
                 .map_err(db_err)?
@@ -411,6 +540,32 @@ impl Storage for Postgres {
             .await
             .map_err(db_err)?;
         rows.iter().map(face_of).collect()
+    }
+
+    async fn photo_by_hash(
+        &self,
+        sha256: [u8; 32],
+        label: &str,
+    ) -> StoreResult<Option<StoredPhoto>> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {FACE_COLUMNS} FROM faceall_faces WHERE label = $1 AND image_id =
+                     (SELECT i.id FROM faceall_images i WHERE i.sha256 = $2 AND EXISTS
+                        (SELECT 1 FROM faceall_faces f WHERE f.image_id = i.id AND f.label = $1)
+                      ORDER BY i.id LIMIT 1)
+                     ORDER BY id"
+                ),
+                &[&label, &sha256.as_slice()],
+            )
+            .await
+            .map_err(db_err)?;
+        let faces = rows.iter().map(face_of).collect::<StoreResult<Vec<_>>>()?;
+        Ok(faces
+            .first()
+            .and_then(|f| f.image_id)
+            .map(|image_id| StoredPhoto { image_id, faces }))
     }
 
     async fn subjects(&self, offset: u64, limit: u64) -> StoreResult<(u64, Vec<Subject>)> {

@@ -336,8 +336,10 @@ fn bulk_register(args: &[&str]) -> (bool, Value) {
 /// with that person's label.
 const QUERIES: &[(&str, &str)] = &[
     ("alex_lacamoire1.jpg", "alex_lacamoire"),
+    ("alex-lacamoire.png", "alex_lacamoire"),
     ("johnsnow_test1.jpg", "kit_harington"),
     ("obama1.jpg", "obama"),
+    ("obama_small.jpg", "obama"),
 ];
 
 /// `faceall register` imports the training folder (label = subfolder) into

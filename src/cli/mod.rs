@@ -85,6 +85,24 @@ pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_string(), dims))
 }
 
+/// The token of `--token` or, when given, the first line of `--token-file`
+/// (which keeps it out of the process list); an empty file is an error.
+pub fn token_from(
+    token: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    let Some(p) = file else {
+        return Ok(token.filter(|t| !t.is_empty()));
+    };
+    let t = std::fs::read_to_string(p)
+        .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", p.display()))?;
+    let t = t.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        anyhow::bail!("--token-file {}: the file holds no token", p.display());
+    }
+    Ok(Some(t))
+}
+
 /// Print to stdout; a closed pipe (`| head`) is not an error.
 pub fn print_stdout(text: &str) {
     use std::io::Write;

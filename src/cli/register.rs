@@ -196,21 +196,13 @@ impl Drop for LocalServer {
 
 fn random_token() -> Result<String> {
     let mut b = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .context("no randomness for the job's token")?;
+    getrandom::getrandom(&mut b)
+        .map_err(|e| anyhow::anyhow!("no randomness for the job's token: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let token = match &a.token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("--token-file {}", p.display()))?;
-            Some(t.lines().next().unwrap_or("").trim().to_string())
-        }
-        None => a.token.clone().filter(|t| !t.is_empty()),
-    };
+    let token = super::token_from(a.token.clone(), a.token_file.as_deref())?;
     let (photos, ignored) = collect(&a.dir)?;
     if photos.is_empty() {
         bail!(

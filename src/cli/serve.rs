@@ -87,18 +87,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let token = match &a.token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("--token-file {}", p.display()))?;
-            let t = t.lines().next().unwrap_or("").trim().to_string();
-            if t.is_empty() {
-                anyhow::bail!("--token-file {}: the file holds no token", p.display());
-            }
-            Some(t)
-        }
-        None => a.token.clone(),
-    };
+    let token = super::token_from(a.token.clone(), a.token_file.as_deref())?;
     let model = super::resolve_bundle(&a.model)?;
     let mtcnn = find_mtcnn(&a.mtcnn).with_context(|| {
         format!(

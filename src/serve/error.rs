@@ -106,5 +106,3 @@ impl From<crate::error::Error> for ApiError {
         ApiError::internal(e)
     }
 }
-
-pub type ApiResult = std::result::Result<Json<serde_json::Value>, ApiError>;

@@ -118,7 +118,18 @@ pub async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     r
 }
 
-/// `GET /metrics` (the admin token: the series name every collection).
+/// Prometheus metrics (OpenMetrics text), for the admin token.
+///
+/// faceall_http_requests_total and faceall_http_request_duration_seconds
+/// by method, route template and status; faceall_photo_detect_embed_seconds;
+/// faceall_gallery_faces, _labels, _images per collection (the series name
+/// every collection, so only the admin token reads them).
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "the metrics", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "no or a wrong token", body = crate::serve::routes::schema::ErrorBody),
+        (status = 403, description = "not the admin token", body = crate::serve::routes::schema::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn scrape(State(app): State<Arc<App>>, _: Admin) -> Result<Response, ApiError> {
     let m = &app.metrics;
     // Deleted collections leave no series behind.

@@ -16,7 +16,7 @@ pub mod listen;
 pub mod log;
 mod metadata;
 mod metrics;
-mod openapi;
+pub mod openapi;
 mod pages;
 pub mod pipeline;
 mod routes;

@@ -8,13 +8,14 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::schema::{CollectionParam, ErrorBody, FaceOut, Page, PhotoFile, PhotosBase64};
 use super::{client_embedding, json_body};
 use crate::serve::auth::{after_upload, ReadIn, WriteIn};
 use crate::serve::budget::Budget;
-use crate::serve::error::{bad, ApiError, ApiResult};
+use crate::serve::error::{bad, ApiError};
 use crate::serve::fair::Client;
 use crate::serve::form::{Fields, PhotoForm};
 use crate::serve::storage::collections::Collection;
@@ -23,28 +24,6 @@ use crate::serve::{
     blocking, check_label, count, decode_photo, photo_dimensions, urls, App, Photo,
 };
 use crate::serve::{MAX_BODY_BYTES, MAX_IMAGES};
-
-/// Where a stored photo is served, in its collection.
-pub fn image_url(id: u64, collection: &str) -> String {
-    if collection == crate::serve::storage::collections::DEFAULT {
-        format!("/api/v1/images/{id}")
-    } else {
-        format!("/api/v1/images/{id}?collection={collection}")
-    }
-}
-
-pub fn face_json(r: &FaceRecord, collection: &str) -> Value {
-    json!({
-        "id": r.id,
-        "label": r.label,
-        "box": r.detection.map(|d| d.bbox),
-        "landmarks": r.detection.map(|d| d.landmarks),
-        "score": r.detection.map(|d| d.score),
-        "image_id": r.image_id,
-        "image_url": r.image_id.map(|i| image_url(i, collection)),
-        "created": r.created,
-    })
-}
 
 /// One uploaded photo after detection (its pixels already freed).
 pub(crate) struct Detected {
@@ -153,6 +132,46 @@ pub(crate) async fn analyse_each<T: Send + 'static>(
     Ok(out)
 }
 
+/// What became of one photo (or URL) of a registration.
+#[derive(Serialize, ToSchema, Default)]
+pub struct PhotoOutcome {
+    /// The photo's file name (or its URL) as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A URL that gave no photo (with `error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The stored photo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<u64>,
+    /// The faces stored from it (or stored before, when
+    /// `already_registered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faces: Option<Vec<FaceOut>>,
+    /// The same bytes were registered under this label before: nothing
+    /// stored again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub already_registered: Option<bool>,
+    /// Faces found beyond the server's --max-faces, not registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faces_not_registered: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Why a URL gave no photo.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to a registration from photos or URLs.
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub collection: String,
+    /// Faces stored by this request.
+    pub registered: usize,
+    /// One entry per photo, in request order (failed URLs last).
+    pub images: Vec<PhotoOutcome>,
+}
+
 /// Detect and embed every photo, then store the photos that have faces
 /// and their faces in one transaction. A photo registered under this label
 /// already (the same bytes) is answered with its stored faces and not
@@ -164,29 +183,34 @@ async fn register_photos(
     who: IpAddr,
     photos: Vec<(String, Vec<u8>)>,
     label: &str,
-) -> ApiResult {
+) -> Result<Registered, ApiError> {
     use sha2::{Digest, Sha256};
     // The limits hold for the request as sent, photos seen before included.
     check_headers(&photos)?;
+    let faces_of = |s: &[FaceRecord]| Some(s.iter().map(|f| FaceOut::new(f, &coll.name)).collect());
     let mut results = vec![];
     let mut fresh = vec![];
     let mut hashes = vec![];
     for (name, bytes) in photos {
         let h: [u8; 32] = Sha256::digest(&bytes).into();
         match coll.storage.photo_by_hash(h, label).await? {
-            Some(s) => results.push(json!({
-                "image": name,
-                "image_id": s.image_id,
-                "faces": s.faces.iter().map(|f| face_json(f, &coll.name)).collect::<Vec<_>>(),
-                "already_registered": true,
-                "message": "this photo is registered under this label already; nothing stored",
-            })),
-            None if hashes.contains(&h) => results.push(json!({
-                "image": name,
-                "faces": [],
-                "already_registered": true,
-                "message": "the same photo twice in one request; registered once",
-            })),
+            Some(s) => results.push(PhotoOutcome {
+                image: Some(name),
+                image_id: Some(s.image_id),
+                faces: faces_of(&s.faces),
+                already_registered: Some(true),
+                message: Some(
+                    "this photo is registered under this label already; nothing stored".into(),
+                ),
+                ..Default::default()
+            }),
+            None if hashes.contains(&h) => results.push(PhotoOutcome {
+                image: Some(name),
+                faces: Some(vec![]),
+                already_registered: Some(true),
+                message: Some("the same photo twice in one request; registered once".into()),
+                ..Default::default()
+            }),
             None => {
                 hashes.push(h);
                 fresh.push((name, bytes));
@@ -194,9 +218,11 @@ async fn register_photos(
         }
     }
     if fresh.is_empty() {
-        return Ok(Json(
-            json!({ "collection": coll.name, "registered": 0, "images": results }),
-        ));
+        return Ok(Registered {
+            collection: coll.name.clone(),
+            registered: 0,
+            images: results,
+        });
     }
     let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>, [u8; 32])> =
         detect_each(app, who, fresh)
@@ -225,7 +251,12 @@ async fn register_photos(
     let mut names = vec![];
     for (p, faces, sha256) in found {
         if faces.is_empty() {
-            results.push(json!({"image": p.name, "faces": [], "message": "no face found; nothing registered"}));
+            results.push(PhotoOutcome {
+                image: Some(p.name),
+                faces: Some(vec![]),
+                message: Some("no face found; nothing registered".into()),
+                ..Default::default()
+            });
             continue;
         }
         names.push((p.name, p.dropped));
@@ -251,31 +282,70 @@ async fn register_photos(
     let mut registered = 0;
     for ((name, dropped), s) in names.into_iter().zip(stored) {
         registered += s.faces.len();
-        let mut v = json!({
-            "image": name,
-            "image_id": s.image_id,
-            "faces": s.faces.iter().map(|f| face_json(f, &coll.name)).collect::<Vec<_>>(),
-        });
+        let mut v = PhotoOutcome {
+            image: Some(name),
+            image_id: Some(s.image_id),
+            faces: faces_of(&s.faces),
+            ..Default::default()
+        };
         if dropped > 0 {
-            v["faces_not_registered"] = json!(dropped);
-            v["message"] = json!(format!(
+            v.faces_not_registered = Some(dropped);
+            v.message = Some(format!(
                 "{dropped} more face(s) found beyond this server's limit of {} per photo",
                 app.max_faces
             ));
         }
         results.push(v);
     }
-    Ok(Json(
-        json!({ "collection": coll.name, "registered": registered, "images": results }),
-    ))
+    Ok(Registered {
+        collection: coll.name.clone(),
+        registered,
+        images: results,
+    })
 }
 
+/// `POST /api/v1/faces` as a form: one or more photos and their label.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RegisterForm {
+    /// One or more photos (up to 100, 20 MB together).
+    image: Vec<PhotoFile>,
+    #[schema(max_length = 100)]
+    label: String,
+}
+
+/// `POST /api/v1/faces` as JSON: the photos as base64.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RegisterJson {
+    image_base64: PhotosBase64,
+    #[schema(max_length = 100)]
+    label: String,
+}
+
+/// Register every face in one or more photos under a label.
+///
+/// A photo sent again under the same label (the same bytes) is answered
+/// with its stored faces (`already_registered`) and stored only once.
+#[utoipa::path(post, operation_id = "faces_register", path = "/api/v1/faces", tag = "faces", params(CollectionParam),
+    request_body(description = "photos (JPEG or PNG) of at most 20 MB together, as a form or as base64 in JSON",
+        content((RegisterForm = "multipart/form-data"), (RegisterJson = "application/json"))),
+    responses(
+        (status = 200, description = "what became of each photo", body = Registered),
+        (status = 400, description = "a missing field, an unreadable photo, a bad label", body = ErrorBody),
+        (status = 401, description = "no or a wrong token", body = ErrorBody),
+        (status = 403, description = "another collection's key", body = ErrorBody),
+        (status = 413, description = "more than 20 MB of photos", body = ErrorBody),
+        (status = 422, description = "no face in any photo: nothing stored", body = ErrorBody),
+        (status = 503, description = "the database is unavailable", body = ErrorBody),
+        (status = 507, description = "the server's disk is full: nothing stored", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn register(
     State(app): State<Arc<App>>,
     auth: Result<WriteIn, ApiError>,
     Client(who): Client,
     req: Request,
-) -> ApiResult {
+) -> Result<Json<Registered>, ApiError> {
     count(&app);
     let (WriteIn(coll), req) = after_upload(auth, req).await?;
     let mut form = PhotoForm::read(req, &REGISTER_FIELDS).await?;
@@ -287,7 +357,9 @@ pub async fn register(
     if images.is_empty() {
         return Err(bad("missing form field 'image'"));
     }
-    register_photos(&app, &coll, who, images, &label).await
+    Ok(Json(
+        register_photos(&app, &coll, who, images, &label).await?,
+    ))
 }
 
 /// `POST /api/v1/faces`: one or more photos and their label.
@@ -296,18 +368,36 @@ const REGISTER_FIELDS: Fields = Fields {
     texts: &["label"],
 };
 
-#[derive(Deserialize)]
+/// Photos to fetch and register under one label.
+#[derive(Deserialize, ToSchema)]
 pub struct UrlsBody {
+    /// http or https URLs on the server's allow-list (1 to 100).
+    #[schema(min_items = 1, max_items = 100)]
     urls: Vec<String>,
+    #[schema(max_length = 100)]
     label: String,
 }
 
+/// Register photos fetched from URLs.
+///
+/// http or https URLs on the server's allow-list, up to 3 redirects (each
+/// to an allowed host), one deadline and one 20 MB budget for all of them.
+#[utoipa::path(post, operation_id = "faces_register_urls", path = "/api/v1/faces/urls", tag = "faces", params(CollectionParam),
+    request_body = UrlsBody,
+    responses(
+        (status = 200, description = "what became of each URL", body = Registered),
+        (status = 400, description = "no URL gave a photo (each one's reason in the message), a bad label", body = ErrorBody),
+        (status = 401, description = "no or a wrong token", body = ErrorBody),
+        (status = 403, description = "another collection's key", body = ErrorBody),
+        (status = 422, description = "no face in any photo: nothing stored", body = ErrorBody),
+        (status = 503, description = "the database is unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn register_urls(
     State(app): State<Arc<App>>,
     WriteIn(coll): WriteIn,
     Client(who): Client,
     body: Result<Json<UrlsBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult {
+) -> Result<Json<Registered>, ApiError> {
     count(&app);
     let body = json_body(body)?;
     let label = check_label(&body.label)?;
@@ -322,41 +412,76 @@ pub async fn register_urls(
     for (u, r) in body.urls.iter().zip(got) {
         match r.and_then(|b| photo_dimensions(u, &b).map(|_| b).map_err(|e| e.message)) {
             Ok(b) => photos.push((u.clone(), b)),
-            Err(e) => per_url.push(json!({"url": u, "error": e})),
+            Err(e) => per_url.push(PhotoOutcome {
+                url: Some(u.clone()),
+                error: Some(e),
+                ..Default::default()
+            }),
         }
     }
     if photos.is_empty() {
-        return Err(bad(format!(
-            "no url gave an image: {}",
-            serde_json::to_string(&per_url).unwrap_or_default()
-        )));
+        let why: Vec<String> = per_url
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}: {}",
+                    o.url.as_deref().unwrap_or(""),
+                    o.error.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        return Err(bad(format!("no url gave an image: {}", why.join("; "))));
     }
-    let Json(mut v) = register_photos(&app, &coll, who, photos, &label).await?;
-    if let Some(imgs) = v["images"].as_array_mut() {
-        imgs.extend(per_url);
-    }
+    let mut v = register_photos(&app, &coll, who, photos, &label).await?;
+    v.images.extend(per_url);
     Ok(Json(v))
 }
 
-#[derive(Deserialize)]
+/// A face known by its embedding only.
+#[derive(Deserialize, ToSchema)]
 pub struct EmbeddingFace {
+    #[schema(max_length = 100)]
     label: String,
+    #[schema(value_type = super::schema::Embedding)]
     embedding: Vec<f32>,
 }
 
-#[derive(Deserialize)]
+/// Faces to register by their embeddings.
+#[derive(Deserialize, ToSchema)]
 pub struct EmbeddingsBody {
+    /// 1 to 10,000 faces.
+    #[schema(min_items = 1, max_items = 10000)]
     faces: Vec<EmbeddingFace>,
 }
 
-/// `POST /api/v1/faces/embeddings`: faces known only by their embedding
-/// (migrations from other systems, index measurements).
+/// The new faces' ids, in request order.
+#[derive(Serialize, ToSchema)]
+pub struct Added {
+    pub collection: String,
+    pub ids: Vec<u64>,
+}
+
+/// Register faces by their embeddings.
+///
+/// For migrations from other systems and index measurements; each face is
+/// durable when the response arrives.
+#[utoipa::path(post, operation_id = "faces_add_embeddings", path = "/api/v1/faces/embeddings", tag = "faces", params(CollectionParam),
+    request_body = EmbeddingsBody,
+    responses(
+        (status = 200, description = "the new faces' ids, in request order", body = Added),
+        (status = 400, description = "a wrong length, a number that is not finite, a zero vector, too many faces (the message names the face)", body = ErrorBody),
+        (status = 401, description = "no or a wrong token", body = ErrorBody),
+        (status = 403, description = "another collection's key", body = ErrorBody),
+        (status = 413, description = "a body over 96 MB", body = ErrorBody),
+        (status = 503, description = "the database is unavailable", body = ErrorBody),
+        (status = 507, description = "the server's disk is full: nothing stored", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn add_embeddings(
     State(app): State<Arc<App>>,
     WriteIn(coll): WriteIn,
     Client(who): Client,
     body: Result<Json<EmbeddingsBody>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult {
+) -> Result<Json<Added>, ApiError> {
     count(&app);
     let body = json_body(body)?;
     if body.faces.is_empty() || body.faces.len() > MAX_EMBEDDINGS_PER_CALL {
@@ -381,44 +506,44 @@ pub async fn add_embeddings(
         .collect::<Result<Vec<_>, ApiError>>()?;
     let _turn = app.index_turns.enter(who).await?;
     let ids = coll.storage.add_embeddings(faces).await?;
-    Ok(Json(json!({ "collection": coll.name, "ids": ids })))
+    Ok(Json(Added {
+        collection: coll.name.clone(),
+        ids,
+    }))
 }
 
-#[derive(Deserialize)]
-pub struct Page {
-    offset: Option<u64>,
-    limit: Option<u64>,
+/// One page of registered faces.
+#[derive(Serialize, ToSchema)]
+pub struct FacePage {
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+    pub faces: Vec<FaceOut>,
 }
 
-impl Page {
-    /// Offset (0) and limit (50, at most 1,000).
-    pub fn resolve(&self) -> (u64, u64) {
-        (
-            self.offset.unwrap_or(0),
-            self.limit.unwrap_or(50).clamp(1, 1000),
-        )
-    }
-
-    /// One page of a listing: `{"total", "offset", "limit", KEY: items}`.
-    pub fn page_json(&self, total: u64, key: &str, items: Value) -> Value {
-        let (offset, limit) = self.resolve();
-        let mut v = json!({ "total": total, "offset": offset, "limit": limit });
-        v[key] = items;
-        v
-    }
-}
-
+/// List registered faces, in id order.
+#[utoipa::path(get, operation_id = "faces_list", path = "/api/v1/faces", tag = "faces", params(Page, CollectionParam),
+    responses(
+        (status = 200, description = "one page", body = FacePage),
+        (status = 400, description = "a bad offset or limit", body = ErrorBody),
+        (status = 401, description = "no or a wrong token (unless --public-read)", body = ErrorBody),
+        (status = 403, description = "another collection's key", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(app): State<Arc<App>>,
     ReadIn(coll): ReadIn,
     p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult {
+) -> Result<Json<FacePage>, ApiError> {
     count(&app);
     let Query(p) = p.map_err(|e| bad(e.body_text()))?;
     let (offset, limit) = p.resolve();
     let (total, faces) = coll.storage.list(offset, limit).await?;
-    let faces: Vec<Value> = faces.iter().map(|f| face_json(f, &coll.name)).collect();
-    Ok(Json(p.page_json(total, "faces", json!(faces))))
+    Ok(Json(FacePage {
+        total,
+        offset,
+        limit,
+        faces: faces.iter().map(|f| FaceOut::new(f, &coll.name)).collect(),
+    }))
 }
 
 fn parse_id(s: &str) -> Result<u64, ApiError> {
@@ -426,11 +551,20 @@ fn parse_id(s: &str) -> Result<u64, ApiError> {
         .map_err(|_| bad(format!("'{s}' is not a numeric id")))
 }
 
+/// One face, with its embedding.
+#[utoipa::path(get, operation_id = "faces_get", path = "/api/v1/faces/{id}", tag = "faces",
+    params(("id" = u64, Path, description = "the face's id"), CollectionParam),
+    responses(
+        (status = 200, description = "the face", body = FaceOut),
+        (status = 400, description = "not a numeric id", body = ErrorBody),
+        (status = 401, description = "no or a wrong token (unless --public-read)", body = ErrorBody),
+        (status = 404, description = "no such face", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get(
     State(app): State<Arc<App>>,
     ReadIn(coll): ReadIn,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult {
+) -> Result<Json<FaceOut>, ApiError> {
     count(&app);
     let id = parse_id(&id)?;
     let r = coll
@@ -438,20 +572,36 @@ pub async fn get(
         .face(id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no face {id}")))?;
-    let mut v = face_json(&r, &coll.name);
-    v["embedding"] = json!(r.embedding);
+    let mut v = FaceOut::new(&r, &coll.name);
+    v.embedding = Some(r.embedding);
     Ok(Json(v))
 }
 
+/// A deleted face's id.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+}
+
+/// Delete a face.
+#[utoipa::path(delete, operation_id = "faces_delete", path = "/api/v1/faces/{id}", tag = "faces",
+    params(("id" = u64, Path, description = "the face's id"), CollectionParam),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        (status = 400, description = "not a numeric id", body = ErrorBody),
+        (status = 401, description = "no or a wrong token", body = ErrorBody),
+        (status = 403, description = "another collection's key", body = ErrorBody),
+        (status = 404, description = "no such face", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn delete(
     State(app): State<Arc<App>>,
     WriteIn(coll): WriteIn,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult {
+) -> Result<Json<Deleted>, ApiError> {
     count(&app);
     let id = parse_id(&id)?;
     if coll.storage.delete(id).await? {
-        Ok(Json(json!({ "deleted": id })))
+        Ok(Json(Deleted { deleted: id }))
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -460,6 +610,15 @@ pub async fn delete(
     }
 }
 
+/// A stored photo (as registered; metadata stripped unless --keep-exif).
+#[utoipa::path(get, operation_id = "faces_image", path = "/api/v1/images/{id}", tag = "faces",
+    params(("id" = u64, Path, description = "the photo's id (a face's image_id)"), CollectionParam),
+    responses(
+        (status = 200, description = "the photo", content(("image/jpeg"), ("image/png"))),
+        (status = 400, description = "not a numeric id", body = ErrorBody),
+        (status = 401, description = "no or a wrong token (unless --public-read)", body = ErrorBody),
+        (status = 404, description = "no such photo", body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn image(
     State(app): State<Arc<App>>,
     ReadIn(coll): ReadIn,

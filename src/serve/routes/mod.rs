@@ -3,6 +3,7 @@
 pub mod analyse;
 pub mod collections;
 pub mod faces;
+pub mod schema;
 pub mod search;
 pub mod subjects;
 pub mod system;
@@ -11,8 +12,10 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::{pages, App, MAX_BODY_BYTES};
@@ -21,47 +24,41 @@ use super::{pages, App, MAX_BODY_BYTES};
 /// written with 9 significant digits are about 60 MB.
 pub const MAX_EMBEDDINGS_BODY_BYTES: usize = 96 * 1024 * 1024;
 
+/// Every API route with its OpenAPI description: a handler is routed only
+/// through `routes!`, which takes its path and method from its
+/// `#[utoipa::path]`, so the document and the router cannot disagree.
+pub fn api() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(crate::serve::openapi::base())
+        .routes(routes!(system::openapi))
+        .routes(routes!(system::health))
+        .routes(routes!(system::stats))
+        .routes(routes!(faces::list, faces::register).layer(photo_body()))
+        .routes(routes!(faces::register_urls))
+        .routes(
+            routes!(faces::add_embeddings).layer(DefaultBodyLimit::max(MAX_EMBEDDINGS_BODY_BYTES)),
+        )
+        .routes(routes!(faces::get, faces::delete))
+        .routes(routes!(faces::image))
+        .routes(routes!(search::photo).layer(photo_body()))
+        .routes(routes!(search::embeddings))
+        .routes(routes!(analyse::verify).layer(photo_body()))
+        .routes(routes!(analyse::detect).layer(photo_body()))
+        .routes(routes!(analyse::embed).layer(photo_body()))
+        .routes(routes!(collections::list, collections::create))
+        .routes(routes!(collections::delete))
+        .routes(routes!(subjects::list))
+        .routes(routes!(subjects::faces, subjects::rename, subjects::delete))
+        .routes(routes!(crate::serve::metrics::scrape))
+}
+
 pub fn router(app: Arc<App>, limits: crate::serve::listen::Limits) -> Router {
-    Router::new()
+    let (api, _) = api().split_for_parts();
+    api
+        // The pages (HTML, not part of the API document).
         .route("/", get(pages::index))
         .route("/register", get(pages::register))
         .route("/retrieve", get(pages::retrieve))
         .route("/gallery", get(pages::gallery))
-        .route("/api/v1/openapi.json", get(system::openapi))
-        .route("/api/v1/health", get(system::health))
-        .route("/api/v1/stats", get(system::stats))
-        .route(
-            "/api/v1/faces",
-            get(faces::list).post(faces::register).layer(photo_body()),
-        )
-        .route("/api/v1/faces/urls", post(faces::register_urls))
-        .route(
-            "/api/v1/faces/embeddings",
-            post(faces::add_embeddings).layer(DefaultBodyLimit::max(MAX_EMBEDDINGS_BODY_BYTES)),
-        )
-        .route("/api/v1/faces/{id}", get(faces::get).delete(faces::delete))
-        .route("/api/v1/images/{id}", get(faces::image))
-        .route("/api/v1/search", post(search::photo).layer(photo_body()))
-        .route("/api/v1/search/embeddings", post(search::embeddings))
-        .route("/api/v1/verify", post(analyse::verify).layer(photo_body()))
-        .route("/api/v1/detect", post(analyse::detect).layer(photo_body()))
-        .route("/api/v1/embed", post(analyse::embed).layer(photo_body()))
-        .route(
-            "/api/v1/collections",
-            get(collections::list).post(collections::create),
-        )
-        .route(
-            "/api/v1/collections/{name}",
-            axum::routing::delete(collections::delete),
-        )
-        .route("/api/v1/subjects", get(subjects::list))
-        .route(
-            "/api/v1/subjects/{label}",
-            get(subjects::faces)
-                .patch(subjects::rename)
-                .delete(subjects::delete),
-        )
-        .route("/metrics", get(crate::serve::metrics::scrape))
         // Inside routing, so the matched route template is known.
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

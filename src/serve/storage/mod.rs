@@ -149,7 +149,7 @@ pub struct Stats {
 }
 
 /// A label with its number of faces (`GET /api/v1/subjects`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Subject {
     pub label: String,
     pub faces: u64,

@@ -2,11 +2,15 @@
 //! process, on the gallery `scripts/bench_index` writes, so it can be set
 //! next to hnswlib's in-process numbers from the same run:
 //!
-//!     cargo run --release --example bench_ann -- GALLERY.npy QUERIES.npy [--ef 16,32,48,64] [--precision f16|f32] [--expansion-add 128]
+//!     cargo run --release --example bench_ann -- GALLERY.npy QUERIES.npy [--ef 16,32,48,64] [--precision f16|f32] [--expansion-add 128] [--save DIR]
+//!     cargo run --release --example bench_ann -- GALLERY.npy QUERIES.npy --reuse DIR [--ef ...]
 //!
 //! Prints one JSON line: build rate (batches of 5,000, as the API adds
-//! them), save and load times, and per ef the identity recall@5 and
-//! queries/s at batch 1 (one thread) and batch 500 (all threads).
+//! them), save time, and per ef the identity recall@5 and queries/s at
+//! batch 1 (one thread) and batch 500 (all threads) of the index as built;
+//! with `--reuse DIR`, the load time and the same numbers of the index a
+//! `--save DIR` run left, loaded in this fresh process (as a restarted
+//! server has it).
 
 use std::time::Instant;
 
@@ -48,25 +52,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (g, n) = load(&args[1])?;
     let (q, nq) = load(&args[2])?;
     let dim = g.len() / n.max(1);
-    // --reuse DIR: search an index this example saved there before (only
-    // the search numbers are measured), or build and keep one there.
+    // --reuse DIR: search the index a --save run left there, in this fresh
+    // process (what a restarted server searches).
     if let Some(dir) = flag("--reuse") {
         let dir = std::path::PathBuf::from(dir);
-        if let Some((loaded, _)) = Ann::load(&dir, dim, opts)? {
-            let per_ef = measure(&loaded, &q, nq, dim, &efs)?;
-            println!(
-                r#"{{"faces": {}, "reused": true, "ef": [{}]}}"#,
-                loaded.len(),
-                per_ef.join(", ")
-            );
-            return Ok(());
-        }
-        std::fs::create_dir_all(&dir)?;
-        let ann = Ann::new(dim, opts)?;
-        build(&ann, &g, n, dim)?;
-        ann.save(&dir, 1)?;
+        let t = Instant::now();
+        let (loaded, _) = Ann::load(&dir, dim, opts)?.ok_or("no saved index there")?;
+        let load_s = t.elapsed().as_secs_f64();
+        let per_ef = measure(&loaded, &q, nq, dim, &efs)?;
+        println!(
+            r#"{{"faces": {}, "reused": true, "load_s": {load_s:.3}, "memory_mb": {:.0}, "ef": [{}]}}"#,
+            loaded.len(),
+            loaded.memory() as f64 / 1048576.0,
+            per_ef.join(", ")
+        );
         return Ok(());
     }
+    // Build, search the index as built, save it (into --save DIR, kept for
+    // a --reuse run, or a temporary directory).
     let ann = Ann::new(dim, opts)?;
     let t = Instant::now();
     let tail_rate = build(&ann, &g, n, dim)?;
@@ -75,19 +78,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "last tenth built at {tail_rate:.0} faces/s; kernels: {}",
         ann.hardware_acceleration()
     );
-    let dir = tempfile_dir()?;
+    let per_ef = measure(&ann, &q, nq, dim, &efs)?;
+    let keep = flag("--save").map(std::path::PathBuf::from);
+    let dir = match &keep {
+        Some(d) => d.clone(),
+        None => tempfile_dir()?,
+    };
+    std::fs::create_dir_all(&dir)?;
     let t = Instant::now();
     ann.save(&dir, 1)?;
     let save = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (loaded, _) = Ann::load(&dir, dim, opts)?.ok_or("no saved index")?;
-    let load_s = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&dir);
-    let per_ef = measure(&loaded, &q, nq, dim, &efs)?;
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!(
-        r#"{{"faces": {n}, "build_s": {build:.2}, "build_faces_per_s": {:.0}, "memory_mb": {:.0}, "save_s": {save:.3}, "load_s": {load_s:.3}, "ef": [{}]}}"#,
+        r#"{{"faces": {n}, "build_s": {build:.2}, "build_faces_per_s": {:.0}, "memory_mb": {:.0}, "save_s": {save:.3}, "ef": [{}]}}"#,
         n as f64 / build,
-        loaded.memory() as f64 / 1048576.0,
+        ann.memory() as f64 / 1048576.0,
         per_ef.join(", ")
     );
     Ok(())

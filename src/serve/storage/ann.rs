@@ -844,6 +844,58 @@ mod tests {
         .is_none());
     }
 
+    /// The vendored usearch keeps vectors in one flat region sized to the
+    /// capacity and moves them when the index grows, when a deleted slot is
+    /// reused and when a saved index is loaded and grown: after each, every
+    /// face is found by its own vector at distance ~0 (the stored copy is
+    /// its vector, not a neighbour's or stale memory).
+    #[test]
+    fn vectors_survive_growth_slot_reuse_and_reload() {
+        let dim = 48;
+        let vs = vecs(7000, dim);
+        let all_found = |ann: &Ann, keys: &mut dyn Iterator<Item = usize>| {
+            for i in keys {
+                let hit = ann.search(&vs[i], 1).unwrap();
+                assert_eq!(hit[0].0, i as u64, "face {i}: {hit:?}");
+                assert!(hit[0].1 < 1e-3, "face {i} stored inexactly: {hit:?}");
+            }
+        };
+        let ann = Ann::new(dim, AnnOptions::default()).unwrap();
+        // Batches of 250 from a capacity of 1,024: three moves of the region.
+        for b in 0..16 {
+            let items: Vec<(u64, &[f32])> = (b * 250..(b + 1) * 250)
+                .map(|i| (i as u64, &vs[i][..]))
+                .collect();
+            ann.add_many(&items, &vec![b as u64; 250]).unwrap();
+        }
+        all_found(&ann, &mut (0..4000));
+        // Deleted slots are reused by new faces.
+        for i in 0..300 {
+            ann.remove(i as u64 * 13).unwrap();
+        }
+        let fresh: Vec<(u64, &[f32])> = (4000..4300).map(|i| (i as u64, &vs[i][..])).collect();
+        ann.add_many(&fresh, &vec![99; 300]).unwrap();
+        assert_eq!(ann.len(), 4000);
+        all_found(
+            &ann,
+            &mut (4000..4300).chain((0..4000).filter(|i| i % 13 != 0 || i / 13 >= 300)),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        ann.save(dir.path(), 3).unwrap();
+        let (back, _) = Ann::load(dir.path(), dim, AnnOptions::default())
+            .unwrap()
+            .unwrap();
+        all_found(&back, &mut (4000..4300));
+        // Loaded at its size, then grown past it.
+        let more: Vec<(u64, &[f32])> = (4300..7000).map(|i| (i as u64, &vs[i][..])).collect();
+        back.add_many(&more, &vec![7; 2700]).unwrap();
+        assert_eq!(back.len(), 6700);
+        all_found(
+            &back,
+            &mut (4000..7000).chain((1..300).filter(|i| i % 13 != 0)),
+        );
+    }
+
     /// Five near-duplicates per person in one large batch inserted on all
     /// cores, no check after insertion: every face is found by a search
     /// for itself. Upstream usearch 2.26 lost 7 of 3,500 here (issue #735;

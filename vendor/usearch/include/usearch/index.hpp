@@ -2740,6 +2740,11 @@ class index_gt {
         usearch_prefetch_m(tape);
         usearch_prefetch_m(tape + 64);
     }
+    /// faceall's patch: start loading the entry of `nodes_` that points to a
+    /// node, without waiting for it (the node itself is fetched once the
+    /// neighbour turns out close enough to be expanded; see
+    /// `prefetch_expand_`).
+    void prefetch_node_entry(compressed_slot_t slot) const noexcept { usearch_prefetch_m(nodes_.data() + slot); }
     member_ref_t at(compressed_slot_t slot) noexcept { return {nodes_[slot].key(), slot}; }
     member_cref_t at(compressed_slot_t slot) const noexcept { return {nodes_[slot].ckey(), slot}; }
     member_iterator_t iterator_at(compressed_slot_t slot) noexcept { return {this, slot}; }
@@ -4480,6 +4485,21 @@ class index_gt {
         }
     }
 
+    /**
+     *  faceall's patch: a neighbour that just entered the candidate queue is
+     *  likely to be expanded soon; start loading its node (links) now, while
+     *  the other neighbours' distances are computed. Loading the nodes of all
+     *  unvisited neighbours instead cost one dependent miss each on the
+     *  `nodes_` pointer array, most of them for nodes never expanded.
+     */
+    template <typename prefetch_at>
+    static void prefetch_expand_(prefetch_at& prefetch, compressed_slot_t slot) noexcept {
+        if constexpr (!is_dummy<prefetch_at>())
+            prefetch.node(slot);
+        else
+            (void)prefetch, (void)slot;
+    }
+
     struct candidates_range_t;
     class candidates_iterator_t {
         friend struct candidates_range_t;
@@ -4661,6 +4681,7 @@ class index_gt {
                 if (top.size() < top_limit || successor_dist < radius) {
                     // This can substantially grow our priority queue:
                     next.insert({-successor_dist, successor_slot});
+                    prefetch_expand_(prefetch, successor_slot);
                     // This will automatically evict poor matches:
                     top.insert({successor_dist, successor_slot}, top_limit);
                     radius = top.top().distance;
@@ -4757,6 +4778,7 @@ class index_gt {
                 if (top.size() < top_limit || successor_dist < radius) {
                     // This can substantially grow our priority queue:
                     next.insert({-successor_dist, successor_slot});
+                    prefetch_expand_(prefetch, successor_slot);
                     // This will automatically evict poor matches:
                     if (updated_slot != successor_slot)
                         top.insert({successor_dist, successor_slot}, top_limit);
@@ -4836,6 +4858,7 @@ class index_gt {
                 if (top.size() < top_limit || successor_dist < radius) {
                     // This can substantially grow our priority queue:
                     next.insert({-successor_dist, successor_slot});
+                    prefetch_expand_(prefetch, successor_slot);
                     if (is_dummy<predicate_at>() ||
                         predicate(member_cref_t{node_at_(successor_slot).ckey(), successor_slot})) {
                         top.insert({successor_dist, successor_slot}, top_limit);

@@ -1430,6 +1430,11 @@ class index_dense_gt {
 
             config_.multi = head.multi;
             metric_ = metric_t::builtin(head.dimensions, head.kind_metric, head.kind_scalar);
+            // faceall's patch: the walk reads `bytes_per_vector()` bytes at
+            // `flat_ + slot * matrix_cols`; a file whose matrix rows differ
+            // from what its header's metric reads is refused, not read past.
+            if (!config.exclude_vectors && matrix_rows && matrix_cols != metric_.bytes_per_vector())
+                return result.failed("Vector matrix width doesn't match the metric");
             checked_size_result_t cast_buffer_bytes = checked_mul(new_limits.threads(), metric_.bytes_per_vector());
             if (!cast_buffer_bytes)
                 return result.failed("Failed to allocate memory for the casts");
@@ -1558,6 +1563,11 @@ class index_dense_gt {
 
             config_.multi = head.multi;
             metric_ = metric_t::builtin(head.dimensions, head.kind_metric, head.kind_scalar);
+            // faceall's patch: the walk reads `bytes_per_vector()` bytes at
+            // `flat_ + slot * matrix_cols`; a file whose matrix rows differ
+            // from what its header's metric reads is refused, not read past.
+            if (!config.exclude_vectors && matrix_rows && matrix_cols != metric_.bytes_per_vector())
+                return result.failed("Vector matrix width doesn't match the metric");
             // available_threads_.size() will be updated to old_limits.threads() later in this
             checked_size_result_t cast_buffer_bytes = checked_mul(new_limits.threads(), metric_.bytes_per_vector());
             if (!cast_buffer_bytes)
@@ -1941,12 +1951,13 @@ class index_dense_gt {
         copy.vectors_lookup_ = vectors_lookup_t(vectors_lookup_.size());
         if (!copy.vectors_lookup_)
             return result.failed("Out of memory!");
-        if (!config.force_vector_copy && copy.config_.exclude_vectors) {
-            // faceall's patch: shared vectors are not the copy's to move.
-            copy.flat_release_();
+        // faceall's patch: the copy's vectors are rebuilt flat below, unless
+        // they are shared with this index (not the copy's to move).
+        copy.flat_release_();
+        bool const shares_vectors = !config.force_vector_copy && copy.config_.exclude_vectors;
+        if (shares_vectors) {
             std::memcpy(copy.vectors_lookup_.data(), vectors_lookup_.data(), vectors_lookup_.size() * sizeof(byte_t*));
         } else {
-            copy.flat_release_();
             std::size_t slots_count = typed_result.index.size();
             for (std::size_t slot = 0; slot != slots_count; ++slot)
                 copy.vectors_lookup_[slot] = copy.vectors_tape_allocator_.allocate(copy.metric_.bytes_per_vector());
@@ -1958,7 +1969,7 @@ class index_dense_gt {
 
         copy.slot_lookup_ = slot_lookup_; // TODO: Handle out of memory
         *copy.typed_ = std::move(typed_result.index);
-        if (flat_ && !(!config.force_vector_copy && copy.config_.exclude_vectors))
+        if (flat_ && !shares_vectors)
             if (!copy.flat_rebuild_(copy.vectors_lookup_.size()))
                 return result.failed("Out of memory!");
         return result;

@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut caffe = vec![];
     for _ in 0..runs {
         let t = Instant::now();
-        let g = faceall::runtime::bundle::load(&dir.join(format!("{name}.graph.json")))?;
+        let g = faceall::formats::bundle::read::load(&dir.join(format!("{name}.graph.json")))?;
         // Touch every weight once, as a forward pass would.
         let mut s = 0.0f32;
         for n in &g.nodes {
@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         bundle.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let m = faceall::runtime::caffe::CaffeModel::load(
+        let m = faceall::formats::caffe::exec::CaffeModel::load(
             &dir.join(format!("{name}.prototxt")),
             Some(&dir.join(format!("{name}.caffemodel"))),
         )?;

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["embeddings".to_string()],
     )?;
     let tf = t.elapsed().as_secs_f64() * 1000.0;
-    let caffe = faceall::runtime::caffe::CaffeModel::load(
+    let caffe = faceall::formats::caffe::exec::CaffeModel::load(
         &dir.join(format!("{name}.prototxt")),
         Some(&dir.join(format!("{name}.caffemodel"))),
     )?;
@@ -42,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     caffe.forward(&HashMap::from([("input".to_string(), nchw.clone())]))?;
     let cf = t.elapsed().as_secs_f64() * 1000.0;
-    let cm = faceall::runtime::coreml::CoremlModel::load(&dir.join(format!("{name}.mlmodel")))?;
+    let cm =
+        faceall::formats::coreml::exec::CoremlModel::load(&dir.join(format!("{name}.mlmodel")))?;
     let t = Instant::now();
     cm.predict(&HashMap::from([(
         "input".to_string(),

@@ -6,8 +6,8 @@
 //! compared with a converted model.
 
 pub mod detect;
-pub mod emit;
 pub mod error;
+pub mod formats;
 pub mod frontend;
 pub mod ir;
 pub mod npy;

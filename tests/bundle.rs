@@ -29,7 +29,7 @@ fn check(name: &str) {
     let case = ReferenceCase::load(&case_dir(name)).unwrap();
     let d = tempfile::tempdir().unwrap();
     convert(&case.model, d.path(), "safetensors,caffe");
-    let g = faceall::runtime::bundle::load(&d.path().join("net.graph.json"))
+    let g = faceall::formats::bundle::read::load(&d.path().join("net.graph.json"))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     // Every reference tensor still carried by a node after the passes.
     let names: Vec<String> = case
@@ -112,7 +112,7 @@ mod bad_input {
     use super::*;
 
     fn load_err(p: &Path) -> String {
-        match faceall::runtime::bundle::load(p) {
+        match faceall::formats::bundle::read::load(p) {
             Ok(_) => panic!("{} loaded", p.display()),
             Err(e) => e.to_string(),
         }

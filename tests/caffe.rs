@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use faceall::emit::caffe::BlobMap;
+use faceall::formats::caffe::exec::CaffeModel;
+use faceall::formats::caffe::write::BlobMap;
 use faceall::ir::Tensor;
 use faceall::parity::{compare, reference::ReferenceCase, Tolerance};
-use faceall::runtime::caffe::CaffeModel;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use faceall::emit::coreml::{CoremlBlob, CoremlLayout};
+use faceall::formats::coreml::exec::CoremlModel;
+use faceall::formats::coreml::write::{CoremlBlob, CoremlLayout};
 use faceall::ir::Tensor;
 use faceall::parity::{compare, reference::ReferenceCase, Tolerance};
-use faceall::runtime::coreml::CoremlModel;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -96,7 +96,7 @@ fn check(name: &str) -> Vec<EngineStats> {
     modes()
         .into_iter()
         .map(|(what, opts)| {
-            let g = faceall::runtime::bundle::load_owned(&bundle).unwrap();
+            let g = faceall::formats::bundle::read::load_owned(&bundle).unwrap();
             let e = Engine::compile_with(g, &opts).unwrap_or_else(|err| panic!("{name}: {err}"));
             check_engine(&case, &e, what);
             e.stats()
@@ -203,9 +203,10 @@ fn unfolded_graph_runs_with_fallbacks() {
 fn wrong_input_sizes_are_errors() {
     let case = ReferenceCase::load(&case_dir("same_conv_stride2")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let e =
-        Engine::compile(faceall::runtime::bundle::load_owned(&convert(&case, dir.path())).unwrap())
-            .unwrap();
+    let e = Engine::compile(
+        faceall::formats::bundle::read::load_owned(&convert(&case, dir.path())).unwrap(),
+    )
+    .unwrap();
     let per = numel(&e.inputs()[0].shape);
     let x = vec![0.0f32; per * 2 - 1];
     let err = e.run(&[&x], 2).unwrap_err().to_string();

@@ -73,7 +73,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.engine == "fast" && !path.ends_with(".prototxt") {
         let g = if path.ends_with(".graph.json") {
             engine = "fast engine (bundle)";
-            faceall::runtime::bundle::load_owned(&model)?
+            faceall::formats::bundle::read::load_owned(&model)?
         } else {
             engine = "fast engine (TF graph)";
             let mut g = faceall::frontend::tf::load(&model, &Default::default())?;
@@ -102,7 +102,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         });
     } else if path.ends_with(".prototxt") {
         let weights = a.model.with_extension("caffemodel");
-        let net = faceall::runtime::caffe::CaffeModel::load(&a.model, Some(&weights))?;
+        let net = faceall::formats::caffe::exec::CaffeModel::load(&a.model, Some(&weights))?;
         let feeds: HashMap<String, Tensor> = net
             .inputs
             .iter()
@@ -117,7 +117,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         let g = if path.ends_with(".graph.json") {
             engine = "bundle (IR executor)";
-            faceall::runtime::bundle::load(&model)?
+            faceall::formats::bundle::read::load(&model)?
         } else {
             engine = "TF graph (IR executor)";
             faceall::frontend::tf::load(&model, &Default::default())?

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use faceall::emit;
+use faceall::formats;
 use faceall::frontend::tf;
 use faceall::passes::{self, PassOptions};
 use serde::Serialize;
@@ -60,7 +60,7 @@ pub struct Args {
     json: bool,
     /// Testing only: write a Caffe model with a deliberate mistake (repeatable)
     #[arg(long = "inject-fault", hide = true)]
-    inject_fault: Vec<emit::caffe::Fault>,
+    inject_fault: Vec<formats::caffe::write::Fault>,
     /// List every layer in the text report
     #[arg(long, short)]
     verbose: bool,
@@ -73,10 +73,10 @@ struct Report {
     seconds: f64,
     passes: passes::Report,
     caffe_layers: usize,
-    layers: Vec<emit::caffe::LayerNote>,
-    blobs: Vec<emit::caffe::BlobMap>,
+    layers: Vec<formats::caffe::write::LayerNote>,
+    blobs: Vec<formats::caffe::write::BlobMap>,
     coreml_layers: usize,
-    coreml_blobs: Vec<emit::coreml::CoremlBlob>,
+    coreml_blobs: Vec<formats::coreml::write::CoremlBlob>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -128,17 +128,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // Each model is emitted, staged to a temporary file and dropped before
     // the next: peak memory holds one converted model, not all of them.
     let mut staging =
-        emit::files::Staging::new(&a.out_dir).context("writing the converted model")?;
+        formats::files::Staging::new(&a.out_dir).context("writing the converted model")?;
     let (mut caffe_layers, mut notes, mut blobs) = (0, vec![], vec![]);
     if want("caffe") {
-        let mut c = emit::caffe::emit_with_faults(&graph, &name, &a.inject_fault)
+        let mut c = formats::caffe::write::emit_with_faults(&graph, &name, &a.inject_fault)
             .map_err(|e| e.in_file(&a.model))?;
-        let text = emit::caffe::prototxt(&mut c.net);
+        let text = formats::caffe::write::prototxt(&mut c.net);
         staging.stage(&format!("{name}.prototxt"), |w| {
             Ok(w.write_all(text.as_bytes())?)
         })?;
         staging.stage(&format!("{name}.caffemodel"), |w| {
-            emit::caffe::write_caffemodel(&c.net, w)
+            formats::caffe::write::write_caffemodel(&c.net, w)
         })?;
         caffe_layers = c.net.layer.len();
         notes = c.notes;
@@ -157,7 +157,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         } else {
             String::new()
         };
-        emit::safetensors::Source {
+        formats::bundle::write::Source {
             name: a
                 .model
                 .file_name()
@@ -168,7 +168,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let (mut coreml_layers, mut coreml_blobs) = (0, vec![]);
     if want("coreml") {
-        let copts = emit::coreml::CoremlOptions {
+        let copts = formats::coreml::write::CoremlOptions {
             short_description: a.description.clone(),
             author: a.author.clone(),
             version: a.model_version.clone(),
@@ -177,9 +177,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             source_name: source.name.clone(),
             source_sha256: source.sha256.clone(),
         };
-        let c = emit::coreml::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?;
+        let c = formats::coreml::write::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?;
         staging.stage(&format!("{name}.mlmodel"), |w| {
-            emit::coreml::write_mlmodel(&c.model, w)
+            formats::coreml::write::write_mlmodel(&c.model, w)
         })?;
         coreml_layers = match &c.model.Type {
             Some(faceall::proto::coreml::model::Type::NeuralNetwork(n)) => n.layers.len(),
@@ -189,9 +189,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if want("safetensors") {
         let weights = format!("{name}.safetensors");
-        let json = emit::safetensors::graph_json(&graph, source.clone(), &weights)?;
+        let json = formats::bundle::write::graph_json(&graph, source.clone(), &weights)?;
         staging.stage(&weights, |w| {
-            emit::safetensors::write_safetensors(&graph, &source, w)
+            formats::bundle::write::write_safetensors(&graph, &source, w)
         })?;
         staging.stage(&format!("{name}.graph.json"), |w| {
             Ok(w.write_all(json.as_bytes())?)

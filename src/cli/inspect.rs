@@ -174,7 +174,7 @@ fn print_text(r: &Report) {
 /// `inspect NAME.graph.json`: a converted bundle, loaded as faceall loads it.
 fn bundle(a: Args) -> Result<ExitCode> {
     let t0 = std::time::Instant::now();
-    let g = faceall::runtime::bundle::load(&a.model)?;
+    let g = faceall::formats::bundle::read::load(&a.model)?;
     let secs = t0.elapsed().as_secs_f64();
     let value = |w: faceall::ir::Wire| -> Result<Value> {
         let f = g.fact(w)?;

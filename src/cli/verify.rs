@@ -100,14 +100,14 @@ fn check(a: Args) -> Result<Report> {
     let mut wanted: Vec<String> = vec![];
     let caffe_model = match (&a.caffe, &a.caffemodel) {
         (Some(p), Some(m)) => {
-            let net = faceall::runtime::caffe::CaffeModel::load(p, Some(m))?;
+            let net = faceall::formats::caffe::exec::CaffeModel::load(p, Some(m))?;
             wanted.extend(net.layers.iter().flat_map(|l| l.param.top.clone()));
             Some((p.clone(), m.clone()))
         }
         _ => None,
     };
     if let Some(c) = &a.coreml {
-        let m = faceall::runtime::coreml::CoremlModel::load(c)?;
+        let m = faceall::formats::coreml::exec::CoremlModel::load(c)?;
         wanted.extend(m.layers().iter().flat_map(|l| l.output.clone()));
     }
     wanted.extend(g.outputs.iter().map(|w| g.nodes[w.node].name.clone()));

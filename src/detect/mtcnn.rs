@@ -10,8 +10,8 @@ use std::path::Path;
 use image::RgbImage;
 
 use crate::error::{Error, Result};
+use crate::formats::caffe::exec::CaffeModel;
 use crate::ir::Tensor;
-use crate::runtime::caffe::CaffeModel;
 
 /// One detected face: box (x1, y1, x2, y2) in pixels, score, landmarks
 /// (left eye, right eye, nose, mouth left, mouth right) as (x, y).

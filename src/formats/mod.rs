@@ -1,10 +1,13 @@
-//! Emitters: the IR after the passes, written for another framework.
+//! The model formats faceall writes and reads, one folder each: the
+//! writer (IR after the passes -> the format's files), the reader and
+//! executor verify-parity and bench run, and the mapping between the
+//! format's layouts and TensorFlow's.
 
+pub mod bundle;
 pub mod caffe;
 pub mod coreml;
 pub mod files;
 pub mod layout;
-pub mod safetensors;
 
 use std::collections::HashSet;
 

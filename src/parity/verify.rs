@@ -278,7 +278,7 @@ pub fn verify_caffe(c: &Checked, prototxt: &Path, caffemodel: &Path) -> Result<T
         c.tolerance,
         c.overrides,
     );
-    let net = crate::runtime::caffe::CaffeModel::load(prototxt, Some(caffemodel))?;
+    let net = crate::formats::caffe::exec::CaffeModel::load(prototxt, Some(caffemodel))?;
     for (name, shape) in &net.inputs {
         let Some(i) = g.node_by_name(name).filter(|i| g.inputs.contains(i)) else {
             return Err(Error::Usage(format!(
@@ -425,7 +425,7 @@ pub fn verify_coreml(c: &Checked, mlmodel: &Path) -> Result<TargetReport> {
         c.tolerance,
         c.overrides,
     );
-    let m = crate::runtime::coreml::CoremlModel::load(mlmodel)?;
+    let m = crate::formats::coreml::exec::CoremlModel::load(mlmodel)?;
     for (name, shape) in &m.inputs {
         let Some(i) = g.node_by_name(name).filter(|i| g.inputs.contains(i)) else {
             return Err(Error::Usage(format!(

@@ -5,9 +5,6 @@
 //! `Switch` is dead, deadness propagates, and `Merge` forwards its one live
 //! input. Values are freed after their last use unless fetched.
 
-pub mod bundle;
-pub mod caffe;
-pub mod coreml;
 pub mod engine;
 pub mod kernels;
 

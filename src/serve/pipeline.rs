@@ -50,7 +50,7 @@ impl Pipeline {
     /// `model`: a bundle (NAME.graph.json or a directory with one);
     /// `mtcnn`: a directory with det1/det2/det3 Caffe files.
     pub fn load(model: &Path, mtcnn: &Path) -> Result<Self> {
-        let graph = crate::runtime::bundle::load_owned(model)?;
+        let graph = crate::formats::bundle::read::load_owned(model)?;
         let engine = Engine::compile(graph)?;
         let (size, dim) = match (engine.inputs(), engine.outputs()) {
             ([i], [o]) if i.shape.len() == 4 && i.shape[1] == i.shape[2] && i.shape[3] == 3 => {

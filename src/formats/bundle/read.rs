@@ -7,8 +7,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::emit::safetensors::{GraphJson, FORMAT_VERSION};
 use crate::error::{Error, Result};
+use crate::formats::bundle::write::{GraphJson, FORMAT_VERSION};
 use crate::ir::{DType, Graph, Node, Op, Tensor, Wire};
 
 fn dtype(s: &str) -> Result<DType> {

@@ -3,18 +3,16 @@
 //! PReLU, ...), on NCHW blobs. It runs what faceall writes and third-party
 //! models such as FaceAll's MTCNN.
 
-pub mod model;
-
 use std::collections::HashMap;
 
+pub use super::model::{CaffeModel, Layer};
 use crate::error::{Error, Result};
 use crate::ir::{numel, Tensor};
 use crate::proto::caffe::{
     eltwise_parameter::EltwiseOp, pooling_parameter::PoolMethod, pooling_parameter::RoundMode,
 };
-pub use model::{CaffeModel, Layer};
 
-use super::kernels;
+use crate::runtime::kernels;
 
 /// Every blob value in the order the layers produced them (a blob written
 /// in place appears once per write).

@@ -410,7 +410,7 @@ impl<'g> Em<'g> {
                 } else {
                     (co, 1, ci)
                 };
-                let wc = super::layout::conv_oihw(
+                let wc = crate::formats::layout::conv_oihw(
                     &w,
                     [kh, kw, ci, co],
                     c.depthwise,
@@ -729,7 +729,7 @@ impl<'g> Em<'g> {
                     }
                     _ => None,
                 };
-                let (wc, k, nout) = super::layout::inner_product_of(&w, &bs, *transpose_b, flat);
+                let (wc, k, nout) = crate::formats::layout::inner_product_of(&w, &bs, *transpose_b, flat);
                 let bias = match n.inputs.get(2) {
                     Some(b) => Some(self.konst(*b)?.into_owned()),
                     None => None,
@@ -1231,7 +1231,7 @@ pub fn emit_with_faults(g: &Graph, name: &str, faults: &[Fault]) -> Result<Caffe
     em.net.set_name(name.to_string());
     let mut notes = vec![];
     let mut blobs = vec![];
-    super::walk_needed(g, "Caffe", |i| {
+    crate::formats::walk_needed(g, "Caffe", |i| {
         let node = &g.nodes[i];
         em.current.clear();
         if let Some(v) = em.emit(i)? {

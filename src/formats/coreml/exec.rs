@@ -16,7 +16,7 @@ use crate::proto::coreml::{
     NeuralNetworkLayer, WeightParams,
 };
 
-use super::kernels;
+use crate::runtime::kernels;
 
 /// A loaded .mlmodel with a neural network.
 pub struct CoremlModel {

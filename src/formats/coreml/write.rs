@@ -263,7 +263,8 @@ impl<'g> Em<'g> {
                 } else {
                     (co, 1, ci)
                 };
-                let wc = super::layout::conv_oihw(&w, [kh, kw, ci, co], c.depthwise, false);
+                let wc =
+                    crate::formats::layout::conv_oihw(&w, [kh, kw, ci, co], c.depthwise, false);
                 let mut p = ConvolutionLayerParams::new();
                 p.outputChannels = num_out as u64;
                 p.kernelChannels = kernel_ch as u64;
@@ -516,7 +517,8 @@ impl<'g> Em<'g> {
                     CoremlLayout::FlatChw { h, w, c } => Some([h, w, c]),
                     _ => None,
                 };
-                let (wc, k, nout) = super::layout::inner_product_of(&w, &bs, *transpose_b, flat);
+                let (wc, k, nout) =
+                    crate::formats::layout::inner_product_of(&w, &bs, *transpose_b, flat);
                 let mut p = InnerProductLayerParams::new();
                 p.inputChannels = k as u64;
                 p.outputChannels = nout as u64;
@@ -785,7 +787,7 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
         names: HashSet::new(),
     };
     let mut blobs = vec![];
-    super::walk_needed(g, "Core ML", |i| {
+    crate::formats::walk_needed(g, "Core ML", |i| {
         if let Some(v) = em.emit(i)? {
             if let Some(t) = g.nodes[i].carries() {
                 blobs.push(CoremlBlob {

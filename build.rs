@@ -7,6 +7,7 @@ fn main() {
         "proto/tensorflow/graph.proto",
         "proto/caffe/caffe.proto",
         "proto/coreml/coreml.proto",
+        "proto/onnx/onnx.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -42,6 +42,16 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// The reference runtime (real TensorFlow through Python) is missing or
+    /// failed: not the model's fault nor the caller's.
+    #[error("{0}")]
+    Reference(String),
+
+    /// Files that should belong together do not: a converted model and the
+    /// TF graph it is checked against, or a format's companion files.
+    #[error("{0}")]
+    Mismatch(String),
+
     #[error(transparent)]
     Io(#[from] std::io::Error),
 

@@ -2,8 +2,8 @@
 //! warm-up (0.3 s of batches): a batch of N images runs as one call. MODEL
 //! is a converted bundle (NAME.graph.json; a directory holding one) or a TF
 //! graph; `--engine reference` times the reference executor instead (image
-//! by image), and a Caffe deploy net (NAME.prototxt) always runs on the
-//! Caffe executor.
+//! by image). Any other converted model (Caffe NAME.prototxt, Core ML, ONNX:
+//! the formats table) runs on its format's executor, image by image.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use serde::Serialize;
 #[derive(clap::Args)]
 pub struct Args {
     /// NAME.graph.json (or a directory with one), NAME.prototxt (with
-    /// NAME.caffemodel beside it) or MODEL.pb
+    /// NAME.caffemodel beside it), NAME.mlmodel, NAME.onnx or MODEL.pb
     model: PathBuf,
     /// fast (packed, fused, batched) or reference (the exact executor)
     #[arg(long, default_value = "fast")]
@@ -70,7 +70,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let per_call;
     let engine;
     let mut stats = None;
-    if a.engine == "fast" && !path.ends_with(".prototxt") {
+    // The fast engine runs bundles and TF graphs; other formats run on
+    // their own executors.
+    let other_format = faceall::formats::by_path(&model).filter(|f| f.name() != "safetensors");
+    if a.engine == "fast" && other_format.is_none() {
         let g = if path.ends_with(".graph.json") {
             engine = "fast engine (bundle)";
             faceall::formats::bundle::read::load_owned(&model)?
@@ -100,28 +103,31 @@ pub fn run(a: Args) -> Result<ExitCode> {
             e.run(&refs, batch)?;
             Ok(())
         });
-    } else if path.ends_with(".prototxt") {
-        let weights = a.model.with_extension("caffemodel");
-        let net = faceall::formats::caffe::exec::CaffeModel::load(&a.model, Some(&weights))?;
-        let feeds: HashMap<String, Tensor> = net
-            .inputs
+    } else if let Some(format) = faceall::formats::by_path(&model) {
+        // A converted model on its format's executor, image by image.
+        let exec = format.open(&faceall::formats::companions(format, &model))?;
+        let feeds: HashMap<String, Tensor> = exec
+            .inputs()
             .iter()
             .map(|(n, s)| Ok((n.clone(), input(s)?)))
             .collect::<Result<_>>()?;
-        engine = "caffe executor";
+        engine = match format.name() {
+            "caffe" => "caffe executor",
+            "coreml" => "core ml executor",
+            "onnx" => "onnx (IR executor)",
+            _ => "bundle (IR executor)",
+        };
         per_call = 1;
+        let none = HashMap::new();
         run_one = Box::new(move || {
-            net.forward(&feeds)?;
+            if let Some(e) = exec.run(&feeds, &none)?.failure {
+                bail!("{e}");
+            }
             Ok(())
         });
     } else {
-        let g = if path.ends_with(".graph.json") {
-            engine = "bundle (IR executor)";
-            faceall::formats::bundle::read::load(&model)?
-        } else {
-            engine = "TF graph (IR executor)";
-            faceall::frontend::tf::load(&model, &Default::default())?
-        };
+        engine = "TF graph (IR executor)";
+        let g = faceall::frontend::tf::load(&model, &Default::default())?;
         per_call = 1;
         let feeds: HashMap<String, Tensor> = g
             .inputs

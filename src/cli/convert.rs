@@ -12,10 +12,11 @@ use serde::Serialize;
 use sha2::Digest;
 
 #[derive(clap::Args)]
+#[command(after_help = super::passes_help())]
 pub struct Args {
     /// Frozen TensorFlow GraphDef (.pb)
     model: PathBuf,
-    /// Target formats, comma-separated: caffe, coreml, safetensors
+    /// Target formats, comma-separated: caffe, coreml, safetensors, onnx
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
     /// Directory for the written files (must exist)
@@ -33,13 +34,16 @@ pub struct Args {
     /// Shape for an input the graph leaves unknown: NAME=D0,D1,... (repeatable)
     #[arg(long = "input-shape", value_parser = super::parse_input_shape)]
     input_shape: Vec<(String, Vec<usize>)>,
-    /// Switch a pass off (repeatable): remove_identity, resolve_switch, fold_constants, fold_bias,
-    /// fold_batch_norm, fuse_residual, fuse_l2_normalize, remove_dead
-    #[arg(long = "no-pass")]
+    /// Switch a pass off (repeatable); the passes are listed below
+    #[arg(long = "no-pass", value_parser = super::pass_name)]
     no_pass: Vec<String>,
     /// Same as --no-pass fold_batch_norm
     #[arg(long = "no-fold-bn")]
     no_fold_bn: bool,
+    /// ONNX: keep the weights in NAME.onnx.data (external data) even under
+    /// 2 GB; above it they always are
+    #[arg(long = "onnx-external-data")]
+    onnx_external_data: bool,
     /// Core ML: store weights as float16 (the parity reached is reported by verify-parity)
     #[arg(long)]
     fp16: bool,
@@ -72,21 +76,25 @@ struct Report {
     files: Vec<String>,
     seconds: f64,
     passes: passes::Report,
-    caffe_layers: usize,
-    layers: Vec<formats::caffe::write::LayerNote>,
-    blobs: Vec<formats::caffe::write::BlobMap>,
-    coreml_layers: usize,
-    coreml_blobs: Vec<formats::coreml::write::CoremlBlob>,
+    /// Each written format's own fields (caffe_layers, coreml_blobs, ...).
+    #[serde(flatten)]
+    formats: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip)]
+    written: Vec<(&'static str, &'static str, formats::Written)>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     for t in &a.to {
-        if !["caffe", "coreml", "safetensors"].contains(&t.as_str()) {
-            bail!("--to {t}: supported targets are: caffe, coreml, safetensors");
+        if formats::by_name(t).is_none() {
+            bail!("--to {t}: supported targets are: {}", formats::names());
         }
     }
-    let want = |t: &str| a.to.iter().any(|x| x == t);
+    let chosen: Vec<&dyn formats::Format> = formats::FORMATS
+        .iter()
+        .copied()
+        .filter(|f| a.to.iter().any(|t| t == f.name()))
+        .collect();
     let opts = tf::LoadOptions {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
@@ -125,29 +133,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    // Each model is emitted, staged to a temporary file and dropped before
-    // the next: peak memory holds one converted model, not all of them.
-    let mut staging =
-        formats::files::Staging::new(&a.out_dir).context("writing the converted model")?;
-    let (mut caffe_layers, mut notes, mut blobs) = (0, vec![], vec![]);
-    if want("caffe") {
-        let mut c = formats::caffe::write::emit_with_faults(&graph, &name, &a.inject_fault)
-            .map_err(|e| e.in_file(&a.model))?;
-        let text = formats::caffe::write::prototxt(&mut c.net);
-        staging.stage(&format!("{name}.prototxt"), |w| {
-            Ok(w.write_all(text.as_bytes())?)
-        })?;
-        staging.stage(&format!("{name}.caffemodel"), |w| {
-            formats::caffe::write::write_caffemodel(&c.net, w)
-        })?;
-        caffe_layers = c.net.layer.len();
-        notes = c.notes;
-        blobs = c.blobs;
-    }
     let source = {
         // Hash the file by streaming it through a small buffer: a second
         // map would count the whole file again in the resident set.
-        let sha = if want("coreml") || want("safetensors") {
+        let sha = if chosen.iter().any(|f| f.needs_source_hash()) {
             let mut f = std::fs::File::open(&a.model)
                 .with_context(|| format!("{}: opening for its hash", a.model.display()))?;
             let mut h = sha2::Sha256::new();
@@ -166,50 +155,46 @@ pub fn run(a: Args) -> Result<ExitCode> {
             sha256: sha,
         }
     };
-    let (mut coreml_layers, mut coreml_blobs) = (0, vec![]);
-    if want("coreml") {
-        let copts = formats::coreml::write::CoremlOptions {
+    let wopts = formats::WriteOptions {
+        name,
+        source,
+        coreml: formats::coreml::write::CoremlOptions {
             short_description: a.description.clone(),
             author: a.author.clone(),
             version: a.model_version.clone(),
             license: a.license.clone(),
             fp16: a.fp16,
-            source_name: source.name.clone(),
-            source_sha256: source.sha256.clone(),
-        };
-        let c = formats::coreml::write::emit(&graph, &copts).map_err(|e| e.in_file(&a.model))?;
-        staging.stage(&format!("{name}.mlmodel"), |w| {
-            formats::coreml::write::write_mlmodel(&c.model, w)
-        })?;
-        coreml_layers = match &c.model.Type {
-            Some(faceall::proto::coreml::model::Type::NeuralNetwork(n)) => n.layers.len(),
-            _ => 0,
-        };
-        coreml_blobs = c.blobs;
-    }
-    if want("safetensors") {
-        let weights = format!("{name}.safetensors");
-        let json = formats::bundle::write::graph_json(&graph, source.clone(), &weights)?;
-        staging.stage(&weights, |w| {
-            formats::bundle::write::write_safetensors(&graph, &source, w)
-        })?;
-        staging.stage(&format!("{name}.graph.json"), |w| {
-            Ok(w.write_all(json.as_bytes())?)
-        })?;
+            ..Default::default()
+        },
+        caffe_faults: a.inject_fault.clone(),
+        onnx_external_data: a.onnx_external_data,
+    };
+    // Each model is written, staged to a temporary file and dropped before
+    // the next: peak memory holds one converted model, not all of them.
+    let mut staging =
+        formats::files::Staging::new(&a.out_dir).context("writing the converted model")?;
+    let mut fields = serde_json::Map::new();
+    let mut written = vec![];
+    for f in &chosen {
+        let w = f
+            .write(&graph, &wopts, &mut staging)
+            .map_err(|e| e.in_file(&a.model))?;
+        fields.extend(w.report.clone());
+        written.push((f.name(), f.unit(), w));
     }
     progress.stage("writing the files");
-    let written = staging.commit().context("writing the converted model")?;
+    let written_files = staging.commit().context("writing the converted model")?;
     drop(progress);
     let r = Report {
         model: a.model.display().to_string(),
-        files: written.iter().map(|p| p.display().to_string()).collect(),
+        files: written_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         seconds: t0.elapsed().as_secs_f64(),
-        caffe_layers,
         passes: report,
-        coreml_layers,
-        coreml_blobs,
-        layers: notes,
-        blobs,
+        formats: fields,
+        written,
     };
 
     let text = if a.json {
@@ -234,39 +219,36 @@ fn render(r: &Report, verbose: bool) -> String {
         "passes: {} -> {} IR nodes in {} round(s)",
         p.nodes_before, p.nodes_after, p.iterations
     );
-    for (name, _) in passes::PASSES {
+    for passes::Pass { name, .. } in passes::PASSES {
         let n = p.count(name);
         if n > 0 {
             let _ = writeln!(o, "  {name:<18} {n} rewrite(s)");
         }
     }
-    let _ = writeln!(
-        o,
-        "caffe: {} layers from {} IR nodes",
-        r.caffe_layers,
-        r.layers.len()
-    );
-    let mut hidden = 0;
-    for l in &r.layers {
-        if verbose || l.layers.len() > 1 {
-            let extra = if l.note.is_empty() {
-                String::new()
+    for (format, unit, w) in &r.written {
+        let _ = writeln!(o, "{format}: {} {unit}", w.layers);
+        let mut hidden = 0;
+        for l in &w.notes {
+            if verbose || l.layers.len() > 1 {
+                let extra = if l.note.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", l.note)
+                };
+                let _ = writeln!(
+                    o,
+                    "  {} ({}) -> {}{extra}",
+                    l.node,
+                    l.op,
+                    l.layers.join(", ")
+                );
             } else {
-                format!("  [{}]", l.note)
-            };
-            let _ = writeln!(
-                o,
-                "  {} ({}) -> {}{extra}",
-                l.node,
-                l.op,
-                l.layers.join(", ")
-            );
-        } else {
-            hidden += 1;
+                hidden += 1;
+            }
         }
-    }
-    if hidden > 0 {
-        let _ = writeln!(o, "  ({hidden} nodes map to one layer each; --verbose lists them with what they absorbed)");
+        if hidden > 0 {
+            let _ = writeln!(o, "  ({hidden} nodes map to one layer each; --verbose lists them with what they absorbed)");
+        }
     }
     o
 }

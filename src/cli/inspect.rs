@@ -1,4 +1,5 @@
-//! `faceall inspect MODEL.pb`
+//! `faceall inspect MODEL`: a frozen TF graph (what faceall can and cannot
+//! read of it) or a converted model of any format in the formats table.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Frozen TensorFlow GraphDef (.pb)
+    /// Frozen TensorFlow GraphDef (.pb), or a converted model (NAME.graph.json,
+    /// NAME.onnx, NAME.prototxt, NAME.mlmodel)
     model: PathBuf,
     /// Shape for an input the graph leaves unknown: NAME=D0,D1,... (repeatable)
     #[arg(long = "input-shape", value_parser = super::parse_input_shape)]
@@ -45,6 +47,9 @@ struct Report {
     nodes: usize,
     /// TensorFlow op types as found in the file.
     ops: BTreeMap<String, usize>,
+    /// The op types of `ops` faceall does not read (its op registry).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unsupported_ops: Vec<String>,
     inputs: Vec<Value>,
     outputs: Vec<Value>,
     parameters: usize,
@@ -54,8 +59,8 @@ struct Report {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    if a.model.to_string_lossy().ends_with(".graph.json") {
-        return bundle(a);
+    if let Some(format) = faceall::formats::by_path(&a.model) {
+        return converted(a, format);
     }
     let model = tf::read_graph_def(&a.model)?;
     let mut ops = BTreeMap::new();
@@ -66,11 +71,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
     };
+    let unsupported_ops = ops
+        .keys()
+        .filter(|op| !tf::ops::is_supported(op))
+        .cloned()
+        .collect();
     let mut report = Report {
         file: a.model.display().to_string(),
         file_bytes: model.file_size,
         nodes: model.graph_def.node.len(),
         ops,
+        unsupported_ops,
         inputs: vec![],
         outputs: vec![],
         parameters: 0,
@@ -161,7 +172,12 @@ fn print_text(r: &Report) {
     let mut ops: Vec<_> = r.ops.iter().collect();
     ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (op, n) in ops {
-        println!("  {op:<24} {n}");
+        let mark = if r.unsupported_ops.contains(op) {
+            "  (not supported)"
+        } else {
+            ""
+        };
+        println!("  {op:<24} {n}{mark}");
     }
     if !r.unsupported.is_empty() {
         println!("unsupported ({}):", r.unsupported.len());
@@ -171,40 +187,80 @@ fn print_text(r: &Report) {
     }
 }
 
-/// `inspect NAME.graph.json`: a converted bundle, loaded as faceall loads it.
-fn bundle(a: Args) -> Result<ExitCode> {
+/// `inspect` of a converted model: the formats that read back into the IR
+/// (bundle, ONNX) are summarised as faceall loads them; the others by their
+/// inputs and the TF tensors they hold.
+fn converted(a: Args, format: &dyn faceall::formats::Format) -> Result<ExitCode> {
+    let files = faceall::formats::companions(format, &a.model);
     let t0 = std::time::Instant::now();
-    let g = faceall::formats::bundle::read::load(&a.model)?;
+    let file_bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let report = match format.read_graph(&files) {
+        Some(g) => {
+            let g = g?;
+            let value = |w: faceall::ir::Wire| -> Result<Value> {
+                let f = g.fact(w)?;
+                Ok(Value {
+                    name: g.wire_name(w),
+                    dtype: f.dtype.name(),
+                    shape: f.shape.clone(),
+                })
+            };
+            let s = g.stats();
+            Report {
+                file: a.model.display().to_string(),
+                file_bytes,
+                nodes: s.nodes,
+                ops: s.ops,
+                unsupported_ops: vec![],
+                inputs: g
+                    .inputs
+                    .iter()
+                    .map(|&i| value(faceall::ir::Wire { node: i, slot: 0 }))
+                    .collect::<Result<_>>()?,
+                outputs: g.outputs.iter().map(|&w| value(w)).collect::<Result<_>>()?,
+                parameters: s.params,
+                flops: s.flops,
+                unsupported: vec![],
+            }
+        }
+        None => {
+            let exec = format.open(&files)?;
+            let held = exec.computes();
+            Report {
+                file: a.model.display().to_string(),
+                file_bytes,
+                nodes: held.len(),
+                ops: BTreeMap::new(),
+                unsupported_ops: vec![],
+                inputs: exec
+                    .inputs()
+                    .into_iter()
+                    .map(|(name, shape)| Value {
+                        name,
+                        dtype: "f32",
+                        shape,
+                    })
+                    .collect(),
+                outputs: vec![],
+                parameters: 0,
+                flops: 0,
+                unsupported: vec![],
+            }
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
-    let value = |w: faceall::ir::Wire| -> Result<Value> {
-        let f = g.fact(w)?;
-        Ok(Value {
-            name: g.wire_name(w),
-            dtype: f.dtype.name(),
-            shape: f.shape.clone(),
-        })
-    };
-    let s = g.stats();
-    let report = Report {
-        file: a.model.display().to_string(),
-        file_bytes: std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0),
-        nodes: s.nodes,
-        ops: s.ops,
-        inputs: g
-            .inputs
-            .iter()
-            .map(|&i| value(faceall::ir::Wire { node: i, slot: 0 }))
-            .collect::<Result<_>>()?,
-        outputs: g.outputs.iter().map(|&w| value(w)).collect::<Result<_>>()?,
-        parameters: s.params,
-        flops: s.flops,
-        unsupported: vec![],
-    };
     if a.json {
         super::print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"));
     } else {
         print_text(&report);
-        println!("loaded the bundle in {:.1} ms", secs * 1000.0);
+        println!(
+            "loaded the {} model in {:.1} ms",
+            format.name(),
+            secs * 1000.0
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

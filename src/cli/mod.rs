@@ -69,6 +69,29 @@ pub fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
+/// A `--no-pass` name, checked against the pass table.
+pub fn pass_name(s: &str) -> Result<String, String> {
+    if faceall::passes::PASSES.iter().any(|p| p.name == s) {
+        Ok(s.to_string())
+    } else {
+        let names: Vec<&str> = faceall::passes::PASSES.iter().map(|p| p.name).collect();
+        Err(format!(
+            "no pass named '{s}' (passes: {})",
+            names.join(", ")
+        ))
+    }
+}
+
+/// The passes, in order, with what each does: `convert-tf --help`'s list
+/// for `--no-pass`, generated from the pass table.
+pub fn passes_help() -> String {
+    let mut o = String::from("Passes (in order; switch one off with --no-pass NAME):\n");
+    for p in faceall::passes::PASSES {
+        o.push_str(&format!("  {:<18} {}\n", p.name, p.what));
+    }
+    o
+}
+
 /// `NAME=D0,D1,...` for `--input-shape`.
 pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     let (name, dims) = s

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use faceall::formats;
 use faceall::frontend::tf;
 use faceall::parity::verify::{self, Reference, Report};
 use faceall::parity::Tolerance;
@@ -23,6 +24,12 @@ pub struct Args {
     /// Converted Core ML model
     #[arg(long)]
     coreml: Option<PathBuf>,
+    /// Converted ONNX model
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// Converted bundle (NAME.graph.json, its NAME.safetensors beside it)
+    #[arg(long)]
+    bundle: Option<PathBuf>,
     /// Face photos: every .jpg/.png in DIR; with --mtcnn, the largest face
     /// found (margin 44, as FaceNet), else the centre square; resized, prewhitened
     #[arg(long, conflicts_with = "random")]
@@ -73,8 +80,22 @@ fn level(s: &str) -> Result<Tolerance> {
 }
 
 fn check(a: Args) -> Result<Report> {
-    if a.caffe.is_none() && a.coreml.is_none() {
-        bail!("nothing to verify: give --caffe/--caffemodel and/or --coreml");
+    // (format, its files in the format's order) for every model given.
+    let mut models: Vec<(&dyn formats::Format, Vec<PathBuf>)> = vec![];
+    if let (Some(p), Some(m)) = (&a.caffe, &a.caffemodel) {
+        models.push((&formats::caffe::Caffe, vec![p.clone(), m.clone()]));
+    }
+    for (path, format) in [
+        (&a.coreml, &formats::coreml::Coreml as &dyn formats::Format),
+        (&a.onnx, &formats::onnx::Onnx),
+        (&a.bundle, &formats::bundle::Bundle),
+    ] {
+        if let Some(p) = path {
+            models.push((format, formats::companions(format, p)));
+        }
+    }
+    if models.is_empty() {
+        bail!("nothing to verify: give --caffe/--caffemodel, --coreml, --onnx and/or --bundle");
     }
     let tol = level(&a.tolerance)?;
     let mut overrides = verify::Overrides::new();
@@ -96,19 +117,13 @@ fn check(a: Args) -> Result<Report> {
         Some(dir) => image_samples(&g, dir, a.mtcnn.as_deref())?,
         None => verify::random_samples(&g, a.random.unwrap_or(1).max(1), a.seed)?,
     };
-    // The TF tensors that have a blob in some converted model.
+    // The TF tensors that have a value in some converted model.
     let mut wanted: Vec<String> = vec![];
-    let caffe_model = match (&a.caffe, &a.caffemodel) {
-        (Some(p), Some(m)) => {
-            let net = faceall::formats::caffe::exec::CaffeModel::load(p, Some(m))?;
-            wanted.extend(net.layers.iter().flat_map(|l| l.param.top.clone()));
-            Some((p.clone(), m.clone()))
-        }
-        _ => None,
-    };
-    if let Some(c) = &a.coreml {
-        let m = faceall::formats::coreml::exec::CoremlModel::load(c)?;
-        wanted.extend(m.layers().iter().flat_map(|l| l.output.clone()));
+    let mut execs = vec![];
+    for (format, files) in &models {
+        let exec = format.open(files)?;
+        wanted.extend(exec.computes());
+        execs.push(exec);
     }
     wanted.extend(g.outputs.iter().map(|w| g.nodes[w.node].name.clone()));
     let refs = verify::reference_for(&a.tf, &g, &samples, &wanted, &reference)?;
@@ -121,11 +136,8 @@ fn check(a: Args) -> Result<Report> {
         overrides: &overrides,
     };
     let mut targets = vec![];
-    if let Some((p, m)) = caffe_model {
-        targets.push(verify::verify_caffe(&checked, &p, &m)?);
-    }
-    if let Some(c) = &a.coreml {
-        targets.push(verify::verify_coreml(&checked, c)?);
+    for ((format, files), exec) in models.iter().zip(&execs) {
+        targets.push(verify::verify(&checked, *format, files, exec.as_ref())?);
     }
     let report = Report {
         model: a.tf.display().to_string(),

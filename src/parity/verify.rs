@@ -1,21 +1,20 @@
 //! verify-parity: run the source graph and each converted model on the same
 //! inputs and compare every layer that carries a TF tensor's value.
 //!
-//! Converted layers are found by name: the emitters name blobs after the TF
+//! Converted layers are found by name: the writers name values after the TF
 //! tensors they compute (after folding, a conv's blob is its batch norm's
-//! name). Layout is read off the shapes: NCHW/(C, H, W) blobs are compared
-//! with NHWC values transposed, and a blob written by a flatten of a spatial
-//! map is compared in channel-first order.
+//! name). One comparison serves every format: each format's executor
+//! (`formats::Format::open`) hands its values back in TF's layout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::{compare, Comparison, Tolerance};
 use crate::error::{Error, Result};
+use crate::formats::{Executor, Format};
 use crate::ir::{Graph, Tensor};
-use crate::runtime::kernels::nchw_to_nhwc;
 
 /// Where reference values come from.
 #[derive(Debug, Clone)]
@@ -130,14 +129,14 @@ fn tensorflow_oracle(
     }
     cmd.arg("--fetch").args(names);
     let out = cmd.output().map_err(|e| {
-        Error::Usage(format!(
+        Error::Reference(format!(
             "--reference tensorflow needs Python ({}): {e}; install Python 3 and `pip install tensorflow-cpu==2.21.0 numpy`, or pass --python",
             python.display()
         ))
     })?;
     let _cleanup = RemoveOnDrop(dir.clone());
     if out.status.code() == Some(3) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Reference(format!(
             "--reference tensorflow: {} cannot import TensorFlow ({}); install it with `{} -m pip install tensorflow-cpu==2.21.0 numpy` (scripts/setup does)",
             python.display(),
             String::from_utf8_lossy(&out.stderr).trim(),
@@ -151,7 +150,7 @@ fn tensorflow_oracle(
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("");
-        return Err(Error::Usage(format!(
+        return Err(Error::Reference(format!(
             "TensorFlow failed on {}: {last}",
             model.display()
         )));
@@ -179,36 +178,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
-}
-
-/// A converted value in TF's layout. faceall's Caffe blobs hold 4-D NHWC
-/// values as NCHW, always (also when C happens to equal H and W), and a
-/// blob written by a flatten of a spatial map in channel-first order.
-fn caffe_to_tf(got: &Tensor, want: &[usize], flat_of: Option<[usize; 3]>) -> Result<Tensor> {
-    let s = got.shape();
-    if let (&[n, c, h, w], 4) = (s, want.len()) {
-        if [n, h, w, c] == [want[0], want[1], want[2], want[3]] {
-            return Tensor::f32(want.to_vec(), nchw_to_nhwc(&got.as_f32()?, [n, c, h, w]));
-        }
-        return Err(Error::Usage(format!(
-            "shape {s:?} (NCHW) does not match TensorFlow's {want:?} (NHWC)"
-        )));
-    }
-    if s == want {
-        if let (Some([c, h, w]), 2) = (flat_of, want.len()) {
-            if h * w > 1 {
-                let v = nchw_to_nhwc(&got.as_f32()?, [want[0], c, h, w]);
-                return Tensor::f32(want.to_vec(), v);
-            }
-        }
-        return Ok(got.clone());
-    }
-    if got.len() == want.iter().product::<usize>() && want.len() != 4 {
-        return got.reshaped(want.to_vec());
-    }
-    Err(Error::Usage(format!(
-        "shape {s:?} does not match TensorFlow's {want:?}"
-    )))
 }
 
 fn judge(
@@ -268,109 +237,61 @@ pub struct Checked<'a> {
     pub overrides: &'a Overrides,
 }
 
-/// Compare a Caffe model with the reference, layer by layer, over all samples.
-pub fn verify_caffe(c: &Checked, prototxt: &Path, caffemodel: &Path) -> Result<TargetReport> {
-    let (model, g, samples, refs, tol, overrides) = (
-        c.model,
-        c.graph,
-        c.samples,
-        c.refs,
-        c.tolerance,
-        c.overrides,
-    );
-    let net = crate::formats::caffe::exec::CaffeModel::load(prototxt, Some(caffemodel))?;
-    for (name, shape) in &net.inputs {
-        let Some(i) = g.node_by_name(name).filter(|i| g.inputs.contains(i)) else {
-            return Err(Error::Usage(format!(
-                "{}: input '{name}' is not an input of {}",
-                prototxt.display(),
-                model.display()
-            )));
-        };
-        let tf = &g.nodes[i].outputs[0].shape;
-        let want = if tf.len() == 4 {
-            vec![tf[0], tf[3], tf[1], tf[2]]
-        } else {
-            tf.clone()
-        };
-        if shape != &want {
-            return Err(Error::Usage(format!("{}: input '{name}' is {shape:?}, the TF graph's is {tf:?} ({want:?} in NCHW): these files do not belong together", prototxt.display())));
-        }
-    }
-    // Layers that need weights must have found them in the caffemodel.
-    for l in &net.layers {
-        let needs = match l.kind() {
-            "Convolution" | "InnerProduct" | "BatchNorm" | "PReLU" => 1,
-            "Scale" if l.param.bottom.len() == 1 => 1,
-            _ => 0,
-        };
-        if l.blobs.len() < needs {
-            return Err(Error::Usage(format!(
-                "{}: layer '{}' ({}) has no weights in {}: the prototxt and caffemodel do not belong together",
-                prototxt.display(),
-                l.name(),
-                l.kind(),
-                caffemodel.display()
-            )));
-        }
-    }
-    // Which layer type writes each blob, and a flatten's input shape.
-    let mut flat_of: HashMap<&str, [usize; 3]> = HashMap::new();
+/// Compare a converted model (`files` of `format`, opened as `exec`) with
+/// the reference, layer by layer, over all samples: every TF tensor the
+/// model holds under its TF name, read back in TF's layout by the format's
+/// executor.
+pub fn verify(
+    c: &Checked,
+    format: &dyn Format,
+    files: &[PathBuf],
+    exec: &dyn Executor,
+) -> Result<TargetReport> {
+    let g = c.graph;
+    let inputs: Vec<(String, Vec<usize>)> = g
+        .inputs
+        .iter()
+        .map(|&i| {
+            let shape = g.nodes[i].outputs.first().map(|f| f.shape.clone());
+            (g.nodes[i].name.clone(), shape.unwrap_or_default())
+        })
+        .collect();
+    exec.check_inputs(&inputs)?;
+    let computes: HashSet<String> = exec.computes().into_iter().collect();
+    let outputs: HashSet<&str> = g
+        .outputs
+        .iter()
+        .map(|w| g.nodes[w.node].name.as_str())
+        .collect();
     let mut layers = vec![];
     let mut run_error = None;
-    for (s, sample) in samples.iter().enumerate() {
-        let feeds: HashMap<String, Tensor> = sample
+    for (s, sample) in c.samples.iter().enumerate() {
+        let want: HashMap<String, Vec<usize>> = c.refs[s]
             .iter()
-            .map(|(k, t)| {
-                Ok((
-                    k.clone(),
-                    if t.shape().len() == 4 {
-                        nchw_input(t)?
-                    } else {
-                        t.clone()
-                    },
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let (blobs, _, err) = net.forward_partial(&feeds)?;
-        if let Some(e) = err {
-            run_error.get_or_insert(e.to_string());
-        }
-        for l in &net.layers {
-            if l.kind() == "Flatten" {
-                if let (Some(b), Some(t)) = (
-                    l.param.bottom.first().and_then(|b| blobs.get(b)),
-                    l.param.top.first(),
-                ) {
-                    if let &[_, c, h, w] = b.shape() {
-                        flat_of.insert(t.as_str(), [c, h, w]);
-                    }
-                }
-            }
+            .filter(|(k, _)| computes.contains(*k))
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect();
+        let mut run = exec.run(sample, &want)?;
+        if let Some(e) = run.failure.take() {
+            run_error.get_or_insert(e);
         }
         let mut i = 0;
         for node in &g.nodes {
-            let Some(want) = refs[s].get(&node.name) else {
+            let Some(want) = c.refs[s].get(&node.name) else {
                 continue;
             };
-            let output = g
-                .outputs
-                .iter()
-                .any(|w| w.node == g.node_by_name(&node.name).unwrap_or(usize::MAX));
-            let tol = overrides.get(&node.name).copied().unwrap_or(tol);
-            let blob_exists = net
-                .layers
-                .iter()
-                .any(|l| l.param.top.iter().any(|t| t == &node.name));
-            if !blob_exists {
+            if !computes.contains(&node.name) {
                 continue;
             }
-            let got = blobs
-                .get(&node.name)
-                .ok_or_else(|| Error::Usage("not computed (an earlier layer failed)".into()))
-                .and_then(|b| {
-                    caffe_to_tf(b, want.shape(), flat_of.get(node.name.as_str()).copied())
-                });
+            let tol = c.overrides.get(&node.name).copied().unwrap_or(c.tolerance);
+            let got = match run.values.remove(&node.name) {
+                Some(Ok(t)) => Ok(t),
+                Some(Err(e)) => Err(Error::Mismatch(e)),
+                None => Err(Error::Usage(
+                    "not computed (an earlier layer failed)".into(),
+                )),
+            };
+            let output = outputs.contains(node.name.as_str());
             let r = judge(
                 &node.name,
                 &node.source_op,
@@ -384,7 +305,8 @@ pub fn verify_caffe(c: &Checked, prototxt: &Path, caffemodel: &Path) -> Result<T
             i += 1;
         }
     }
-    Ok(finish("caffe", caffemodel, layers, run_error))
+    let file = files.last().cloned().unwrap_or_default();
+    Ok(finish(format.name(), &file, layers, run_error))
 }
 
 /// Keep, per layer, the worst result over samples.
@@ -404,175 +326,6 @@ fn merge_sample(layers: &mut Vec<LayerResult>, i: usize, r: LayerResult) {
     }
 }
 
-fn nchw_input(t: &Tensor) -> Result<Tensor> {
-    let &[n, h, w, c] = t.shape() else {
-        return Ok(t.clone());
-    };
-    Tensor::f32(
-        vec![n, c, h, w],
-        crate::runtime::kernels::nhwc_to_nchw(&t.as_f32()?, [n, h, w, c]),
-    )
-}
-
-/// Compare a Core ML model with the reference, one sample (and one batch
-/// element) per prediction.
-pub fn verify_coreml(c: &Checked, mlmodel: &Path) -> Result<TargetReport> {
-    let (model, g, samples, refs, tol, overrides) = (
-        c.model,
-        c.graph,
-        c.samples,
-        c.refs,
-        c.tolerance,
-        c.overrides,
-    );
-    let m = crate::formats::coreml::exec::CoremlModel::load(mlmodel)?;
-    for (name, shape) in &m.inputs {
-        let Some(i) = g.node_by_name(name).filter(|i| g.inputs.contains(i)) else {
-            return Err(Error::Usage(format!(
-                "{}: input '{name}' is not an input of {}",
-                mlmodel.display(),
-                model.display()
-            )));
-        };
-        let tf = &g.nodes[i].outputs[0].shape;
-        let want: Vec<usize> = match tf.as_slice() {
-            [_, h, w, c] => vec![*c, *h, *w],
-            [_, k] => vec![*k],
-            _ => tf[1..].to_vec(),
-        };
-        if shape != &want {
-            return Err(Error::Usage(format!("{}: input '{name}' is {shape:?}, the TF graph's {tf:?} needs {want:?} per sample: these files do not belong together", mlmodel.display())));
-        }
-    }
-    let produced: std::collections::HashSet<&str> = m
-        .layers()
-        .iter()
-        .flat_map(|l| l.output.iter().map(|s| s.as_str()))
-        .collect();
-    let flat: HashMap<&str, &str> = m
-        .layers()
-        .iter()
-        .filter(|l| {
-            matches!(
-                l.layer,
-                Some(crate::proto::coreml::neural_network_layer::Layer::Flatten(
-                    _
-                ))
-            )
-        })
-        .filter_map(|l| Some((l.output.first()?.as_str(), l.input.first()?.as_str())))
-        .collect();
-    let mut layers = vec![];
-    let mut run_error = None;
-    for (s, sample) in samples.iter().enumerate() {
-        let batch = sample
-            .values()
-            .next()
-            .and_then(|t| t.shape().first().copied())
-            .unwrap_or(1)
-            .max(1);
-        for n in 0..batch {
-            let mut feeds = HashMap::new();
-            for (name, t) in sample {
-                let per = t.len() / batch.max(1);
-                let v = t.as_f32()?[n * per..(n + 1) * per].to_vec();
-                let v = match t.shape() {
-                    &[_, h, w, c] => crate::runtime::kernels::nhwc_to_nchw(&v, [1, h, w, c]),
-                    _ => v,
-                };
-                let declared = m
-                    .inputs
-                    .iter()
-                    .find(|(i, _)| i == name)
-                    .map(|(_, s)| s.clone())
-                    .unwrap_or_default();
-                feeds.insert(name.clone(), Tensor::f32(declared, v)?);
-            }
-            let blobs = match m.predict(&feeds) {
-                Ok(b) => b,
-                Err(e) => {
-                    run_error.get_or_insert(e.to_string());
-                    continue;
-                }
-            };
-            let mut i = 0;
-            for node in &g.nodes {
-                let Some(want) = refs[s].get(&node.name) else {
-                    continue;
-                };
-                if !produced.contains(node.name.as_str())
-                    && !m.inputs.iter().any(|(x, _)| x == &node.name)
-                {
-                    continue;
-                }
-                let output = g.outputs.iter().any(|w| g.nodes[w.node].name == node.name);
-                let tol = overrides.get(&node.name).copied().unwrap_or(tol);
-                let per = want.len() / want.shape().first().copied().unwrap_or(1).max(1);
-                let want_n = Tensor::f32(
-                    std::iter::once(1)
-                        .chain(want.shape()[1..].iter().copied())
-                        .collect(),
-                    want.as_f32()?[n * per..(n + 1) * per].to_vec(),
-                )?;
-                let flat_in = flat
-                    .get(node.name.as_str())
-                    .and_then(|b| blobs.get(*b))
-                    .map(|t| t.shape().to_vec());
-                let got = blobs
-                    .get(&node.name)
-                    .ok_or_else(|| Error::Usage("not computed".into()))
-                    .and_then(|b| {
-                        let [c, h, w] = match b.shape() {
-                            &[c, h, w] => [c, h, w],
-                            s => return Err(Error::Usage(format!("blob shape {s:?}"))),
-                        };
-                        let v = b.as_f32()?;
-                        let ws = want_n.shape();
-                        if ws.len() == 4 {
-                            if [ws[1], ws[2], ws[3]] != [h, w, c]
-                                && !(ws[3] == 1 && [ws[1], ws[2]] == [h, w] && c == 1)
-                            {
-                                return Err(Error::Usage(format!(
-                                    "shape (C, H, W) {:?} does not match TensorFlow's {ws:?}",
-                                    [c, h, w]
-                                )));
-                            }
-                            return Tensor::f32(ws.to_vec(), nchw_to_nhwc(&v, [1, c, h, w]));
-                        }
-                        if let Some(&[fc, fh, fw]) = flat_in.as_deref() {
-                            if fh * fw > 1 {
-                                return Tensor::f32(ws.to_vec(), nchw_to_nhwc(&v, [1, fc, fh, fw]));
-                            }
-                        }
-                        if b.len() != want_n.len() {
-                            return Err(Error::Usage(format!(
-                                "{} values where TensorFlow has {}",
-                                b.len(),
-                                want_n.len()
-                            )));
-                        }
-                        b.reshaped(ws.to_vec())
-                    });
-                merge_sample(
-                    &mut layers,
-                    i,
-                    judge(
-                        &node.name,
-                        &node.source_op,
-                        &node.name,
-                        output,
-                        got,
-                        &want_n,
-                        tol,
-                    ),
-                );
-                i += 1;
-            }
-        }
-    }
-    Ok(finish("coreml", mlmodel, layers, run_error))
-}
-
 /// The reference values each target needs: every float node whose name is
 /// a blob of some target (plus the outputs).
 pub fn reference_for(
@@ -582,11 +335,12 @@ pub fn reference_for(
     wanted: &[String],
     r: &Reference,
 ) -> Result<Vec<HashMap<String, Tensor>>> {
+    let wanted: HashSet<&str> = wanted.iter().map(|s| s.as_str()).collect();
     let names: Vec<String> = g
         .nodes
         .iter()
         .filter(|n| {
-            wanted.contains(&n.name)
+            wanted.contains(n.name.as_str())
                 && n.outputs
                     .first()
                     .is_some_and(|f| f.dtype == crate::ir::DType::F32)

@@ -1,17 +1,6 @@
-//! Graph passes between the TF frontend and the emitters, in order:
-//!
-//! | # | pass | what it does |
-//! | --- | --- | --- |
-//! | 1 | `remove_identity` | Identity, and reshapes that change nothing or follow another reshape, are bypassed |
-//! | 2 | `resolve_switch` | TF1 Switch/Merge with a constant predicate: the taken branch is wired through, the other is dead |
-//! | 3 | `fold_constants` | nodes whose inputs are all constant are evaluated once (the decomposed batch norm's `rsqrt(var + eps) * gamma`, shape arithmetic) |
-//! | 4 | `fold_bias` | BiasAdd / Add / Sub of a per-channel constant after a Conv2D, depthwise conv or MatMul becomes its bias |
-//! | 5 | `fold_batch_norm` | FusedBatchNorm (V1/V2/V3, inference) and a per-channel constant Mul (the decomposed form) after a conv or MatMul fold into its weights and bias, also through reshapes that only add unit dimensions (FaceNet's bottleneck); what cannot fold stays a BatchNorm |
-//! | 6 | `fuse_residual` | `x + scale * branch` becomes one WeightedSum (Caffe Eltwise SUM with coefficients) |
-//! | 7 | `fuse_l2_normalize` | `x * rsqrt(max(sum(x^2), eps))` becomes one L2Normalize |
-//! | 8 | `fuse_prelu` | Keras' PReLU `relu(x) - alpha * relu(-x)` becomes one PRelu (Caffe PReLU) |
-//! | 9 | `fold_transpose` | a transpose that only feeds flatten + MatMul folds into the weight rows (Keras Permute + Flatten + Dense) |
-//! | 10 | `remove_dead` | nodes the outputs do not need are dropped |
+//! Graph passes between the TF frontend and the writers. [`PASSES`] is the
+//! one list of them, in the order they run, each with what it does (the
+//! `--no-pass` help is generated from it).
 //!
 //! The list runs to a fixed point (until no pass changes anything), because
 //! folding can expose more folding (a BiasAdd folded into a conv lets the
@@ -62,18 +51,65 @@ impl Report {
 
 type PassFn = fn(&mut Graph, &mut Vec<Rewrite>) -> Result<usize>;
 
-/// Every pass in order: (name, function).
-pub const PASSES: &[(&str, PassFn)] = &[
-    ("remove_identity", remove_identity::run),
-    ("resolve_switch", resolve_switch::run),
-    ("fold_constants", fold_constants::run),
-    ("fold_bias", fold_bias::run),
-    ("fold_batch_norm", fold_batch_norm::run),
-    ("fuse_residual", fuse_residual::run),
-    ("fuse_l2_normalize", fuse_l2_normalize::run),
-    ("fuse_prelu", fuse_prelu::run),
-    ("fold_transpose", fold_transpose::run),
-    ("remove_dead", remove_dead::run),
+/// One pass: its name (`--no-pass NAME`), what it does, and the function.
+pub struct Pass {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub run: PassFn,
+}
+
+/// Every pass, in the order they run.
+pub const PASSES: &[Pass] = &[
+    Pass {
+        name: "remove_identity",
+        what: "Identity, and reshapes that change nothing or follow another reshape, are bypassed",
+        run: remove_identity::run,
+    },
+    Pass {
+        name: "resolve_switch",
+        what: "TF1 Switch/Merge with a constant predicate: the taken branch is wired through, the other is dead",
+        run: resolve_switch::run,
+    },
+    Pass {
+        name: "fold_constants",
+        what: "nodes whose inputs are all constant are evaluated once (the decomposed batch norm's `rsqrt(var + eps) * gamma`, shape arithmetic)",
+        run: fold_constants::run,
+    },
+    Pass {
+        name: "fold_bias",
+        what: "BiasAdd / Add / Sub of a per-channel constant after a Conv2D, depthwise conv or MatMul becomes its bias",
+        run: fold_bias::run,
+    },
+    Pass {
+        name: "fold_batch_norm",
+        what: "FusedBatchNorm (V1/V2/V3, inference) and a per-channel constant Mul (the decomposed form) after a conv or MatMul fold into its weights and bias, also through reshapes that only add unit dimensions (FaceNet's bottleneck); what cannot fold stays a BatchNorm",
+        run: fold_batch_norm::run,
+    },
+    Pass {
+        name: "fuse_residual",
+        what: "`x + scale * branch` becomes one WeightedSum (Caffe Eltwise SUM with coefficients)",
+        run: fuse_residual::run,
+    },
+    Pass {
+        name: "fuse_l2_normalize",
+        what: "`x * rsqrt(max(sum(x^2), eps))` becomes one L2Normalize",
+        run: fuse_l2_normalize::run,
+    },
+    Pass {
+        name: "fuse_prelu",
+        what: "Keras' PReLU `relu(x) - alpha * relu(-x)` becomes one PRelu (Caffe PReLU)",
+        run: fuse_prelu::run,
+    },
+    Pass {
+        name: "fold_transpose",
+        what: "a transpose that only feeds flatten + MatMul folds into the weight rows (Keras Permute + Flatten + Dense)",
+        run: fold_transpose::run,
+    },
+    Pass {
+        name: "remove_dead",
+        what: "nodes the outputs do not need are dropped",
+        run: remove_dead::run,
+    },
 ];
 
 /// Which passes run; all by default.
@@ -85,7 +121,7 @@ pub struct PassOptions {
 impl PassOptions {
     pub fn none() -> Self {
         PassOptions {
-            disabled: PASSES.iter().map(|(n, _)| n.to_string()).collect(),
+            disabled: PASSES.iter().map(|p| p.name.to_string()).collect(),
         }
     }
     pub fn without(mut self, pass: &str) -> Self {
@@ -98,8 +134,8 @@ impl PassOptions {
     /// Check that every disabled name is a pass.
     pub fn check(&self) -> Result<()> {
         for d in &self.disabled {
-            if !PASSES.iter().any(|(n, _)| n == d) {
-                let names: Vec<&str> = PASSES.iter().map(|(n, _)| *n).collect();
+            if !PASSES.iter().any(|p| p.name == d) {
+                let names: Vec<&str> = PASSES.iter().map(|p| p.name).collect();
                 return Err(Error::Usage(format!(
                     "no pass named '{d}' (passes: {})",
                     names.join(", ")
@@ -120,11 +156,11 @@ pub fn run(graph: &mut Graph, opts: &PassOptions) -> Result<Report> {
     for iteration in 1..=16 {
         report.iterations = iteration;
         let mut changed = 0;
-        for (name, pass) in PASSES {
+        for Pass { name, run, .. } in PASSES {
             if !opts.enabled(name) {
                 continue;
             }
-            let n = pass(graph, &mut report.rewrites)
+            let n = run(graph, &mut report.rewrites)
                 .map_err(|e| Error::Graph(format!("pass {name}: {e}")))?;
             graph
                 .compact(false)

@@ -21,7 +21,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 pub const LAYOUTS: &str = "activations NHWC; Conv2d filter HWIO [kh, kw, in, out]; depthwise filter [kh, kw, in, multiplier]; MatMul weights [in, out] (transposed when transpose_b); biases [out]";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Source {
     pub name: String,
     pub sha256: String,

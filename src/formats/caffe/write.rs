@@ -87,15 +87,7 @@ pub struct BlobMap {
     pub layout: BlobLayout,
 }
 
-/// One line of the conversion report.
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerNote {
-    pub node: String,
-    pub op: String,
-    pub layers: Vec<String>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub note: String,
-}
+pub use crate::formats::LayerNote;
 
 pub struct CaffeNet {
     /// The deploy net with weights (write without blobs for the prototxt).

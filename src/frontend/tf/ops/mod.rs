@@ -1,6 +1,6 @@
-//! One converter per TensorFlow op family. `convert` is the registry: a
-//! match from op type to a plain function. Adding an op = adding a line here
-//! and a function in the family's file.
+//! One converter per TensorFlow op family. `OPS` is the registry: op type
+//! -> plain function. Adding an op = adding a line there and a function in
+//! the family's file.
 
 mod array;
 mod control;
@@ -11,90 +11,83 @@ use super::NodeCtx;
 use crate::error::Result;
 use crate::ir::Wire;
 
-/// Every TF op type faceall reads, for `inspect` and documentation.
-pub const SUPPORTED: &[&str] = &[
-    "Placeholder",
-    "PlaceholderWithDefault",
-    "Const",
-    "Identity",
-    "NoOp",
-    "Switch",
-    "Merge",
-    "Conv2D",
-    "DepthwiseConv2dNative",
-    "BiasAdd",
-    "FusedBatchNorm",
-    "FusedBatchNormV2",
-    "FusedBatchNormV3",
-    "Relu",
-    "Relu6",
-    "Elu",
-    "Sigmoid",
-    "Tanh",
-    "Softmax",
-    "MaxPool",
-    "AvgPool",
-    "ConcatV2",
-    "Concat",
-    "Add",
-    "AddV2",
-    "Sub",
-    "Mul",
-    "RealDiv",
-    "Maximum",
-    "Minimum",
-    "Square",
-    "Sqrt",
-    "Rsqrt",
-    "Sum",
-    "Mean",
-    "MatMul",
-    "Reshape",
-    "Squeeze",
-    "ExpandDims",
-    "Pad",
-    "PadV2",
-    "Shape",
-    "StridedSlice",
-    "Pack",
-    "Cast",
+/// Converts one TF node; returns the IR wire of each TF output in order.
+type Converter = fn(&mut NodeCtx) -> Result<Vec<Wire>>;
+
+/// The registry: every TF op type faceall reads and its converter. It is
+/// the one list of supported ops: `convert` dispatches through it,
+/// `inspect` and the unsupported-op errors read it.
+pub const OPS: &[(&str, Converter)] = &[
+    ("Placeholder", array::placeholder),
+    ("PlaceholderWithDefault", control::identity),
+    ("Identity", control::identity),
+    ("StopGradient", control::identity),
+    ("NoOp", |_| Ok(vec![])),
+    ("Const", array::constant),
+    ("Switch", control::switch),
+    ("Merge", control::merge),
+    ("Conv2D", |n| nn::conv2d(n, false)),
+    ("DepthwiseConv2dNative", |n| nn::conv2d(n, true)),
+    ("BiasAdd", nn::bias_add),
+    ("FusedBatchNorm", nn::fused_batch_norm),
+    ("FusedBatchNormV2", nn::fused_batch_norm),
+    ("FusedBatchNormV3", nn::fused_batch_norm),
+    ("Relu", nn::activation),
+    ("Relu6", nn::activation),
+    ("Elu", nn::activation),
+    ("Sigmoid", nn::activation),
+    ("Tanh", nn::activation),
+    ("Softmax", nn::softmax),
+    ("MaxPool", nn::pool),
+    ("AvgPool", nn::pool),
+    ("Add", math::binary),
+    ("AddV2", math::binary),
+    ("Sub", math::binary),
+    ("Mul", math::binary),
+    ("RealDiv", math::binary),
+    ("Maximum", math::binary),
+    ("Minimum", math::binary),
+    ("Square", math::unary),
+    ("Sqrt", math::unary),
+    ("Rsqrt", math::unary),
+    ("Neg", math::unary),
+    ("Transpose", array::transpose),
+    ("Sum", math::reduce),
+    ("Mean", math::reduce),
+    ("MatMul", math::matmul),
+    ("ConcatV2", array::concat),
+    ("Concat", array::concat),
+    ("Reshape", array::reshape),
+    ("Squeeze", array::squeeze),
+    ("ExpandDims", array::expand_dims),
+    ("Pad", array::pad),
+    ("PadV2", array::pad),
+    ("Shape", array::shape),
+    ("StridedSlice", array::strided_slice),
+    ("Pack", array::pack),
+    ("Cast", array::cast),
 ];
 
-/// Convert one TF node; returns the IR wire of each TF output in order.
+/// Whether faceall reads TF op type `op`.
+pub fn is_supported(op: &str) -> bool {
+    OPS.iter().any(|(name, _)| *name == op)
+}
+
+/// Convert one TF node through the registry.
 pub fn convert(n: &mut NodeCtx) -> Result<Vec<Wire>> {
-    match n.node.op.as_str() {
-        "Placeholder" => array::placeholder(n),
-        "PlaceholderWithDefault" | "Identity" | "StopGradient" => control::identity(n),
-        "NoOp" => Ok(vec![]),
-        "Const" => array::constant(n),
-        "Switch" => control::switch(n),
-        "Merge" => control::merge(n),
-        "Conv2D" => nn::conv2d(n, false),
-        "DepthwiseConv2dNative" => nn::conv2d(n, true),
-        "BiasAdd" => nn::bias_add(n),
-        "FusedBatchNorm" | "FusedBatchNormV2" | "FusedBatchNormV3" => nn::fused_batch_norm(n),
-        "Relu" | "Relu6" | "Elu" | "Sigmoid" | "Tanh" => nn::activation(n),
-        "Softmax" => nn::softmax(n),
-        "MaxPool" | "AvgPool" => nn::pool(n),
-        "Add" | "AddV2" | "Sub" | "Mul" | "RealDiv" | "Maximum" | "Minimum" => math::binary(n),
-        "Square" | "Sqrt" | "Rsqrt" | "Neg" => math::unary(n),
-        "Transpose" => array::transpose(n),
-        "Sum" | "Mean" => math::reduce(n),
-        "MatMul" => math::matmul(n),
-        "ConcatV2" | "Concat" => array::concat(n),
-        "Reshape" => array::reshape(n),
-        "Squeeze" => array::squeeze(n),
-        "ExpandDims" => array::expand_dims(n),
-        "Pad" | "PadV2" => array::pad(n),
-        "Shape" => array::shape(n),
-        "StridedSlice" => array::strided_slice(n),
-        "Pack" => array::pack(n),
-        "Cast" => array::cast(n),
+    let op = n.node.op.as_str();
+    if let Some((_, f)) = OPS.iter().find(|(name, _)| *name == op) {
+        return f(n);
+    }
+    match op {
         "If" | "StatelessIf" | "While" | "StatelessWhile" => Err(n.err(
             "TF2 functional control flow is not supported; faceall reads TF1 Switch/Merge \
              (export with tf.compat.v1.disable_control_flow_v2())",
         )),
-        other => Err(n.err(format!("op '{other}' is not supported"))),
+        other => Err(n.err(format!(
+            "op '{other}' is not supported (faceall reads {} TF op types; `faceall inspect MODEL.pb` marks the ones a graph lacks)",
+            OPS.len()
+        ))),
     }
 }
 

@@ -45,6 +45,8 @@ fn verify(model: &Path, dir: &Path, extra: &[&str]) -> Run {
         ("--caffe", "net.prototxt"),
         ("--caffemodel", "net.caffemodel"),
         ("--coreml", "net.mlmodel"),
+        ("--onnx", "net.onnx"),
+        ("--bundle", "net.graph.json"),
     ] {
         if dir.join(file).exists() {
             args.push(flag.into());
@@ -74,6 +76,18 @@ fn real_facenet_passes_against_builtin_and_tensorflow() {
     let model = case.join("../models/graph_final.pb");
     let d = tempfile::tempdir().unwrap();
     convert(&model, d.path(), &[]);
+    // The other two formats beside them: one run checks all four.
+    let out = faceall(&[
+        "convert-tf",
+        model.to_str().unwrap(),
+        "--to",
+        "onnx,safetensors",
+        "--out-dir",
+        d.path().to_str().unwrap(),
+        "--name",
+        "net",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
     for reference in [
         vec!["--reference", "builtin", "--random", "2"],
         vec![
@@ -85,6 +99,13 @@ fn real_facenet_passes_against_builtin_and_tensorflow() {
     ] {
         let r = verify(&model, d.path(), &reference);
         assert_eq!(r.code, Some(0), "{reference:?}: {}\n{}", r.stdout, r.stderr);
+        let targets: Vec<&str> = r.report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, ["caffe", "coreml", "onnx", "safetensors"]);
         for t in r.report["targets"].as_array().unwrap() {
             assert_eq!(t["passed"], true, "{t}");
             let layers = t["layers"].as_array().unwrap();

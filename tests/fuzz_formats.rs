@@ -1,0 +1,151 @@
+//! Property test over damaged converted models, for every reader in the
+//! formats table: opening a mutated file (prototxt, caffemodel, mlmodel,
+//! graph.json, safetensors, onnx) and, when it opens, running it must
+//! return errors, never panic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use faceall::formats::{self, files::Staging, Format, WriteOptions};
+use faceall::ir::Tensor;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Truncate(usize),
+    Insert(usize, Vec<u8>),
+    Delete(usize, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 1u8..=255).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(i, v)| Mutation::Insert(i, v)),
+        (any::<usize>(), 1usize..16).prop_map(|(i, n)| Mutation::Delete(i, n)),
+    ]
+}
+
+fn apply(mut b: Vec<u8>, ms: &[Mutation]) -> Vec<u8> {
+    for m in ms {
+        if b.is_empty() {
+            break;
+        }
+        let len = b.len();
+        match m {
+            Mutation::Flip(i, x) => b[i % len] ^= x,
+            Mutation::Truncate(i) => b.truncate(i % len),
+            Mutation::Insert(i, v) => {
+                let at = i % len;
+                b.splice(at..at, v.iter().copied());
+            }
+            Mutation::Delete(i, n) => {
+                let at = i % len;
+                b.drain(at..(at + n).min(len));
+            }
+        }
+    }
+    b
+}
+
+/// misc_ops (most op kinds in one small graph) written in `format`.
+fn written(format: &dyn Format, dir: &Path) -> Vec<PathBuf> {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/misc_ops/model.pb");
+    let mut g = faceall::frontend::tf::load(&model, &Default::default()).unwrap();
+    faceall::passes::run(&mut g, &Default::default()).unwrap();
+    let mut staging = Staging::new(dir).unwrap();
+    let opts = WriteOptions {
+        name: "net".into(),
+        ..Default::default()
+    };
+    format.write(&g, &opts, &mut staging).unwrap();
+    staging.commit().unwrap();
+    let main = dir.join(format!("net{}", format.extensions()[0]));
+    formats::companions(format, &main)
+}
+
+#[derive(Default, Debug)]
+struct Reached {
+    opened: usize,
+    ran: usize,
+}
+
+fn exercise(format: &dyn Format, files: &[PathBuf], r: &mut Reached) {
+    let Ok(exec) = format.open(files) else {
+        return;
+    };
+    r.opened += 1;
+    let mut feeds = HashMap::new();
+    for (name, shape) in exec.inputs() {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        if n > 100_000 {
+            return;
+        }
+        feeds.insert(name, Tensor::f32(shape, vec![0.5; n]).unwrap());
+    }
+    // Values too large to be worth computing (a mutated shape can ask for
+    // GBs) are refused by the readers that see shapes up front.
+    if let Some(Ok(g)) = format.read_graph(files) {
+        let big = g.nodes.iter().any(|n| {
+            n.outputs.iter().any(|f| {
+                f.shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .is_none_or(|v| v > 1_000_000)
+            })
+        });
+        if big {
+            return;
+        }
+    }
+    let want: HashMap<String, Vec<usize>> = HashMap::new();
+    let _ = exec.run(&feeds, &want);
+    r.ran += 1;
+}
+
+#[test]
+fn mutated_converted_models_never_panic() {
+    use proptest::test_runner::{Config, TestRunner};
+    for format in formats::FORMATS {
+        let seed_dir = tempfile::tempdir().unwrap();
+        let seed = written(*format, seed_dir.path());
+        let originals: Vec<Vec<u8>> = seed.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        let work = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = seed
+            .iter()
+            .map(|p| work.path().join(p.file_name().unwrap()))
+            .collect();
+        let mut runner = TestRunner::new(Config {
+            cases: 4000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let reached = std::cell::RefCell::new(Reached::default());
+        runner
+            .run(
+                &(0usize..files.len(), prop::collection::vec(mutation(), 1..4)),
+                |(which, ms)| {
+                    for (i, (f, o)) in files.iter().zip(&originals).enumerate() {
+                        let bytes = if i == which {
+                            apply(o.clone(), &ms)
+                        } else {
+                            o.clone()
+                        };
+                        std::fs::write(f, bytes).unwrap();
+                    }
+                    exercise(*format, &files, &mut reached.borrow_mut());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let r = reached.into_inner();
+        eprintln!("{}: {r:?}", format.name());
+        // Some mutations must get past the decoder, to test what follows it.
+        assert!(r.opened > 100 && r.ran > 50, "{}: {r:?}", format.name());
+    }
+}

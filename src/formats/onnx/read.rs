@@ -109,17 +109,12 @@ pub fn from_bytes(bytes: &Bytes, dir: &Path) -> Result<OnnxGraph> {
     let mut unsupported = vec![];
     for n in &graph.node {
         // A node fed by one that failed is not reported again.
-        if n.input
-            .iter()
-            .any(|x| !x.is_empty() && !r.wires.contains_key(x))
-        {
-            if n.input
-                .iter()
-                .any(|x| !x.is_empty() && unsupported_outputs(&unsupported, x))
-            {
-                mark_failed(&mut unsupported, n);
-                continue;
-            }
+        let fed_by_failed = n.input.iter().any(|x| {
+            !x.is_empty() && !r.wires.contains_key(x) && unsupported_outputs(&unsupported, x)
+        });
+        if fed_by_failed {
+            mark_failed(&mut unsupported, n);
+            continue;
         }
         if let Err(reason) = r.node(n) {
             unsupported.push((
@@ -706,7 +701,7 @@ impl Reader {
                 let hi = bound(self, 2, "max")?;
                 let a = match (lo, hi) {
                     (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Activation::Relu6,
-                    (Some(l), None) if l == 0.0 => Activation::Relu,
+                    (Some(0.0), None) => Activation::Relu,
                     _ => {
                         return Err(format!(
                             "Clip to [{lo:?}, {hi:?}] (faceall reads relu and relu6)"
@@ -1038,7 +1033,7 @@ fn reshape_target(xs: &[usize], s: &[i64]) -> R<Vec<usize>> {
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {xs:?} to {s:?}"));
         }
         out[i] = total / known;

@@ -156,7 +156,9 @@ fn print_text(r: &Report) {
     for v in &r.outputs {
         println!("output:     {} {} {:?}", v.name, v.dtype, v.shape);
     }
-    if r.unsupported.is_empty() {
+    // Parameters and FLOPs are counted on a graph; a Caffe or Core ML file
+    // is summarised by its inputs and the TF tensors it holds only.
+    if r.unsupported.is_empty() && !r.ops.is_empty() {
         println!(
             "parameters: {} ({:.2} M)",
             r.parameters,

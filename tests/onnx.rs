@@ -341,6 +341,30 @@ fn inspect_and_bench_read_a_converted_onnx_model() {
     assert_eq!(v["inputs"][0]["shape"], serde_json::json!([1, 6, 6, 3]));
     assert_eq!(v["outputs"][0]["name"], "output");
     assert!(v["parameters"].as_u64().unwrap() > 0, "{v}");
+    // verify-parity --model picks the format by the file name.
+    let model = case.join("model.pb");
+    let out = faceall(&[
+        "verify-parity",
+        "--tf",
+        model.to_str().unwrap(),
+        "--model",
+        onnx.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("onnx "));
+    let out = faceall(&[
+        "verify-parity",
+        "--tf",
+        model.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a converted model"),
+        "{}",
+        stderr(&out)
+    );
     let out = faceall(&["bench", onnx.to_str().unwrap(), "--iters", "2", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -30,6 +30,10 @@ pub struct Args {
     /// Converted bundle (NAME.graph.json, its NAME.safetensors beside it)
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// Any converted model, its format known by its file name (NAME.prototxt,
+    /// NAME.mlmodel, NAME.graph.json, NAME.onnx; companions beside it); repeatable
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
     /// Face photos: every .jpg/.png in DIR; with --mtcnn, the largest face
     /// found (margin 44, as FaceNet), else the centre square; resized, prewhitened
     #[arg(long, conflicts_with = "random")]
@@ -94,8 +98,22 @@ fn check(a: Args) -> Result<Report> {
             models.push((format, formats::companions(format, p)));
         }
     }
+    for p in &a.models {
+        let Some(format) = formats::by_path(p) else {
+            let exts: Vec<&str> = formats::FORMATS
+                .iter()
+                .filter_map(|f| f.extensions().first().copied())
+                .collect();
+            bail!(
+                "--model {}: not a converted model faceall reads (the file name ends in one of {})",
+                p.display(),
+                exts.join(", ")
+            );
+        };
+        models.push((format, formats::companions(format, p)));
+    }
     if models.is_empty() {
-        bail!("nothing to verify: give --caffe/--caffemodel, --coreml, --onnx and/or --bundle");
+        bail!("nothing to verify: give --model FILE, --caffe/--caffemodel, --coreml, --onnx and/or --bundle");
     }
     let tol = level(&a.tolerance)?;
     let mut overrides = verify::Overrides::new();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::{Executor, Run};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ir::{Graph, Tensor, Wire};
 use crate::runtime::kernels::nchw_to_nhwc;
 
@@ -41,29 +41,7 @@ impl Executor for GraphExecutor {
     }
 
     fn check_inputs(&self, tf_inputs: &[(String, Vec<usize>)]) -> Result<()> {
-        for &i in &self.graph.inputs {
-            let node = &self.graph.nodes[i];
-            let shape = node
-                .outputs
-                .first()
-                .map(|f| f.shape.clone())
-                .unwrap_or_default();
-            let Some((_, tf)) = tf_inputs.iter().find(|(n, _)| n == &node.name) else {
-                return Err(Error::Mismatch(format!(
-                    "{}: input '{}' is not an input of the TF graph",
-                    self.file.display(),
-                    node.name
-                )));
-            };
-            if &shape != tf {
-                return Err(Error::Mismatch(format!(
-                    "{}: input '{}' is {shape:?}, the TF graph's is {tf:?}: these files do not belong together",
-                    self.file.display(),
-                    node.name
-                )));
-            }
-        }
-        Ok(())
+        super::check_declared_inputs(&self.file, &self.inputs(), tf_inputs, <[usize]>::to_vec, "")
     }
 
     fn computes(&self) -> Vec<String> {

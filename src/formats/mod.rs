@@ -118,6 +118,39 @@ pub struct Run {
     pub failure: Option<String>,
 }
 
+/// Check a model's declared inputs (name, shape in the format's layout)
+/// against the TF graph's (name, NHWC shape); `to_format` maps a TF shape
+/// to the format's, `layout` says how ("in NCHW", "per sample").
+pub fn check_declared_inputs(
+    file: &Path,
+    declared: &[(String, Vec<usize>)],
+    tf_inputs: &[(String, Vec<usize>)],
+    to_format: impl Fn(&[usize]) -> Vec<usize>,
+    layout: &str,
+) -> Result<()> {
+    for (name, shape) in declared {
+        let Some((_, tf)) = tf_inputs.iter().find(|(n, _)| n == name) else {
+            return Err(Error::Mismatch(format!(
+                "{}: input '{name}' is not an input of the TF graph",
+                file.display()
+            )));
+        };
+        let want = to_format(tf);
+        if shape != &want {
+            let how = if &want == tf {
+                String::new()
+            } else {
+                format!(" ({want:?} {layout})")
+            };
+            return Err(Error::Mismatch(format!(
+                "{}: input '{name}' is {shape:?}, the TF graph's is {tf:?}{how}: these files do not belong together",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Every format faceall writes, in the order convert-tf writes them.
 pub static FORMATS: &[&dyn Format] =
     &[&caffe::Caffe, &coreml::Coreml, &bundle::Bundle, &onnx::Onnx];

@@ -108,19 +108,14 @@ impl Executor for CaffeExecutor {
     }
 
     fn check_inputs(&self, tf_inputs: &[(String, Vec<usize>)]) -> Result<()> {
-        for (name, shape) in &self.net.inputs {
-            let Some((_, tf)) = tf_inputs.iter().find(|(n, _)| n == name) else {
-                return Err(Error::Mismatch(format!(
-                    "{}: input '{name}' is not an input of the TF graph",
-                    self.prototxt.display()
-                )));
-            };
-            let want = layout::input_shape(tf);
-            if shape != &want {
-                return Err(Error::Mismatch(format!("{}: input '{name}' is {shape:?}, the TF graph's is {tf:?} ({want:?} in NCHW): these files do not belong together", self.prototxt.display())));
-            }
-        }
-        Ok(())
+        let file = &self.prototxt;
+        super::check_declared_inputs(
+            file,
+            &self.net.inputs,
+            tf_inputs,
+            layout::input_shape,
+            "in NCHW",
+        )
     }
 
     fn computes(&self) -> Vec<String> {

@@ -89,19 +89,14 @@ impl Executor for CoremlExecutor {
     }
 
     fn check_inputs(&self, tf_inputs: &[(String, Vec<usize>)]) -> Result<()> {
-        for (name, shape) in &self.model.inputs {
-            let Some((_, tf)) = tf_inputs.iter().find(|(n, _)| n == name) else {
-                return Err(Error::Mismatch(format!(
-                    "{}: input '{name}' is not an input of the TF graph",
-                    self.path.display()
-                )));
-            };
-            let want = layout::input_shape(tf);
-            if shape != &want {
-                return Err(Error::Mismatch(format!("{}: input '{name}' is {shape:?}, the TF graph's {tf:?} needs {want:?} per sample: these files do not belong together", self.path.display())));
-            }
-        }
-        Ok(())
+        let file = &self.path;
+        super::check_declared_inputs(
+            file,
+            &self.model.inputs,
+            tf_inputs,
+            layout::input_shape,
+            "per sample",
+        )
     }
 
     fn computes(&self) -> Vec<String> {

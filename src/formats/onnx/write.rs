@@ -163,6 +163,7 @@ fn value_info(name: &str, dtype: DType, shape: &[usize]) -> ValueInfoProto {
 }
 
 impl<'g> Em<'g> {
+    /// `base` if no value has that name yet, else `base_1`, `base_2`, ...
     fn fresh(&mut self, base: &str) -> String {
         let mut name = base.to_string();
         let mut k = 1;
@@ -172,11 +173,6 @@ impl<'g> Em<'g> {
         }
         self.names.insert(name.clone());
         name
-    }
-
-    /// Claim `name` if free, else a fresh variant of it.
-    fn claim(&mut self, name: &str) -> String {
-        self.fresh(name)
     }
 
     fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) {
@@ -265,7 +261,7 @@ impl<'g> Em<'g> {
             .strip_suffix(NCHW_SUFFIX)
             .unwrap_or(&v.name)
             .to_string();
-        let out = self.claim(&base);
+        let out = self.fresh(&base);
         self.node(
             "Transpose",
             &[&v.name],
@@ -298,7 +294,7 @@ impl<'g> Em<'g> {
             self.nchw_form.insert(w, name.clone());
             return Ok(name);
         }
-        let out = self.claim(&format!("{}{NCHW_SUFFIX}", v.name));
+        let out = self.fresh(&format!("{}{NCHW_SUFFIX}", v.name));
         self.node(
             "Transpose",
             &[&v.name],
@@ -347,24 +343,19 @@ impl<'g> Em<'g> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{}/folded", n.name));
         if nchw {
-            self.claim(&format!("{base}{NCHW_SUFFIX}"))
+            self.fresh(&format!("{base}{NCHW_SUFFIX}"))
         } else {
-            self.claim(&base)
+            self.fresh(&base)
         }
     }
 
     /// Whether an elementwise op over `inputs` with output shape `out`
     /// runs channel-first: a 4-D output with an input already so.
-    fn elementwise_nchw(&mut self, inputs: &[Wire], out: &[usize]) -> R<bool> {
-        if out.len() != 4 {
-            return Ok(false);
-        }
-        for &w in inputs {
-            if self.vals.get(&w).is_some_and(|v| v.nchw) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    fn elementwise_nchw(&self, inputs: &[Wire], out: &[usize]) -> bool {
+        out.len() == 4
+            && inputs
+                .iter()
+                .any(|w| self.vals.get(w).is_some_and(|v| v.nchw))
     }
 
     fn spatial(
@@ -403,7 +394,7 @@ impl<'g> Em<'g> {
                 if f.dtype != DType::F32 {
                     return Err("only float32 inputs".into());
                 }
-                let name = self.claim(&n.name);
+                let name = self.fresh(&n.name);
                 Ok(Some(Val { name, nchw: false }))
             }
             Op::Identity => Ok(Some(self.val(input(0)?)?)),
@@ -559,7 +550,7 @@ impl<'g> Em<'g> {
                 }))
             }
             Op::Concat { axis } => {
-                let nchw = self.elementwise_nchw(&n.inputs, &out_shape)?;
+                let nchw = self.elementwise_nchw(&n.inputs, &out_shape);
                 let mut ins = vec![];
                 for &w in &n.inputs {
                     ins.push(if nchw { self.nchw(w)? } else { self.tf(w)? });
@@ -571,7 +562,7 @@ impl<'g> Em<'g> {
                 Ok(Some(Val { name: out, nchw }))
             }
             Op::Binary(b) => {
-                let nchw = self.elementwise_nchw(&n.inputs, &out_shape)?;
+                let nchw = self.elementwise_nchw(&n.inputs, &out_shape);
                 let mut ins = vec![];
                 for &w in &n.inputs {
                     ins.push(if nchw {
@@ -718,7 +709,7 @@ impl<'g> Em<'g> {
                 }))
             }
             Op::WeightedSum { coeffs } => {
-                let nchw = self.elementwise_nchw(&n.inputs, &out_shape)?;
+                let nchw = self.elementwise_nchw(&n.inputs, &out_shape);
                 let mut terms = vec![];
                 for (&w, &c) in n.inputs.iter().zip(coeffs) {
                     let x = if nchw { self.nchw(w)? } else { self.tf(w)? };
@@ -926,7 +917,7 @@ pub fn emit(g: &Graph, opts: &OnnxOptions) -> Result<OnnxModel> {
             .map_err(|e| Error::Graph(format!("output '{name}': {e}")))?;
         if &v != name {
             em.names.remove(name);
-            let out = em.claim(name);
+            let out = em.fresh(name);
             if &out != name {
                 return Err(Error::Graph(format!(
                     "output '{name}': the name is taken by another value"

@@ -6,6 +6,7 @@ fn main() {
     let protos = [
         "proto/tensorflow/graph.proto",
         "proto/caffe/caffe.proto",
+        "proto/coreml/mil.proto",
         "proto/coreml/coreml.proto",
         "proto/onnx/onnx.proto",
     ];

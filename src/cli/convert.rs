@@ -16,7 +16,8 @@ use sha2::Digest;
 pub struct Args {
     /// Frozen TensorFlow GraphDef (.pb)
     model: PathBuf,
-    /// Target formats, comma-separated: caffe, coreml, safetensors, onnx
+    /// Target formats, comma-separated: caffe, coreml (NeuralNetwork .mlmodel),
+    /// safetensors, onnx, mlprogram (Core ML ML Program .mlpackage)
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
     /// Directory for the written files (must exist)
@@ -44,9 +45,18 @@ pub struct Args {
     /// 2 GB; above it they always are
     #[arg(long = "onnx-external-data")]
     onnx_external_data: bool,
-    /// Core ML: store weights as float16 (the parity reached is reported by verify-parity)
+    /// Core ML: store weights as float16 (the parity reached is reported by
+    /// verify-parity); an ML Program also computes in float16
     #[arg(long)]
     fp16: bool,
+    /// ML Program: the oldest OS it runs on (its specification version and
+    /// MIL opset)
+    #[arg(
+        long = "minimum-deployment-target",
+        value_enum,
+        default_value = "iOS15"
+    )]
+    minimum_deployment_target: formats::mlprogram::write::Target,
     /// Core ML metadata: short description
     #[arg(long)]
     description: Option<String>,
@@ -168,6 +178,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
         caffe_faults: a.inject_fault.clone(),
         onnx_external_data: a.onnx_external_data,
+        mlprogram: formats::mlprogram::write::MlProgramOptions {
+            target: a.minimum_deployment_target,
+        },
     };
     // Each model is written, staged to a temporary file and dropped before
     // the next: peak memory holds one converted model, not all of them.
@@ -175,12 +188,20 @@ pub fn run(a: Args) -> Result<ExitCode> {
         formats::files::Staging::new(&a.out_dir).context("writing the converted model")?;
     let mut fields = serde_json::Map::new();
     let mut written = vec![];
+    // A target that cannot express the graph is reported; the others are
+    // still written.
+    let mut failed = vec![];
     for f in &chosen {
-        let w = f
-            .write(&graph, &wopts, &mut staging)
-            .map_err(|e| e.in_file(&a.model))?;
-        fields.extend(w.report.clone());
-        written.push((f.name(), f.unit(), w));
+        match f.write(&graph, &wopts, &mut staging) {
+            Ok(w) => {
+                fields.extend(w.report.clone());
+                written.push((f.name(), f.unit(), w));
+            }
+            Err(e @ faceall::Error::Unsupported(_)) if chosen.len() > 1 => {
+                failed.push((f.name(), e.in_file(&a.model)));
+            }
+            Err(e) => return Err(e.in_file(&a.model).into()),
+        }
     }
     progress.stage("writing the files");
     let written_files = staging.commit().context("writing the converted model")?;
@@ -203,7 +224,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         render(&r, a.verbose)
     };
     super::print_stdout(&text);
-    Ok(ExitCode::SUCCESS)
+    if failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (name, e) in &failed {
+        eprintln!("error: --to {name}: {e}");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 fn render(r: &Report, verbose: bool) -> String {

@@ -21,7 +21,7 @@ pub struct Args {
     /// Converted Caffe weights
     #[arg(long, requires = "caffe")]
     caffemodel: Option<PathBuf>,
-    /// Converted Core ML model
+    /// Converted Core ML model: NAME.mlmodel (NeuralNetwork) or NAME.mlpackage (ML Program)
     #[arg(long)]
     coreml: Option<PathBuf>,
     /// Converted ONNX model
@@ -89,9 +89,21 @@ fn check(a: Args) -> Result<Report> {
     if let (Some(p), Some(m)) = (&a.caffe, &a.caffemodel) {
         models.push((&formats::caffe::Caffe, vec![p.clone(), m.clone()]));
     }
+    // --coreml takes either Core ML form: a NeuralNetwork .mlmodel or an
+    // ML Program .mlpackage.
+    let coreml: &dyn formats::Format = match &a.coreml {
+        Some(p)
+            if p.to_string_lossy()
+                .trim_end_matches('/')
+                .ends_with(".mlpackage") =>
+        {
+            &formats::mlprogram::MlProgram
+        }
+        _ => &formats::coreml::Coreml,
+    };
     for (path, format) in [
-        (&a.coreml, &formats::coreml::Coreml as &dyn formats::Format),
-        (&a.onnx, &formats::onnx::Onnx),
+        (&a.coreml, coreml),
+        (&a.onnx, &formats::onnx::Onnx as &dyn formats::Format),
         (&a.bundle, &formats::bundle::Bundle),
     ] {
         if let Some(p) = path {

@@ -54,14 +54,42 @@ impl Staging {
         }
     }
 
+    /// Fill a temporary directory through `produce`, put in place as
+    /// directory `name` on commit (an ML Program package), replacing one
+    /// already there.
+    pub fn stage_dir(
+        &mut self,
+        name: &str,
+        produce: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let made = std::fs::create_dir(&tmp)
+            .map_err(Error::from)
+            .and_then(|()| produce(&tmp));
+        match made {
+            Ok(()) => {
+                self.staged.push((tmp, self.dir.join(name)));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e.in_file(self.dir.join(name)))
+            }
+        }
+    }
+
     /// Rename every staged file into place.
     pub fn commit(mut self) -> Result<Vec<PathBuf>> {
         let staged = std::mem::take(&mut self.staged);
         let mut done = vec![];
         for (i, (tmp, dst)) in staged.iter().enumerate() {
+            if tmp.is_dir() && dst.is_dir() {
+                let _ = std::fs::remove_dir_all(dst);
+            }
             if let Err(e) = std::fs::rename(tmp, dst) {
                 for (t, _) in &staged[i..] {
-                    let _ = std::fs::remove_file(t);
+                    remove(t);
                 }
                 return Err(Error::from(e).in_file(dst));
             }
@@ -71,10 +99,19 @@ impl Staging {
     }
 }
 
+/// Remove a staged file or directory.
+fn remove(p: &Path) {
+    if p.is_dir() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         for (tmp, _) in &self.staged {
-            let _ = std::fs::remove_file(tmp);
+            remove(tmp);
         }
     }
 }

@@ -105,6 +105,11 @@ fn to_tf(t: &Tensor, want: &[usize], nchw: bool) -> std::result::Result<Tensor, 
         return Tensor::f32(want.to_vec(), nchw_to_nhwc(&v, [n, c, h, w]))
             .map_err(|e| e.to_string());
     }
+    // (N, K) held as (N, K, 1, 1) (an ML Program's column form): the same
+    // elements in the same order.
+    if s.len() == want.len() + 2 && s[..want.len()] == *want && s[want.len()..] == [1, 1] {
+        return t.reshaped(want.to_vec()).map_err(|e| e.to_string());
+    }
     if s != want {
         return Err(format!("shape {s:?} does not match TensorFlow's {want:?}"));
     }

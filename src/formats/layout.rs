@@ -81,6 +81,68 @@ pub fn inner_product(
     out
 }
 
+/// OIHW -> TF's HWIO.
+pub fn oihw_to_hwio(w: &[f32], [co, ci, kh, kw]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; w.len()];
+    for o in 0..co {
+        for i in 0..ci {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((y * kw + x) * ci + i) * co + o] = w[((o * ci + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A depthwise OIHW weight (ONNX, MIL) `[C*M, 1, kh, kw]` -> TF's `[kh, kw, C, M]`.
+pub fn oihw_depthwise_to_hwcm(w: &[f32], [c, m, kh, kw]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; w.len()];
+    for ch in 0..c {
+        for j in 0..m {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((y * kw + x) * c + ch) * m + j] = w[((ch * m + j) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A Reshape's target (ONNX's and MIL's rules): 0 copies the input's dimension, -1 is inferred.
+pub fn reshape_target(xs: &[usize], s: &[i64]) -> Result<Vec<usize>, String> {
+    let total: usize = xs.iter().product();
+    let mut out = vec![];
+    let mut infer = None;
+    for (i, &d) in s.iter().enumerate() {
+        match d {
+            0 => out.push(
+                *xs.get(i)
+                    .ok_or("Reshape copies a dimension the input lacks")?,
+            ),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            d if d > 0 => out.push(d as usize),
+            d => return Err(format!("Reshape dimension {d}")),
+        }
+    }
+    if let Some(i) = infer {
+        let known: usize = out.iter().product();
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(format!("cannot reshape {xs:?} to {s:?}"));
+        }
+        out[i] = total / known;
+    }
+    if out.iter().product::<usize>() != total {
+        return Err(format!("cannot reshape {xs:?} to {s:?}"));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ pub mod coreml;
 pub mod files;
 pub mod graph_exec;
 pub mod layout;
+pub mod mlprogram;
 pub mod onnx;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,9 @@ pub struct WriteOptions {
     pub caffe_faults: Vec<caffe::write::Fault>,
     /// ONNX: weights in `NAME.onnx.data` even under protobuf's 2 GB.
     pub onnx_external_data: bool,
+    /// ML Program: the deployment target (precision and metadata are
+    /// `coreml`'s).
+    pub mlprogram: mlprogram::write::MlProgramOptions,
 }
 
 /// How one IR node was written (a line of convert-tf's report).
@@ -152,8 +156,13 @@ pub fn check_declared_inputs(
 }
 
 /// Every format faceall writes, in the order convert-tf writes them.
-pub static FORMATS: &[&dyn Format] =
-    &[&caffe::Caffe, &coreml::Coreml, &bundle::Bundle, &onnx::Onnx];
+pub static FORMATS: &[&dyn Format] = &[
+    &caffe::Caffe,
+    &coreml::Coreml,
+    &bundle::Bundle,
+    &onnx::Onnx,
+    &mlprogram::MlProgram,
+];
 
 /// The format called `name` (`--to`; "safetensors" is the bundle).
 pub fn by_name(name: &str) -> Option<&'static dyn Format> {
@@ -163,6 +172,7 @@ pub fn by_name(name: &str) -> Option<&'static dyn Format> {
 /// The format whose main file `path` is, by its suffix.
 pub fn by_path(path: &Path) -> Option<&'static dyn Format> {
     let s = path.to_string_lossy();
+    let s = s.trim_end_matches('/');
     FORMATS
         .iter()
         .copied()

@@ -27,6 +27,7 @@ use crate::proto::onnx::{
 
 use super::write::NCHW_SUFFIX;
 use crate::formats::graph_exec::Carried;
+use crate::formats::layout::{oihw_depthwise_to_hwcm, oihw_to_hwio, reshape_target};
 
 /// The largest tensor the reader accepts (elements), far past any face
 /// model, so a hostile header cannot ask for an absurd allocation.
@@ -1010,68 +1011,6 @@ impl Reader {
         };
         Ok(Padding::Explicit([[t, b], [l, r]]))
     }
-}
-
-/// ONNX Reshape's target: 0 copies the input's dimension, -1 is inferred.
-fn reshape_target(xs: &[usize], s: &[i64]) -> R<Vec<usize>> {
-    let total: usize = xs.iter().product();
-    let mut out = vec![];
-    let mut infer = None;
-    for (i, &d) in s.iter().enumerate() {
-        match d {
-            0 => out.push(
-                *xs.get(i)
-                    .ok_or("Reshape copies a dimension the input lacks")?,
-            ),
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            d if d > 0 => out.push(d as usize),
-            d => return Err(format!("Reshape dimension {d}")),
-        }
-    }
-    if let Some(i) = infer {
-        let known: usize = out.iter().product();
-        if known == 0 || !total.is_multiple_of(known) {
-            return Err(format!("cannot reshape {xs:?} to {s:?}"));
-        }
-        out[i] = total / known;
-    }
-    if out.iter().product::<usize>() != total {
-        return Err(format!("cannot reshape {xs:?} to {s:?}"));
-    }
-    Ok(out)
-}
-
-/// OIHW -> TF's HWIO.
-fn oihw_to_hwio(w: &[f32], [co, ci, kh, kw]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for o in 0..co {
-        for i in 0..ci {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((y * kw + x) * ci + i) * co + o] = w[((o * ci + i) * kh + y) * kw + x];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A depthwise ONNX weight `[C*M, 1, kh, kw]` -> TF's `[kh, kw, C, M]`.
-fn oihw_depthwise_to_hwcm(w: &[f32], [c, m, kh, kw]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for ch in 0..c {
-        for j in 0..m {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((y * kw + x) * c + ch) * m + j] = w[((ch * m + j) * kh + y) * kw + x];
-                }
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

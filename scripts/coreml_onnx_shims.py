@@ -45,3 +45,113 @@ import onnxmltools.convert.coreml.shape_calculators  # noqa: E402,F401
 import onnxmltools.convert.coreml.shape_calculators.neural_network  # noqa: E402,F401
 import onnxmltools.convert.coreml.operator_converters  # noqa: E402,F401
 import onnxmltools.convert.coreml.operator_converters.neural_network  # noqa: E402,F401
+
+# The shims below fix onnxmltools converters that the NeuralNetwork
+# translation of an ML Program reaches (coremltools' mil_convert output) and
+# that are wrong or missing in onnxmltools 1.16; each keeps Core ML's meaning.
+import numpy as _np  # noqa: E402
+from onnxmltools.convert.common import _registration as _reg  # noqa: E402
+from onnxmltools.convert.common._apply_operation import apply_reshape as _apply_reshape  # noqa: E402
+import onnxmltools.convert.coreml.operator_converters.neural_network.UnaryFunction as _unary  # noqa: E402
+
+# Shim 5: unary `threshold` (relu6's translation) passes its bound as a
+# Python float, which becomes a float64 Clip bound next to a float input.
+_apply_clip = _unary.apply_clip
+
+
+def _clip_f32(scope, input_name, output_name, container, operator_name=None, max=None, min=None):
+    f = lambda v: None if v is None else _np.array(v, dtype=_np.float32)  # noqa: E731
+    return _apply_clip(scope, input_name, output_name, container, operator_name=operator_name, max=f(max), min=f(min))
+
+
+_unary.apply_clip = _clip_f32
+
+
+# Shim 6: reshapeStatic with a rank-2 target prepends the batch axis
+# ([N] + [N, K]); Core ML's targetShape is the whole shape.
+def _reshape_static_shape(operator):
+    operator.outputs[0].type.shape = [int(d) for d in operator.raw_operator.reshapeStatic.targetShape]
+
+
+def _reshape_static(scope, operator, container):
+    _apply_reshape(scope=scope, input_name=operator.inputs[0].full_name, output_name=operator.outputs[0].full_name,
+                   container=container, operator_name=operator.full_name,
+                   desired_shape=[int(d) for d in operator.raw_operator.reshapeStatic.targetShape])
+
+
+# Shim 7: the broadcasting elementwise layers (what MIL's binary ops on
+# two activations of different shapes translate to) have no converters;
+# each is the ONNX op of the same name, which broadcasts as numpy does.
+def _broadcast_shape(operator):
+    # Unknown dimensions (onnxmltools writes 'None') broadcast as 1.
+    dims = lambda s: tuple(int(d) if str(d).lstrip("-").isdigit() and int(d) > 0 else 1 for d in s)  # noqa: E731
+    operator.outputs[0].type.shape = list(_np.broadcast_shapes(*[dims(i.type.shape) for i in operator.inputs]))
+
+
+def _elementwise(onnx_op):
+    def convert(scope, operator, container):
+        container.add_node(onnx_op, operator.input_full_names, operator.output_full_names,
+                           name=scope.get_unique_operator_name(onnx_op))
+    return convert
+
+
+_reg._shape_calculator_pool["reshapeStatic"] = _reshape_static_shape
+_reg._converter_pool["reshapeStatic"] = _reshape_static
+for _name, _op in (("addBroadcastable", "Add"), ("subtractBroadcastable", "Sub"),
+                   ("multiplyBroadcastable", "Mul"), ("divideBroadcastable", "Div"),
+                   ("maxBroadcastable", "Max"), ("minBroadcastable", "Min")):
+    _reg._shape_calculator_pool[_name] = _broadcast_shape
+    _reg._converter_pool[_name] = _elementwise(_op)
+
+
+# Shim 8: the rank-N reductions (MIL reduce_sum / reduce_mean / reduce_max
+# other than a global pool) have no converters; each is ONNX's reduction
+# with the same axes and keepdims (opset 13: ReduceSum takes its axes as an
+# input, the others as an attribute).
+def _reduce_params(operator):
+    kind = operator.type
+    p = getattr(operator.raw_operator, kind)
+    rank = len(operator.inputs[0].type.shape)
+    axes = list(range(rank)) if p.reduceAll else [a % rank for a in p.axes]
+    return p, axes
+
+
+def _reduce_shape(operator):
+    p, axes = _reduce_params(operator)
+    s = list(operator.inputs[0].type.shape)
+    operator.outputs[0].type.shape = [1 if i in axes else d for i, d in enumerate(s) if p.keepDims or i not in axes]
+
+
+def _reduce(onnx_op):
+    def convert(scope, operator, container):
+        import onnx as _onnx
+
+        p, axes = _reduce_params(operator)
+        name = scope.get_unique_operator_name(onnx_op)
+        if onnx_op == "ReduceSum":
+            a = scope.get_unique_variable_name(name + "_axes")
+            container.add_initializer(a, _onnx.TensorProto.INT64, [len(axes)], axes)
+            container.add_node(onnx_op, [operator.input_full_names[0], a], operator.output_full_names,
+                               name=name, keepdims=int(p.keepDims), op_version=13)
+        else:
+            container.add_node(onnx_op, operator.input_full_names, operator.output_full_names,
+                               name=name, axes=axes, keepdims=int(p.keepDims))
+    return convert
+
+
+for _name, _op in (("reduceSum", "ReduceSum"), ("reduceMean", "ReduceMean"), ("reduceMax", "ReduceMax"),
+                   ("reduceSumSquare", "ReduceSumSquare")):
+    _reg._shape_calculator_pool[_name] = _reduce_shape
+    _reg._converter_pool[_name] = _reduce(_op)
+
+
+# Shim 9: Core ML's softmax layer normalises over the channel axis (-3 of
+# C, H, W); onnxmltools writes ONNX Softmax without an axis, which since
+# opset 13 means the last axis.
+def _softmax(scope, operator, container):
+    rank = len(operator.inputs[0].type.shape)
+    container.add_node("Softmax", operator.input_full_names, operator.output_full_names,
+                       name=operator.full_name, axis=rank - 3 if rank >= 3 else -1)
+
+
+_reg._converter_pool["softmax"] = _softmax

@@ -38,33 +38,12 @@ fn convert(model: &Path, dir: &Path, extra: &[&str]) -> Value {
 
 /// scripts/check_onnx.py: the summary line and one line per tensor.
 fn check_tools(onnx: &Path, case: &Path) -> (Value, Vec<Value>) {
-    let out = Command::new(python())
-        .arg(root().join("scripts/check_onnx.py"))
-        .arg(onnx)
-        .arg(case)
-        .arg("--layers")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "onnx checker/onnxruntime on {}:\n{text}\n{}",
-        case.display(),
-        stderr(&out)
-    );
-    let lines: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let summary = lines
-        .iter()
-        .find_map(|v| v.get("onnx").cloned())
-        .expect("onnx summary");
-    let tensors = lines
-        .into_iter()
-        .filter(|v| v.get("tensor").is_some())
-        .collect();
-    (summary, tensors)
+    let args = [
+        onnx.as_os_str(),
+        case.as_os_str(),
+        std::ffi::OsStr::new("--layers"),
+    ];
+    run_checker("check_onnx.py", &args, "onnx")
 }
 
 fn manifest(case: &Path) -> Value {

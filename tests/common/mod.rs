@@ -368,3 +368,33 @@ pub fn identity_gallery(people: usize, dim: usize, seed: u64) -> (Vec<Vec<f32>>,
     }
     (gallery, queries)
 }
+
+/// Run one of the project's checker scripts (`scripts/NAME`): it prints JSON
+/// lines, one summary object under `key` and one per compared tensor.
+/// Panics with its output when it fails.
+pub fn run_checker(script: &str, args: &[&std::ffi::OsStr], key: &str) -> (Value, Vec<Value>) {
+    let out = Command::new(python())
+        .arg(root().join("scripts").join(script))
+        .args(args)
+        .output()
+        .expect("run the checker");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}:\n{text}\n{}",
+        stderr(&out)
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let summary = lines
+        .iter()
+        .find_map(|v| v.get(key).cloned())
+        .unwrap_or_else(|| panic!("{script}: no '{key}' summary in:\n{text}"));
+    let tensors = lines
+        .into_iter()
+        .filter(|v| v.get("tensor").is_some())
+        .collect();
+    (summary, tensors)
+}

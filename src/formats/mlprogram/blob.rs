@@ -127,14 +127,15 @@ impl BlobFile {
                 "the weight file has no blob at offset {offset} (sentinel missing)"
             ));
         }
-        let ty =
-            match u32_at(b, at + 4).ok_or_else(bad)? {
-                1 => BlobType::F16,
-                2 => BlobType::F32,
-                t => return Err(format!(
+        let ty = match u32_at(b, at + 4).ok_or_else(bad)? {
+            1 => BlobType::F16,
+            2 => BlobType::F32,
+            t => {
+                return Err(format!(
                     "blob at offset {offset} has data type {t} (faceall reads float16 and float32)"
-                )),
-            };
+                ))
+            }
+        };
         let size = u64_at(b, at + 8).ok_or_else(bad)?;
         let data = u64_at(b, at + 16).ok_or_else(bad)?;
         let start = usize::try_from(data).map_err(|_| bad())?;

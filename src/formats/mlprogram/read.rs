@@ -208,6 +208,11 @@ pub fn from_model(model: &Model, dir: &Path) -> Result<MilGraph> {
             continue;
         }
         if let Err(reason) = r.op(op) {
+            // A constant that cannot be read is a damaged file, not an
+            // operation faceall lacks.
+            if op.type_ == "const" {
+                return Err(bad(format!("constant '{out}': {reason}")));
+            }
             unsupported.push(Unsupported {
                 node: label(op).unwrap_or_else(|| out.clone()),
                 op: op.type_.clone(),

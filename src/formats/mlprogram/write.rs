@@ -970,11 +970,63 @@ impl<'g> Em<'g> {
                     ReduceOp::Sum => "reduce_sum",
                     ReduceOp::Mean => "reduce_mean",
                 };
-                let spatial = {
-                    let mut a = axes.clone();
-                    a.sort_unstable();
-                    a == [1, 2]
-                };
+                // Without keep_dims, a channel-first reduction whose kept
+                // result has TF's order (what is left is C alone, or H and W
+                // are gone) is one reduce and at most one reshape.
+                let mut kept = xs.clone();
+                for &a in axes {
+                    if let Some(d) = kept.get_mut(a) {
+                        *d = 1;
+                    }
+                }
+                if v.form == Form::Nchw && !*keep_dims && order_kept(&kept) {
+                    let form = if out_shape.len() == 2 {
+                        Form::Col
+                    } else {
+                        Form::Tf
+                    };
+                    let to = mil_shape(&out_shape, form);
+                    let red = mil_shape(&kept, Form::Nchw);
+                    let (out, label) = self.out_name(n, form);
+                    let mid = if to == red {
+                        out.clone()
+                    } else {
+                        self.fresh(&format!("{out}_kept"))
+                    };
+                    let mil_axes: Vec<i64> = axes.iter().map(|&a| to_nchw_axis(a) as i64).collect();
+                    let ax = self.const_ints(&format!("{mid}_axes"), &mil_axes);
+                    let kd = self.const_bool(&format!("{mid}_keep_dims"), true);
+                    let lab = if to == red {
+                        label.clone()
+                    } else {
+                        String::new()
+                    };
+                    self.op(
+                        ty,
+                        vec![
+                            ("x", Arg::One(&v.var)),
+                            ("axes", Arg::One(&ax)),
+                            ("keep_dims", Arg::One(&kd)),
+                        ],
+                        &mid,
+                        &red,
+                        &lab,
+                    );
+                    if to != red {
+                        let sh = self.const_ints(
+                            &format!("{out}_shape"),
+                            &to.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                        );
+                        self.op(
+                            "reshape",
+                            vec![("x", Arg::One(&mid)), ("shape", Arg::One(&sh))],
+                            &out,
+                            &to,
+                            &label,
+                        );
+                    }
+                    return done(out, form);
+                }
                 // Over H and W of a channel-first map: keep the axes and the
                 // result is the (N, C) value as (N, C, 1, 1).
                 let (x, mil_axes, keep, form) = match v.form {
@@ -984,9 +1036,6 @@ impl<'g> Em<'g> {
                         true,
                         Form::Nchw,
                     ),
-                    Form::Nchw if spatial && xs.len() == 4 => {
-                        (v.var.clone(), vec![2, 3], true, Form::Col)
-                    }
                     Form::Col if *keep_dims => (v.var.clone(), axes.clone(), true, Form::Col),
                     _ => (self.tf(xw)?, axes.clone(), *keep_dims, Form::Tf),
                 };

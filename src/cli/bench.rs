@@ -115,6 +115,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "caffe" => "caffe executor",
             "coreml" => "core ml executor",
             "onnx" => "onnx (IR executor)",
+            "mlprogram" => "ml program (IR executor)",
             _ => "bundle (IR executor)",
         };
         per_call = 1;

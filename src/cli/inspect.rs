@@ -195,10 +195,7 @@ fn print_text(r: &Report) {
 fn converted(a: Args, format: &dyn faceall::formats::Format) -> Result<ExitCode> {
     let files = faceall::formats::companions(format, &a.model);
     let t0 = std::time::Instant::now();
-    let file_bytes = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let file_bytes = files.iter().map(|f| bytes_under(f)).sum();
     let report = match format.read_graph(&files) {
         Some(g) => {
             let g = g?;
@@ -265,4 +262,15 @@ fn converted(a: Args, format: &dyn faceall::formats::Format) -> Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A file's size, or the total of the files under a directory (a package).
+fn bytes_under(p: &std::path::Path) -> u64 {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|r| r.flatten().map(|e| bytes_under(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }

@@ -135,7 +135,8 @@ pub fn print_stdout(text: &str) {
 
 /// A model path as given, or the one NAME.graph.json inside a directory.
 pub fn resolve_bundle(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    if !path.is_dir() {
+    // A directory that is a model itself (an ML Program package).
+    if !path.is_dir() || faceall::formats::by_path(path).is_some() {
         return Ok(path.to_path_buf());
     }
     let mut found = vec![];

@@ -1,7 +1,7 @@
 //! Property test over damaged converted models, for every reader in the
 //! formats table: opening a mutated file (prototxt, caffemodel, mlmodel,
-//! graph.json, safetensors, onnx) and, when it opens, running it must
-//! return errors, never panic.
+//! graph.json, safetensors, onnx, and each file of an ML Program package)
+//! and, when it opens, running it must return errors, never panic.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,25 @@ fn written(format: &dyn Format, dir: &Path) -> Vec<PathBuf> {
     staging.commit().unwrap();
     let main = dir.join(format!("net{}", format.extensions()[0]));
     formats::companions(format, &main)
+}
+
+/// The files under `dir/sub`, recursively, relative to `dir`.
+fn files_under(dir: &Path, sub: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut entries: Vec<_> = std::fs::read_dir(dir.join(sub))
+        .unwrap()
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let rel = sub.join(e.file_name());
+        if e.path().is_dir() {
+            out.extend(files_under(dir, &rel));
+        } else {
+            out.push(rel);
+        }
+    }
+    out
 }
 
 #[derive(Default, Debug)]
@@ -77,11 +96,21 @@ fn mutated_converted_models_never_panic() {
     for format in formats::FORMATS {
         let seed_dir = tempfile::tempdir().unwrap();
         let seed = written(*format, seed_dir.path());
-        let originals: Vec<Vec<u8>> = seed.iter().map(|p| std::fs::read(p).unwrap()).collect();
-        let work = tempfile::tempdir().unwrap();
-        let files: Vec<PathBuf> = seed
+        // Every file written (a package is a directory of them), by its path
+        // relative to the output directory.
+        let rel = files_under(seed_dir.path(), Path::new(""));
+        let originals: Vec<Vec<u8>> = rel
             .iter()
-            .map(|p| work.path().join(p.file_name().unwrap()))
+            .map(|p| std::fs::read(seed_dir.path().join(p)).unwrap())
+            .collect();
+        let work = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = rel.iter().map(|p| work.path().join(p)).collect();
+        for f in &files {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        }
+        let open: Vec<PathBuf> = seed
+            .iter()
+            .map(|p| work.path().join(p.strip_prefix(seed_dir.path()).unwrap()))
             .collect();
         let mut runner = TestRunner::new(Config {
             cases: 4000,
@@ -101,7 +130,7 @@ fn mutated_converted_models_never_panic() {
                         };
                         std::fs::write(f, bytes).unwrap();
                     }
-                    exercise(*format, &files, &mut reached.borrow_mut());
+                    exercise(*format, &open, &mut reached.borrow_mut());
                     Ok(())
                 },
             )

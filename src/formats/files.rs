@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 
 /// Files staged under temporary names in one directory; `commit` renames
@@ -114,4 +116,12 @@ impl Drop for Staging {
             remove(tmp);
         }
     }
+}
+
+/// Memory-map a model file read-only (weights are then slices of it).
+pub fn map_file(path: &Path) -> Result<Bytes> {
+    let file = std::fs::File::open(path).map_err(|e| Error::from(e).in_file(path))?;
+    // SAFETY: read-only map of a file faceall does not modify while it runs.
+    let m = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::from(e).in_file(path))?;
+    Ok(Bytes::from_owner(m))
 }

@@ -143,6 +143,28 @@ pub fn reshape_target(xs: &[usize], s: &[i64]) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+/// The largest tensor the readers accept (elements), far past any face
+/// model, so a hostile header cannot ask for an absurd allocation.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
+pub fn checked_numel(shape: &[usize]) -> std::result::Result<usize, String> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    Ok(n)
+}
+
+/// Normalise a possibly negative axis.
+pub fn axis(a: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    if a < -r || a >= r.max(1) {
+        return Err(format!("axis {a} is out of range for rank {rank}"));
+    }
+    Ok(if a < 0 { (a + r) as usize } else { a as usize })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,11 @@ use protobuf::Message;
 use super::blob::{BlobFile, BlobType};
 use super::write::{COL_SUFFIX, INPUT_LAYOUT_KEY, NCHW_SUFFIX};
 use crate::error::{Error, Result, Unsupported};
+use crate::formats::files::map_file;
 use crate::formats::graph_exec::Carried;
-use crate::formats::layout::{oihw_depthwise_to_hwcm, oihw_to_hwio, reshape_target};
+use crate::formats::layout::{
+    axis, checked_numel, oihw_depthwise_to_hwcm, oihw_to_hwio, reshape_target,
+};
 use crate::ir::{
     Activation, BatchNorm, BinaryOp, Conv2d, DType, Fact, Graph, Layout, Op, Padding, Pool,
     PoolKind, ReduceOp, Tensor, UnaryOp, Wire,
@@ -32,8 +35,6 @@ use crate::proto::mil::{
     argument::binding, dimension, tensor_value, value, value_type, DataType, Operation, Value,
 };
 
-/// The largest tensor the reader accepts (elements).
-const MAX_ELEMENTS: usize = 1 << 32;
 /// Manifest.json is a few hundred bytes; refuse anything absurd.
 const MAX_MANIFEST: u64 = 1 << 20;
 
@@ -49,13 +50,6 @@ pub struct MilGraph {
 
 fn bad(m: impl Into<String>) -> Error {
     Error::Format(m.into())
-}
-
-fn map_file(path: &Path) -> Result<Bytes> {
-    let file = std::fs::File::open(path).map_err(|e| Error::from(e).in_file(path))?;
-    // SAFETY: read-only map of a file faceall does not modify while it runs.
-    let m = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::from(e).in_file(path))?;
-    Ok(Bytes::from_owner(m))
 }
 
 /// A path inside the package from a string read from it: relative, no `..`.
@@ -265,14 +259,6 @@ fn value_tensor(v: &Value) -> std::result::Result<&tensor_value::Value, String> 
     }
 }
 
-fn checked_numel(shape: &[usize]) -> std::result::Result<usize, String> {
-    shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= MAX_ELEMENTS)
-        .ok_or_else(|| format!("shape {shape:?} is too large"))
-}
-
 fn tensor_of(
     vt: Option<&crate::proto::mil::ValueType>,
 ) -> std::result::Result<(DataType, Vec<usize>), String> {
@@ -343,14 +329,6 @@ fn pair(v: &[i64], what: &str) -> R<[usize; 2]> {
         &[a, b] if a > 0 && b > 0 => Ok([a as usize, b as usize]),
         _ => Err(format!("{what} {v:?} is not two positive numbers")),
     }
-}
-
-fn axis(a: i64, rank: usize) -> R<usize> {
-    let r = rank as i64;
-    if a < -r || a >= r.max(1) {
-        return Err(format!("axis {a} is out of range for rank {rank}"));
-    }
-    Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }
 
 impl Reader {

@@ -26,12 +26,11 @@ use crate::proto::onnx::{
 };
 
 use super::write::NCHW_SUFFIX;
+use crate::formats::files::map_file;
 use crate::formats::graph_exec::Carried;
-use crate::formats::layout::{oihw_depthwise_to_hwcm, oihw_to_hwio, reshape_target};
-
-/// The largest tensor the reader accepts (elements), far past any face
-/// model, so a hostile header cannot ask for an absurd allocation.
-const MAX_ELEMENTS: usize = 1 << 32;
+use crate::formats::layout::{
+    axis, checked_numel, oihw_depthwise_to_hwcm, oihw_to_hwio, reshape_target,
+};
 
 /// A model read into the IR: the graph, and which of its nodes hold which
 /// TF tensor (by the value names the writer gave).
@@ -43,13 +42,6 @@ pub struct OnnxGraph {
 
 fn bad(m: impl Into<String>) -> Error {
     Error::Format(m.into())
-}
-
-fn map_file(path: &Path) -> Result<Bytes> {
-    let file = std::fs::File::open(path).map_err(|e| Error::from(e).in_file(path))?;
-    // SAFETY: read-only map of a file faceall does not modify while it runs.
-    let m = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::from(e).in_file(path))?;
-    Ok(Bytes::from_owner(m))
 }
 
 /// Read `path` (and its external data) into the IR.
@@ -214,15 +206,6 @@ fn dtype(t: i32) -> std::result::Result<DType, String> {
     }
 }
 
-fn checked_numel(shape: &[usize]) -> std::result::Result<usize, String> {
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= MAX_ELEMENTS)
-        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
-    Ok(n)
-}
-
 struct Reader {
     g: Graph,
     wires: HashMap<String, Wire>,
@@ -285,15 +268,6 @@ fn pair(v: &[usize], what: &str) -> R<[usize; 2]> {
             "{what} {v:?} is not 2-D (faceall reads 2-D convolutions and pools)"
         )),
     }
-}
-
-/// Normalise a possibly negative axis.
-fn axis(a: i64, rank: usize) -> R<usize> {
-    let r = rank as i64;
-    if a < -r || a >= r.max(1) {
-        return Err(format!("axis {a} is out of range for rank {rank}"));
-    }
-    Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }
 
 impl Reader {

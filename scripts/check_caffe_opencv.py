@@ -8,6 +8,10 @@ REPORT.json is `faceall convert-tf --json` (its `blobs` map TF tensors to
 Caffe blobs and their layout); CASE_DIR holds manifest.json + .npy written by
 scripts/gen_fixtures.py or scripts/facenet_reference.py. Every reference
 tensor that has a blob is compared; outputs must be within the tolerance.
+Then each TF output is fetched as a user of OpenCV would, `net.forward(NAME)`
+by its TF name, and compared raw, element for element, with TF's value (a
+4-D output is NCHW, Caffe's convention; every other output in TF's own
+element order): one {"raw_output": ...} line each.
 Prints one JSON line per tensor and exits 1 if an output is off.
 """
 import argparse
@@ -35,6 +39,8 @@ def main():
     ap.add_argument("report")
     ap.add_argument("case")
     ap.add_argument("--tolerance", type=float, default=1e-5)
+    ap.add_argument("--relative", action="store_true",
+                    help="outputs too are judged against tolerance x max(1, max|TF output|)")
     a = ap.parse_args()
     assert cv2.__version__.startswith("4."), f"OpenCV 4.x needed for the Caffe importer, found {cv2.__version__}"
     report = json.load(open(a.report))
@@ -63,10 +69,26 @@ def main():
         err = float(np.abs(got - ref).max())
         scale = max(1.0, float(np.abs(ref).max()))
         is_output = t["name"] in man["outputs"]
-        ok = err <= a.tolerance * scale if not is_output else err <= a.tolerance
+        ok = err <= a.tolerance * scale if (a.relative or not is_output) else err <= a.tolerance
         if is_output and not ok:
             bad += 1
         print(json.dumps({"tensor": t["name"], "output": is_output, "max_abs": err, "ok": ok}))
+    refs = {t["name"]: t for t in man["tensors"]}
+    for o in man["outputs"]:
+        ref = np.load(os.path.join(a.case, refs[o]["file"]))
+        try:
+            raw = np.asarray(net.forward(o))
+        except cv2.error as e:
+            print(json.dumps({"raw_output": o, "ok": False, "error": str(e).strip().splitlines()[-1]}))
+            bad += 1
+            continue
+        want = ref.transpose(0, 3, 1, 2) if ref.ndim == 4 else ref
+        ok = raw.size == want.size
+        err = float(np.abs(raw.reshape(-1) - want.reshape(-1)).max()) if ok else float("inf")
+        ok = ok and err <= a.tolerance * (max(1.0, float(np.abs(ref).max())) if a.relative else 1.0)
+        if not ok:
+            bad += 1
+        print(json.dumps({"raw_output": o, "shape": list(raw.shape), "tf_shape": list(ref.shape), "max_abs": err, "ok": ok}))
     missing = [o for o in man["outputs"] if o not in blobs]
     if missing:
         print(json.dumps({"error": f"outputs without a blob: {missing}"}))

@@ -9,7 +9,9 @@
 2. With --onnx: converts it with onnxmltools.convert_coreml (after the import
    shims in coreml_onnx_shims.py) and runs it in onnxruntime on the case's
    inputs; every reference tensor with a blob in REPORT.json (`coreml_blobs`)
-   is compared with TensorFlow's value, one JSON line each. onnxmltools
+   is compared with TensorFlow's value, one JSON line each; then each
+   declared output raw, element for element (4-D: (C, H, W) per sample),
+   one {"raw_output": ...} line each. onnxmltools
    mis-converts l2normalize on non-(C,1,1) inputs, PReLU and adds with three
    or more inputs: faceall never writes the last two, and tensors computed
    after an l2normalize of a (C,H,W) blob are reported with "skipped".
@@ -71,6 +73,8 @@ def main():
     ap.add_argument("case")
     ap.add_argument("--onnx", action="store_true")
     ap.add_argument("--tolerance", type=float, default=1e-5)
+    ap.add_argument("--relative", action="store_true",
+                    help="outputs too are judged against tolerance x max(1, max|TF output|)")
     a = ap.parse_args()
 
     import coremltools as ct
@@ -100,10 +104,17 @@ def main():
     produced = {o for n in onx.graph.node for o in n.output}
 
     def onnx_name(blob):
-        # onnxmltools renames variables to identifiers ('/' becomes '_').
+        # onnxmltools renames variables to identifiers ('/' becomes '_'), and
+        # a declared output that a layer also reads to NAME1 (dropping it
+        # from the graph's outputs).
         if blob in produced or blob in known:
             return blob
-        return re.sub(r"[^0-9A-Za-z_]", "_", blob)
+        ident = re.sub(r"[^0-9A-Za-z_]", "_", blob)
+        if ident not in produced and ident not in known:
+            renamed = sorted(p for p in produced if re.fullmatch(re.escape(ident) + r"\d+", p))
+            if renamed:
+                return renamed[0]
+        return ident
 
     wanted = [t for t in man["tensors"] if t["name"] in blobs and onnx_name(blobs[t["name"]]["blob"]) in produced]
     for t in wanted:
@@ -129,9 +140,44 @@ def main():
         got = to_tf_sample(np.asarray(out), blobs[t["name"]]).reshape(ref.shape)
         err = float(np.abs(got - ref).max())
         is_output = t["name"] in man["outputs"]
-        ok = err <= a.tolerance * (1.0 if is_output else max(1.0, float(np.abs(ref).max())))
+        ok = err <= a.tolerance * (1.0 if is_output and not a.relative else max(1.0, float(np.abs(ref).max())))
         bad += int(is_output and not ok)
         print(json.dumps({"tensor": t["name"], "output": is_output, "max_abs": err, "ok": ok}))
+    # The declared outputs as a user of the model reads them: each of the
+    # model's outputs (TF's order) raw, element for element, against TF's
+    # value (a 4-D output is (C, H, W) per sample, Core ML's convention).
+    refs = {t["name"]: t for t in man["tensors"]}
+    # Paired by name: the model names each output after its TF tensor.
+    spelled = {re.sub(r"[^0-9A-Za-z_]", "_", o): o for o in man["outputs"]}
+    pairs = []
+    for f in spec.description.output:
+        tf_name = f.name if f.name in man["outputs"] else spelled.get(re.sub(r"[^0-9A-Za-z_]", "_", f.name))
+        if tf_name is None:
+            print(json.dumps({"raw_output": f.name, "ok": False, "error": "not an output of the TF case"}))
+            bad += 1
+            continue
+        pairs.append((tf_name, onnx_name(f.name)))
+    for o in man["outputs"]:
+        if o not in [p[0] for p in pairs]:
+            print(json.dumps({"raw_output": o, "ok": False, "error": "the model declares no output for it"}))
+            bad += 1
+    for _, name in pairs:
+        if name not in known:
+            onx.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            known.add(name)
+            sess = None
+    if sess is None:
+        sess = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    raw = sess.run([p[1] for p in pairs], feeds)
+    for (o, name), got in zip(pairs, raw):
+        ref = np.load(os.path.join(a.case, refs[o]["file"]))
+        want = ref.transpose(0, 3, 1, 2) if ref.ndim == 4 else ref
+        got = np.asarray(got)
+        ok = got.size == want.size
+        err = float(np.abs(got.reshape(-1) - want.reshape(-1)).max()) if ok else float("inf")
+        ok = ok and err <= a.tolerance * (max(1.0, float(np.abs(ref).max())) if a.relative else 1.0)
+        bad += int(not ok)
+        print(json.dumps({"raw_output": o, "output": name, "shape": list(got.shape), "tf_shape": list(ref.shape), "max_abs": err, "ok": ok}))
     missing = [o for o in man["outputs"] if o not in [t["name"] for t in wanted]]
     if missing:
         print(json.dumps({"error": f"outputs not compared: {missing}"}))

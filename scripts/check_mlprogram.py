@@ -86,6 +86,8 @@ def main():
     ap.add_argument("package")
     ap.add_argument("case")
     ap.add_argument("--tolerance", type=float, default=1e-5)
+    ap.add_argument("--relative", action="store_true",
+                    help="outputs too are judged against tolerance x max(1, max|TF output|)")
     ap.add_argument("--normalised", action="store_true")
     a = ap.parse_args()
 
@@ -195,7 +197,7 @@ def main():
                 return v / np.linalg.norm(v.reshape(v.shape[0], -1), axis=1).reshape(-1, *[1] * (v.ndim - 1))
             y, ref = l2(y), l2(ref)
         err = float(np.abs(y - ref).max())
-        ok = bool(err <= a.tolerance)
+        ok = bool(err <= a.tolerance * (max(1.0, float(np.abs(ref).max())) if a.relative else 1.0))
         bad += int(not ok)
         print(json.dumps({"tensor": tf_name, "output": True, "max_abs": err, "ok": ok}))
     for tf_name, cand, nchw in extra:

@@ -155,3 +155,37 @@ def _softmax(scope, operator, container):
 
 
 _reg._converter_pool["softmax"] = _softmax
+
+
+# Shim 10: the rank-N `transpose` layer (MIL's transpose, e.g. an output
+# put in TF's order) has no converter; it is ONNX's Transpose with the
+# layer's axes as the permutation.
+def _transpose_shape(operator):
+    s = list(operator.inputs[0].type.shape)
+    operator.outputs[0].type.shape = [s[int(a)] for a in operator.raw_operator.transpose.axes]
+
+
+def _transpose(scope, operator, container):
+    container.add_node("Transpose", operator.input_full_names, operator.output_full_names,
+                       name=operator.full_name, perm=[int(a) for a in operator.raw_operator.transpose.axes])
+
+
+_reg._shape_calculator_pool["transpose"] = _transpose_shape
+_reg._converter_pool["transpose"] = _transpose
+
+
+# Shim 11: the `padding` layer's shape calculator indexes a 4-D shape, but
+# the NeuralNetwork translation of an ML Program can hand it a rank-3
+# (C, H, W) one; Core ML pads the last two axes whatever the rank.
+def _padding_shape(operator):
+    p = operator.raw_operator.padding
+    s = list(operator.inputs[0].type.shape)
+    amounts = p.paddingAmounts.borderAmounts
+    if len(s) >= 2 and len(amounts) == 2:
+        for axis, b in ((-2, amounts[0]), (-1, amounts[1])):
+            if isinstance(s[axis], int) and s[axis] > 0:
+                s[axis] += b.startEdgeSize + b.endEdgeSize
+    operator.outputs[0].type.shape = s
+
+
+_reg._shape_calculator_pool["padding"] = _padding_shape

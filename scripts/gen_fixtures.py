@@ -309,6 +309,25 @@ def case_misc_ops(seed):
                    "explicit", "MatMul_tb", "output"], ["output"]
 
 
+def case_flatten_output(seed):
+    """A declared output that is the flatten of a 2x2x16 map, which a
+    channel-first format holds in (C, H, W) order unless it reorders it, and
+    the same flatten feeding a MatMul (a second output)."""
+    def build():
+        rng = np.random.default_rng(seed)
+        x = tf.compat.v1.placeholder(tf.float32, [2, 4, 4, 3], name="input")
+        w = tf.constant(rng.normal(0, 0.5, [3, 3, 3, 16]).astype(np.float32), name="weights")
+        y = tf.nn.conv2d(x, w, [1, 2, 2, 1], "SAME", name="Conv2D")
+        y = tf.nn.relu(tf.nn.bias_add(y, tf.constant(rng.normal(0, 0.5, 16).astype(np.float32)), name="BiasAdd"),
+                       name="Relu")
+        f = tf.reshape(y, [2, 64], name="Reshape")
+        tf.identity(f, name="flat")
+        fw = tf.constant(rng.normal(0, 0.3, [64, 5]).astype(np.float32), name="fc_weights")
+        tf.matmul(f, fw, name="logits")
+        return {"input": rng.normal(0, 1, [2, 4, 4, 3])}
+    return build, ["Conv2D", "Relu", "Reshape", "flat", "logits"], ["flat", "logits"]
+
+
 CASES = {
     "inception_resnet_v1_switch": (case_inception("switch", "FusedBatchNorm", 101),
                                    "Narrow InceptionResNetV1 (FaceNet topology), TF-slim unfolded FusedBatchNorm "
@@ -322,6 +341,8 @@ CASES = {
     "pool_floor": (case_pool_floor(107), "Pooling where (in - k) is not a multiple of the stride; SAME avg pool"),
     "misc_ops": (case_misc_ops(108), "Dilated/explicit-pad conv, Elu, Pad, Sigmoid, Tanh, Mean, Sum, Sqrt, "
                                      "RealDiv, Min/Max, Squeeze, ExpandDims, MatMul transpose_b"),
+    "flatten_output": (case_flatten_output(109), "A declared output that flattens a 2x2x16 map (element order "
+                                                 "differs channel-first), and a MatMul on it"),
 }
 
 

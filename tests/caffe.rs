@@ -342,8 +342,33 @@ mod bad_input {
     }
 
     #[test]
-    fn missing_output_directory() {
+    fn missing_output_directory_is_created() {
+        // As `mkdir -p` would: every missing level.
         let model = case_dir("same_conv_stride2").join("model.pb");
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("a/b/c");
+        let o = faceall(&[
+            "convert-tf",
+            model.to_str().unwrap(),
+            "--to",
+            "caffe",
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(o.stdout.is_empty(), "--quiet printed {:?}", o.stdout);
+        assert!(out.join("model.prototxt").exists());
+        assert!(out.join("model.caffemodel").exists());
+    }
+
+    #[test]
+    fn output_directory_under_a_file() {
+        let model = case_dir("same_conv_stride2").join("model.pb");
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("plain-file");
+        std::fs::write(&file, b"x").unwrap();
+        let out = file.join("dir");
         fails(
             &[
                 "convert-tf",
@@ -351,9 +376,9 @@ mod bad_input {
                 "--to",
                 "caffe",
                 "--out-dir",
-                "/nonexistent/dir",
+                out.to_str().unwrap(),
             ],
-            &["/nonexistent/dir", "No such file"],
+            &[out.to_str().unwrap(), "creating it"],
         );
     }
 

@@ -156,6 +156,14 @@ const FAULTS: &[(&str, &str, &[&str], &str)] = &[
         &[],
         "embeddings",
     ),
+    // Every layer maps back to TF's layout and agrees; only the output as
+    // the user reads it is in the wrong element order.
+    (
+        "flatten-output-chw",
+        "flatten_output",
+        &[],
+        "flat (raw output)",
+    ),
 ];
 
 fn check_fault(fault: &str) {
@@ -242,6 +250,10 @@ fn fault_residual_scale_dropped() {
 #[test]
 fn fault_l2_normalisation_missing() {
     check_fault("drop-l2-norm");
+}
+#[test]
+fn fault_flattened_output_left_channel_first() {
+    check_fault("flatten-output-chw");
 }
 
 fn chromium() -> PathBuf {

@@ -20,17 +20,18 @@ pub struct Args {
     /// safetensors, onnx, mlprogram (Core ML ML Program .mlpackage)
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
-    /// Directory for the written files (must exist)
+    /// Directory for the written files (created, as `mkdir -p` would, if missing)
     #[arg(long = "out-dir")]
     out_dir: PathBuf,
     /// Base name of the written files (default: the model file's stem)
     #[arg(long)]
     name: Option<String>,
-    /// Input names (default: every Placeholder)
-    #[arg(long = "input")]
+    /// Input names, comma-separated or repeated (default: every Placeholder)
+    #[arg(long = "input", value_delimiter = ',')]
     input: Vec<String>,
-    /// Output tensor names (default: nodes nobody consumes)
-    #[arg(long = "output")]
+    /// Output tensor names, comma-separated or repeated (default: nodes
+    /// nobody consumes)
+    #[arg(long = "output", value_delimiter = ',')]
     output: Vec<String>,
     /// Shape for an input the graph leaves unknown: NAME=D0,D1,... (repeatable)
     #[arg(long = "input-shape", value_parser = super::parse_input_shape)]
@@ -72,12 +73,26 @@ pub struct Args {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+    /// Print nothing but errors (the exit code says how it went)
+    #[arg(long, short, conflicts_with = "json")]
+    quiet: bool,
     /// Testing only: write a Caffe model with a deliberate mistake (repeatable)
     #[arg(long = "inject-fault", hide = true)]
     inject_fault: Vec<formats::caffe::write::Fault>,
     /// List every layer in the text report
     #[arg(long, short)]
     verbose: bool,
+}
+
+/// One declared output: TF's shape, and per written format whether the
+/// model returns it in TF's element order or channel-first (the format's
+/// convention for a 4-D tensor: Caffe, Core ML and ML Programs are NCHW).
+#[derive(Serialize)]
+struct OutputLayout {
+    name: String,
+    shape: Vec<usize>,
+    /// Format name -> "as TF" or "NCHW (channel-first)".
+    layouts: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -89,6 +104,8 @@ struct Report {
     /// Each written format's own fields (caffe_layers, coreml_blobs, ...).
     #[serde(flatten)]
     formats: serde_json::Map<String, serde_json::Value>,
+    /// The declared outputs and how each written model returns them.
+    outputs: Vec<OutputLayout>,
     #[serde(skip)]
     written: Vec<(&'static str, &'static str, formats::Written)>,
 }
@@ -109,7 +126,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
     };
-    let progress = Progress::new(!a.json);
+    let progress = Progress::new(!a.json && !a.quiet);
     progress.stage("reading the graph");
     let mut graph = tf::load(&a.model, &opts)?;
     if !a.input.is_empty() {
@@ -184,6 +201,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     // Each model is written, staged to a temporary file and dropped before
     // the next: peak memory holds one converted model, not all of them.
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("--out-dir {}: creating it", a.out_dir.display()))?;
     let mut staging =
         formats::files::Staging::new(&a.out_dir).context("writing the converted model")?;
     let mut fields = serde_json::Map::new();
@@ -206,6 +225,31 @@ pub fn run(a: Args) -> Result<ExitCode> {
     progress.stage("writing the files");
     let written_files = staging.commit().context("writing the converted model")?;
     drop(progress);
+    let outputs = graph
+        .outputs
+        .iter()
+        .map(|w| {
+            let shape = graph.fact(*w).map(|f| f.shape.clone()).unwrap_or_default();
+            let layouts = written
+                .iter()
+                .map(|(f, _, _)| {
+                    let cf = shape.len() == 4
+                        && formats::by_name(f).is_some_and(|f| f.channel_first_outputs());
+                    let how = if cf { "NCHW (channel-first)" } else { "as TF" };
+                    (f.to_string(), how.to_string())
+                })
+                .collect();
+            let name = match graph.nodes[w.node].carries() {
+                Some(t) if w.slot == 0 => t.to_string(),
+                _ => graph.wire_name(*w),
+            };
+            OutputLayout {
+                name,
+                shape,
+                layouts,
+            }
+        })
+        .collect();
     let r = Report {
         model: a.model.display().to_string(),
         files: written_files
@@ -215,6 +259,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         seconds: t0.elapsed().as_secs_f64(),
         passes: report,
         formats: fields,
+        outputs,
         written,
     };
 
@@ -223,7 +268,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         render(&r, a.verbose)
     };
-    super::print_stdout(&text);
+    if !a.quiet {
+        super::print_stdout(&text);
+    }
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -276,6 +323,24 @@ fn render(r: &Report, verbose: bool) -> String {
         if hidden > 0 {
             let _ = writeln!(o, "  ({hidden} nodes map to one layer each; --verbose lists them with what they absorbed)");
         }
+    }
+    let _ = writeln!(o, "outputs (element for element as TF's, unless marked):");
+    for out in &r.outputs {
+        let cf: Vec<&str> = out
+            .layouts
+            .iter()
+            .filter(|(_, l)| l.as_str() != "as TF")
+            .map(|(f, _)| f.as_str())
+            .collect();
+        let how = if cf.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  [{}: NCHW, channel-first, as the format's convention]",
+                cf.join(", ")
+            )
+        };
+        let _ = writeln!(o, "  {} {:?}{how}", out.name, out.shape);
     }
     o
 }

@@ -265,12 +265,17 @@ fn table(r: &Report) -> String {
         );
         if let Some(f) = &t.first_failure {
             let l = t.layers.iter().find(|l| &l.tensor == f);
+            let raw = t
+                .outputs
+                .iter()
+                .find(|r| f.strip_suffix(" (raw output)") == Some(r.tensor.as_str()));
             let why = l
-                .map(|l| {
-                    l.comparison
-                        .as_ref()
+                .map(|l| (&l.comparison, &l.error))
+                .or(raw.map(|r| (&r.comparison, &r.error)))
+                .map(|(c, e)| {
+                    c.as_ref()
                         .map(|c| c.to_string())
-                        .or(l.error.clone())
+                        .or(e.clone())
                         .unwrap_or_default()
                 })
                 .unwrap_or_default();
@@ -285,11 +290,7 @@ fn table(r: &Report) -> String {
             "#", "TF tensor", "max abs", "max rel", "cosine"
         );
         for (i, l) in t.layers.iter().enumerate() {
-            let name = if l.tensor.len() > 64 {
-                format!("...{}", &l.tensor[l.tensor.len() - 61..])
-            } else {
-                l.tensor.clone()
-            };
+            let name = shorten(&l.tensor, 64);
             let (a, rel, cos) = match &l.comparison {
                 Some(c) => (
                     format!("{:.2e}", c.max_abs),
@@ -305,6 +306,41 @@ fn table(r: &Report) -> String {
                 if l.output { "  (output)" } else { "" }
             );
         }
+        let _ = writeln!(
+            o,
+            "  outputs as the model returns them, element for element against TF's:"
+        );
+        for r in &t.outputs {
+            let how = match (&r.comparison, &r.error) {
+                (Some(c), _) => format!(
+                    "max abs {:.2e}, max rel {:.2e}, {}/{} outside",
+                    c.max_abs, c.max_rel, c.off, c.total
+                ),
+                (None, Some(e)) => e.clone(),
+                (None, None) => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                "    {} -> '{}' {:?} (TF {:?}, {}): {how}  {}",
+                shorten(&r.tensor, 64),
+                r.output,
+                r.shape,
+                r.tf_shape,
+                r.layout,
+                if r.passed { "PASS" } else { "FAIL" }
+            );
+        }
     }
     o
+}
+
+/// `s` cut to its last `max` characters (TF names can be long; a cut
+/// never splits a character).
+fn shorten(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (max - 3)).collect();
+    format!("...{tail}")
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::{Executor, Run};
+use super::{Executor, RawOutput, Run};
 use crate::error::Result;
 use crate::ir::{Graph, Tensor, Wire};
 use crate::runtime::kernels::nchw_to_nhwc;
@@ -71,11 +71,33 @@ impl Executor for GraphExecutor {
             Ok(v) => v,
             Err(e) => {
                 return Ok(Run {
-                    values: HashMap::new(),
                     failure: Some(e.to_string()),
+                    ..Run::default()
                 })
             }
         };
+        let n_fetch = fetch.len();
+        let outputs = self
+            .graph
+            .outputs
+            .iter()
+            .zip(got.iter().skip(n_fetch))
+            .map(|(w, t)| {
+                // Named after the TF tensor it carries (a bypassed
+                // Identity's name), as the other formats name it.
+                let carried = self
+                    .carried
+                    .iter()
+                    .find(|c| c.node == w.node && w.slot == 0);
+                RawOutput {
+                    name: carried
+                        .map(|c| c.tensor.clone())
+                        .unwrap_or_else(|| self.graph.wire_name(*w)),
+                    value: t.clone(),
+                    channel_first: carried.is_some_and(|c| c.nchw),
+                }
+            })
+            .collect();
         let mut values = HashMap::new();
         for (c, t) in fetch.into_iter().zip(got) {
             let Some(shape) = want.get(&c.tensor) else {
@@ -86,6 +108,7 @@ impl Executor for GraphExecutor {
         Ok(Run {
             values,
             failure: None,
+            outputs,
         })
     }
 }

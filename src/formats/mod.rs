@@ -76,6 +76,12 @@ pub trait Format: Sync {
     /// The suffixes of the files written for NAME, the main one first
     /// (".prototxt", ".caffemodel").
     fn extensions(&self) -> &'static [&'static str];
+    /// Whether a 4-D output is returned channel-first (NCHW) rather than in
+    /// TF's NHWC: the format's convention (Caffe, Core ML). Every other
+    /// output is returned in TF's element order by every format.
+    fn channel_first_outputs(&self) -> bool {
+        false
+    }
     /// Whether the writer reads the source graph's SHA-256.
     fn needs_source_hash(&self) -> bool {
         false
@@ -120,6 +126,23 @@ pub struct Run {
     /// The layer whose failure stopped the run, if one did (values computed
     /// before it are kept).
     pub failure: Option<String>,
+    /// The model's declared outputs, in its order, exactly as its user
+    /// reads them (no layout mapping): verify-parity compares these with
+    /// TF's outputs element for element.
+    pub outputs: Vec<RawOutput>,
+}
+
+/// One declared output of a converted model, as the model returns it.
+#[derive(Debug, Clone)]
+pub struct RawOutput {
+    /// The output's name in the model.
+    pub name: String,
+    /// The value; a model that runs one sample at a time returns the
+    /// samples stacked on a new leading axis.
+    pub value: Tensor,
+    /// The format's convention puts a 4-D output channel-first (NCHW, or
+    /// (C, H, W) per sample) where TF's is NHWC.
+    pub channel_first: bool,
 }
 
 /// Check a model's declared inputs (name, shape in the format's layout)

@@ -44,6 +44,25 @@ pub fn render(r: &Report) -> String {
         if let Some(e) = &t.run_error {
             h.push_str(&format!("<p><b>Run error:</b> {}</p>", esc(e)));
         }
+        h.push_str("<h3>Outputs as the model returns them</h3><table><tr><th>TF output</th><th>model output</th><th>shape (TF)</th><th>compared</th><th>max abs</th><th>max rel</th><th></th></tr>");
+        for o in &t.outputs {
+            let (a, rel) = match (&o.comparison, &o.error) {
+                (Some(c), _) => (format!("{:.3e}", c.max_abs), format!("{:.3e}", c.max_rel)),
+                (None, e) => (e.clone().unwrap_or_default(), String::new()),
+            };
+            h.push_str(&format!(
+                "<tr class=\"{}\"><td><code>{}</code></td><td><code>{}</code></td><td>{:?} ({:?})</td><td>{}</td><td>{}</td><td>{rel}</td><td>{}</td></tr>",
+                if o.passed { "pass" } else { "fail" },
+                esc(&o.tensor),
+                esc(&o.output),
+                o.shape,
+                o.tf_shape,
+                esc(&o.layout),
+                esc(&a),
+                if o.passed { "ok" } else { "FAIL" }
+            ));
+        }
+        h.push_str("</table>");
         h.push_str(&plot(t));
         h.push_str("<table><tr><th>#</th><th>TF tensor</th><th>op</th><th>max abs</th><th>max rel</th><th>cosine</th><th>worst at</th><th></th></tr>");
         for (i, l) in t.layers.iter().enumerate() {

@@ -40,11 +40,34 @@ pub struct LayerResult {
     pub error: Option<String>,
 }
 
+/// One declared output of the converted model, as its user reads it,
+/// against TF's output element for element.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputResult {
+    /// The TF output.
+    pub tensor: String,
+    /// The model's output standing for it (empty when it has none).
+    pub output: String,
+    /// TF's shape and the model's (its batch stacked first).
+    pub tf_shape: Vec<usize>,
+    pub shape: Vec<usize>,
+    /// "as TF" or "channel-first (NCHW)": how TF's value is arranged for
+    /// the element-by-element comparison (the format's convention).
+    pub layout: String,
+    pub passed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetReport {
     pub target: String,
     pub file: String,
     pub layers: Vec<LayerResult>,
+    /// The model's declared outputs, raw, against TF's.
+    pub outputs: Vec<OutputResult>,
     /// The first layer (graph order) outside its tolerance.
     pub first_failure: Option<String>,
     /// A converted layer that failed to run, if any.
@@ -209,14 +232,28 @@ fn finish(
     target: &str,
     file: &Path,
     layers: Vec<LayerResult>,
+    outputs: Vec<OutputResult>,
     run_error: Option<String>,
 ) -> TargetReport {
-    let first_failure = layers.iter().find(|l| !l.passed).map(|l| l.tensor.clone());
-    let passed = first_failure.is_none() && run_error.is_none() && layers.iter().any(|l| l.output);
+    let first_failure = layers
+        .iter()
+        .find(|l| !l.passed)
+        .map(|l| l.tensor.clone())
+        .or_else(|| {
+            outputs
+                .iter()
+                .find(|o| !o.passed)
+                .map(|o| format!("{} (raw output)", o.tensor))
+        });
+    let passed = first_failure.is_none()
+        && run_error.is_none()
+        && layers.iter().any(|l| l.output)
+        && !outputs.is_empty();
     TargetReport {
         target: target.into(),
         file: file.display().to_string(),
         layers,
+        outputs,
         first_failure,
         run_error,
         passed,
@@ -264,6 +301,8 @@ pub fn verify(
         .map(|w| g.nodes[w.node].name.as_str())
         .collect();
     let mut layers = vec![];
+    let mut raw_results: Vec<OutputResult> = vec![];
+    let mut declared: HashSet<String> = HashSet::new();
     let mut run_error = None;
     for (s, sample) in c.samples.iter().enumerate() {
         let want: HashMap<String, Vec<usize>> = c.refs[s]
@@ -274,6 +313,27 @@ pub fn verify(
         let mut run = exec.run(sample, &want)?;
         if let Some(e) = run.failure.take() {
             run_error.get_or_insert(e);
+        }
+        // The model's declared outputs, each against the TF tensor of its
+        // name, as the model returns it.
+        for (i, o) in run.outputs.iter().enumerate() {
+            let tensor = tf_tensor_of(g, &o.name);
+            let r = match tensor {
+                Some(t) => {
+                    let tol = c.overrides.get(t).copied().unwrap_or(c.tolerance);
+                    judge_raw(t, o, c.refs[s].get(t), tol)
+                }
+                None => unmatched(o),
+            };
+            declared.insert(r.tensor.clone());
+            match raw_results.get_mut(i) {
+                None => raw_results.push(r),
+                Some(prev) => {
+                    if replaces((&prev.comparison, prev.passed), (&r.comparison, r.passed)) {
+                        *prev = r;
+                    }
+                }
+            }
         }
         let mut i = 0;
         for node in &g.nodes {
@@ -291,7 +351,8 @@ pub fn verify(
                     "not computed (an earlier layer failed)".into(),
                 )),
             };
-            let output = outputs.contains(node.name.as_str());
+            let output =
+                outputs.contains(node.name.as_str()) || declared.contains(node.name.as_str());
             let r = judge(
                 &node.name,
                 &node.source_op,
@@ -306,7 +367,119 @@ pub fn verify(
         }
     }
     let file = files.last().cloned().unwrap_or_default();
-    Ok(finish(format.name(), &file, layers, run_error))
+    Ok(finish(format.name(), &file, layers, raw_results, run_error))
+}
+
+/// The TF tensor a model output stands for: the graph node of its name,
+/// exactly or as formats spell names (identifiers: other characters become
+/// '_').
+fn tf_tensor_of<'g>(g: &'g Graph, name: &str) -> Option<&'g str> {
+    let spelled = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    let want = spelled(name);
+    g.node_by_name(name)
+        .map(|i| g.nodes[i].name.as_str())
+        .or_else(|| {
+            g.nodes
+                .iter()
+                .find(|n| spelled(&n.name) == want)
+                .map(|n| n.name.as_str())
+        })
+}
+
+fn unmatched(o: &crate::formats::RawOutput) -> OutputResult {
+    OutputResult {
+        tensor: o.name.clone(),
+        output: o.name.clone(),
+        tf_shape: vec![],
+        shape: o.value.shape().to_vec(),
+        layout: String::new(),
+        passed: false,
+        comparison: None,
+        error: Some(
+            "the model declares this output, but the TF graph has no tensor of that name".into(),
+        ),
+    }
+}
+
+/// Judge one raw output: TF's value arranged by the format's convention
+/// (4-D channel-first where the format says so, else as TF), against the
+/// model's value read in its own element order.
+fn judge_raw(
+    tensor: &str,
+    o: &crate::formats::RawOutput,
+    want: Option<&Tensor>,
+    tol: Tolerance,
+) -> OutputResult {
+    let mut r = OutputResult {
+        tensor: tensor.into(),
+        output: String::new(),
+        tf_shape: want.map(|t| t.shape().to_vec()).unwrap_or_default(),
+        shape: vec![],
+        layout: "as TF".into(),
+        passed: false,
+        comparison: None,
+        error: None,
+    };
+    r.output = o.name.clone();
+    r.shape = o.value.shape().to_vec();
+    let Some(want) = want else {
+        r.error = Some("no reference value (not a float tensor of the TF graph)".into());
+        return r;
+    };
+    // A 4-D output returned in TF's own shape is compared as TF's; in the
+    // NCHW permutation of it, channel-first; when both read alike (C == H
+    // == W), by the format's convention.
+    let channel_first = match want.shape() {
+        &[n, h, w, ch] => {
+            let raw = o.value.shape();
+            let as_tf = raw.iter().product::<usize>() == want.len() && raw == want.shape();
+            let as_cf = raw == [n, ch, h, w];
+            match (as_tf, as_cf) {
+                (true, false) => false,
+                (false, true) => true,
+                _ => o.channel_first,
+            }
+        }
+        _ => false,
+    };
+    let arranged = match (want.shape(), channel_first) {
+        (&[n, h, w, ch], true) => {
+            r.layout = "channel-first (NCHW)".into();
+            want.as_f32().and_then(|v| {
+                Tensor::f32(
+                    vec![n, ch, h, w],
+                    crate::runtime::kernels::nhwc_to_nchw(&v, [n, h, w, ch]),
+                )
+            })
+        }
+        _ => Ok(want.clone()),
+    };
+    let got = arranged.and_then(|e| {
+        if o.value.len() != e.len() {
+            return Err(Error::Mismatch(format!(
+                "the model's output '{}' has {} elements ({:?}), TF's has {} ({:?})",
+                o.name,
+                o.value.len(),
+                o.value.shape(),
+                e.len(),
+                want.shape()
+            )));
+        }
+        let g = o.value.reshaped(e.shape().to_vec())?;
+        compare(&g, &e, tol)
+    });
+    match got {
+        Ok(c) => {
+            r.passed = c.passed();
+            r.comparison = Some(c);
+        }
+        Err(e) => r.error = Some(e.to_string()),
+    }
+    r
 }
 
 /// Keep, per layer, the worst result over samples.
@@ -314,16 +487,23 @@ fn merge_sample(layers: &mut Vec<LayerResult>, i: usize, r: LayerResult) {
     match layers.get_mut(i) {
         None => layers.push(r),
         Some(prev) => {
-            let worse = match (&prev.comparison, &r.comparison) {
-                (_, None) => true,
-                (None, Some(_)) => false,
-                (Some(a), Some(b)) => b.max_abs > a.max_abs,
-            };
-            if worse && (prev.passed || !r.passed) {
+            if replaces((&prev.comparison, prev.passed), (&r.comparison, r.passed)) {
                 *prev = r;
             }
         }
     }
+}
+
+/// Whether a later sample's result (`new`) is the one to keep over `prev`:
+/// it is worse (no comparison at all, or a larger error) and does not hide
+/// an earlier failure behind a pass.
+fn replaces(prev: (&Option<Comparison>, bool), new: (&Option<Comparison>, bool)) -> bool {
+    let worse = match (prev.0, new.0) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(a), Some(b)) => b.max_abs > a.max_abs,
+    };
+    worse && (prev.1 || !new.1)
 }
 
 /// The reference values each target needs: every float node whose name is

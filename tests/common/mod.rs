@@ -43,6 +43,7 @@ pub const FIXTURES: &[&str] = &[
     "matmul_bn",
     "pool_floor",
     "misc_ops",
+    "flatten_output",
 ];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".

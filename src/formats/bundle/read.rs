@@ -193,10 +193,23 @@ fn build(gj: &GraphJson, bytes: &Bytes) -> Result<Graph> {
                 .ok_or_else(|| Error::Format(format!("input '{n}' is not a node")))
         })
         .collect::<Result<_>>()?;
+    // Outputs name IR nodes (unique), "NODE" or "NODE:k": resolved by node
+    // name, not as TF tensor names (a node whose value a pass changed, a
+    // matmul that took its bias, is still the output).
     g.outputs = gj
         .outputs
         .iter()
-        .map(|o| g.wire_by_name(o))
+        .map(|o| {
+            let (base, slot) = crate::ir::split_tensor_name(o);
+            let node = index
+                .get(base)
+                .copied()
+                .ok_or_else(|| Error::Format(format!("output '{o}' is not a node")))?;
+            if g.nodes.get(node).is_none_or(|n| slot >= n.outputs.len()) {
+                return Err(Error::Format(format!("output '{o}': no such output slot")));
+            }
+            Ok(crate::ir::Wire { node, slot })
+        })
         .collect::<Result<_>>()?;
     g.validate()?;
     Ok(g)

@@ -12,7 +12,7 @@ pub mod write;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::{Executor, Format, Run, WriteOptions, Written};
+use super::{Executor, Format, RawOutput, Run, WriteOptions, Written};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Tensor};
 
@@ -24,6 +24,9 @@ impl Format for Caffe {
         "caffe"
     }
 
+    fn channel_first_outputs(&self) -> bool {
+        true
+    }
     fn extensions(&self) -> &'static [&'static str] {
         &[".prototxt", ".caffemodel"]
     }
@@ -157,9 +160,23 @@ impl Executor for CaffeExecutor {
                 values.insert(name.clone(), t.map_err(|e| e.to_string()));
             }
         }
+        let outputs = self
+            .net
+            .outputs()
+            .into_iter()
+            .filter_map(|name| {
+                let value = blobs.get(&name)?.clone();
+                Some(RawOutput {
+                    name,
+                    value,
+                    channel_first: true,
+                })
+            })
+            .collect();
         Ok(Run {
             values,
             failure: err.map(|e| e.to_string()),
+            outputs,
         })
     }
 }

@@ -20,6 +20,29 @@ pub struct Layer {
     pub blobs: Vec<Tensor>,
 }
 
+impl CaffeModel {
+    /// The net's outputs as Caffe defines them: blobs some layer writes and
+    /// no later layer reads (a `Silence` counts as a reader), in the order
+    /// they are first written.
+    pub fn outputs(&self) -> Vec<String> {
+        let mut out: Vec<String> = vec![];
+        for l in &self.layers {
+            for b in &l.param.bottom {
+                // An in-place layer reads and rewrites its blob: it stays.
+                if !l.param.top.contains(b) {
+                    out.retain(|o| o != b);
+                }
+            }
+            for t in &l.param.top {
+                if !out.contains(t) {
+                    out.push(t.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Layer {
     pub fn name(&self) -> &str {
         self.param.name()

@@ -53,13 +53,16 @@ pub enum Fault {
     DropResidualScale,
     /// L2 normalisation left out.
     DropL2Norm,
+    /// A declared output flattened from a map left in Caffe's (C, H, W)
+    /// order (what every layout-mapping comparison misses).
+    FlattenOutputChw,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
-            format!("unknown fault '{s}' (bn-epsilon, same-pad-top-left, pool-ceil, flatten-nchw, weights-ihwo, drop-residual-scale, drop-l2-norm)")
+            format!("unknown fault '{s}' (bn-epsilon, same-pad-top-left, pool-ceil, flatten-nchw, weights-ihwo, drop-residual-scale, drop-l2-norm, flatten-output-chw)")
         })
     }
 }
@@ -1076,13 +1079,20 @@ impl<'g> Em<'g> {
         } else {
             v.shape.len() - 1
         };
-        let (scale, bias) = match (op, k_first) {
-            (BinaryOp::Mul, _) => (kv, None),
-            (BinaryOp::Add, _) => (vec![1.0; c], Some(kv)),
-            (BinaryOp::Sub, false) => (vec![1.0; c], Some(kv.iter().map(|x| -x).collect())),
-            (BinaryOp::Sub, true) => (vec![-1.0; c], Some(kv)),
-            _ => return Err("per-channel Max/Min/Div has no Caffe form here".into()),
-        };
+        let (scale, bias) =
+            match (op, k_first) {
+                (BinaryOp::Mul, _) => (kv, None),
+                (BinaryOp::Add, _) => (vec![1.0; c], Some(kv)),
+                (BinaryOp::Sub, false) => (vec![1.0; c], Some(kv.iter().map(|x| -x).collect())),
+                (BinaryOp::Sub, true) => (vec![-1.0; c], Some(kv)),
+                // x / k as x * (1 / k): within an ulp of TF's quotient (Keras'
+                // Normalization layer divides by per-channel deviations).
+                (BinaryOp::Div, false) => (kv.iter().map(|x| 1.0 / x).collect(), None),
+                _ => return Err(
+                    "per-channel Max/Min and a constant divided by a value have no Caffe form here"
+                        .into(),
+                ),
+            };
         let l = self.layer(&name, "Scale", &[&v.blob], &[&out_blob]);
         let p = l.scale_param.mut_or_insert_default();
         p.set_axis(axis as i32);
@@ -1150,6 +1160,51 @@ impl<'g> Em<'g> {
             blob: out_blob,
             ..big
         }))
+    }
+
+    /// The blob `v`, a (N, C*H*W) flatten in (C, H, W) order, rewritten in
+    /// TF's (H, W, C) order under the same name: the flatten's blob and
+    /// every reader of it are renamed `<blob>/chw`, then Reshape (N, C, H*W)
+    /// -> Slice along H*W -> Concat along C -> Reshape (N, H*W*C). Only
+    /// layers both BVLC Caffe and OpenCV read; values are copied, never
+    /// recomputed, so the result is exact.
+    fn flat_to_hwc(&mut self, v: &Val, [h, w, c]: [usize; 3]) -> Val {
+        let name = v.blob.clone();
+        let chw = format!("{name}/chw");
+        for l in &mut self.net.layer {
+            for b in l.bottom.iter_mut().chain(l.top.iter_mut()) {
+                if *b == name {
+                    *b = chw.clone();
+                }
+            }
+            if l.name() == name {
+                l.set_name(chw.clone());
+                self.layer_names.insert(chw.clone());
+            }
+        }
+        self.layer_names.remove(&name);
+        let p = h * w;
+        let grid = format!("{name}/c_hw");
+        let l = self.layer(&grid, "Reshape", &[&chw], &[&grid]);
+        l.reshape_param.mut_or_insert_default().shape =
+            Some(shape_proto(&[0, c as i64, p as i64])).into();
+        let pieces: Vec<String> = (0..p).map(|i| format!("{name}/hw{i}")).collect();
+        let refs: Vec<&str> = pieces.iter().map(|s| s.as_str()).collect();
+        let l = self.layer(&format!("{name}/slice"), "Slice", &[&grid], &refs);
+        let sp = l.slice_param.mut_or_insert_default();
+        sp.set_axis(2);
+        sp.slice_point = (1..p as u32).collect();
+        let joined = format!("{name}/hwc");
+        let l = self.layer(&joined, "Concat", &refs, &[&joined]);
+        l.concat_param.mut_or_insert_default().set_axis(1);
+        let l = self.layer(&name, "Reshape", &[&joined], &[&name]);
+        l.reshape_param.mut_or_insert_default().shape =
+            Some(shape_proto(&[0, (p * c) as i64])).into();
+        Val {
+            blob: name,
+            layout: BlobLayout::Plain,
+            shape: v.shape.clone(),
+        }
     }
 
     fn reshape(&mut self, n: &Node, out_blob: String) -> R<Option<Val>> {
@@ -1258,6 +1313,23 @@ pub fn emit_with_faults(g: &Graph, name: &str, faults: &[Fault]) -> Result<Caffe
         }
         Ok(())
     })?;
+    // A declared output held in channel-first flatten order is put in
+    // TF's order: the user reads the blob, not faceall's layout map.
+    for w in &g.outputs {
+        let Some(v) = em.vals.get(w).cloned() else {
+            continue;
+        };
+        if let BlobLayout::FlatChw { h, w: wd, c } = v.layout {
+            if em.faults.contains(&Fault::FlattenOutputChw) {
+                continue;
+            }
+            let exact = em.flat_to_hwc(&v, [h, wd, c]);
+            for b in blobs.iter_mut().filter(|b| b.blob == v.blob) {
+                b.layout = BlobLayout::Plain;
+            }
+            em.vals.insert(*w, exact);
+        }
+    }
     let outputs = g
         .outputs
         .iter()

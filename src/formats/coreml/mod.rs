@@ -10,7 +10,7 @@ pub mod write;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use super::{Executor, Format, Run, WriteOptions, Written};
+use super::{Executor, Format, RawOutput, Run, WriteOptions, Written};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Tensor};
 use crate::proto::coreml::neural_network_layer::Layer;
@@ -23,6 +23,9 @@ impl Format for Coreml {
         "coreml"
     }
 
+    fn channel_first_outputs(&self) -> bool {
+        true
+    }
     fn extensions(&self) -> &'static [&'static str] {
         &[".mlmodel"]
     }
@@ -127,12 +130,19 @@ impl Executor for CoremlExecutor {
             .model
             .layers()
             .iter()
-            .filter(|l| matches!(l.layer, Some(Layer::Flatten(_))))
+            .filter(|l| {
+                matches!(&l.layer, Some(Layer::Flatten(p))
+                    if p.mode.enum_value()
+                        != Ok(crate::proto::coreml::flatten_layer_params::FlattenOrder::CHANNEL_LAST))
+            })
             .filter_map(|l| Some((l.output.first()?.as_str(), l.input.first()?.as_str())))
             .collect();
         let mut per_name: HashMap<String, Vec<Tensor>> = HashMap::new();
         let mut errors: HashMap<String, String> = HashMap::new();
         let mut failure = None;
+        // The declared outputs per sample, as predictions return them.
+        let mut raw: Vec<Vec<f32>> = vec![vec![]; self.model.outputs.len()];
+        let mut raw_shape: Vec<Vec<usize>> = vec![vec![]; self.model.outputs.len()];
         for n in 0..batch {
             let mut sample = HashMap::new();
             for (name, shape) in &self.model.inputs {
@@ -148,6 +158,12 @@ impl Executor for CoremlExecutor {
                     break;
                 }
             };
+            for (i, name) in self.model.outputs.iter().enumerate() {
+                if let (Some(b), Some(acc)) = (blobs.get(name), raw.get_mut(i)) {
+                    acc.extend(b.as_f32()?.iter());
+                    raw_shape[i] = b.shape().to_vec();
+                }
+            }
             for (name, shape) in want {
                 let Some(b) = blobs.get(name) else {
                     continue;
@@ -181,6 +197,21 @@ impl Executor for CoremlExecutor {
             };
             values.insert(name.clone(), v);
         }
-        Ok(Run { values, failure })
+        let mut outputs = vec![];
+        if failure.is_none() {
+            for ((name, data), shape) in self.model.outputs.iter().zip(raw).zip(raw_shape) {
+                let shape: Vec<usize> = std::iter::once(batch).chain(shape).collect();
+                outputs.push(RawOutput {
+                    name: name.clone(),
+                    value: Tensor::f32(shape, data)?,
+                    channel_first: true,
+                });
+            }
+        }
+        Ok(Run {
+            values,
+            failure,
+            outputs,
+        })
     }
 }

@@ -553,12 +553,22 @@ impl<'g> Em<'g> {
                 }
                 let ins = &g.fact(n.inputs[0]).map_err(|e| e.to_string())?.shape;
                 if x.layout == CoremlLayout::Chw && n.outputs[0].shape.len() == 2 {
-                    self.layer(
-                        &name,
-                        &[&x.blob],
-                        &out,
-                        Layer::Flatten(FlattenLayerParams::new()),
-                    );
+                    // A flatten the user reads (a declared output) flattens
+                    // in TF's (H, W, C) order; one feeding an innerProduct
+                    // stays channel-first and the weights are permuted.
+                    let mut p = FlattenLayerParams::new();
+                    if g.outputs.iter().any(|w| w.node == idx) {
+                        p.mode =
+                            crate::proto::coreml::flatten_layer_params::FlattenOrder::CHANNEL_LAST
+                                .into();
+                        self.layer(&name, &[&x.blob], &out, Layer::Flatten(p));
+                        return Ok(Some(Val {
+                            blob: out,
+                            layout: CoremlLayout::Same,
+                            chw,
+                        }));
+                    }
+                    self.layer(&name, &[&x.blob], &out, Layer::Flatten(p));
                     let layout = CoremlLayout::FlatChw {
                         h: ins[1],
                         w: ins[2],
@@ -748,7 +758,13 @@ impl<'g> Em<'g> {
             (BinaryOp::Add, _) => (vec![1.0; c], Some(kv)),
             (BinaryOp::Sub, false) => (vec![1.0; c], Some(kv.iter().map(|x| -x).collect())),
             (BinaryOp::Sub, true) => (vec![-1.0; c], Some(kv)),
-            _ => return Err("per-channel Max/Min/Div has no Core ML form here".into()),
+            // x / k as x * (1 / k): within an ulp of TF's quotient (Keras'
+            // Normalization layer divides by per-channel deviations).
+            (BinaryOp::Div, false) => (kv.iter().map(|x| 1.0 / x).collect(), None),
+            _ => return Err(
+                "per-channel Max/Min and a constant divided by a value have no Core ML form here"
+                    .into(),
+            ),
         };
         self.scale_layer(&name, &v, &out, scale, bias)?;
         Ok(Some(Val { blob: out, ..v }))
@@ -816,12 +832,22 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
         };
         desc.input.push(feature(&v.blob, v.chw, &v.layout, text));
     }
-    // Core ML outputs are layer outputs named after the TF outputs.
+    // Core ML outputs are layer outputs named after the TF outputs: a
+    // value that kept another tensor's blob (a reshape that needed no
+    // layer) is copied under the output's name by an identity (linear 1, 0).
+    let produced: HashSet<String> = em.layers.iter().flat_map(|l| l.output.clone()).collect();
     for w in &g.outputs {
-        let v =
+        let mut v =
             em.vals.get(w).cloned().ok_or_else(|| {
                 Error::Graph(format!("output '{}' was not emitted", g.wire_name(*w)))
             })?;
+        if let Some(t) = g.nodes[w.node].carries() {
+            if v.blob != t && !produced.contains(t) && !em.names.contains(t) {
+                let t = t.to_string();
+                em.layer(&t, &[&v.blob], &t, linear(1.0, 0.0));
+                v.blob = t;
+            }
+        }
         let text = format!("TF output '{}' {:?}", g.wire_name(*w), g.fact(*w)?.shape);
         desc.output.push(feature(&v.blob, v.chw, &v.layout, text));
     }

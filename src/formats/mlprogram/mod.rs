@@ -83,6 +83,9 @@ impl Format for MlProgram {
         "MIL operations"
     }
 
+    fn channel_first_outputs(&self) -> bool {
+        true
+    }
     fn extensions(&self) -> &'static [&'static str] {
         &[".mlpackage"]
     }

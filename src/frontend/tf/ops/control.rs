@@ -18,6 +18,20 @@ pub fn identity(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push(Op::Identity, vec![x])
 }
 
+/// IdentityN (Keras' swish and custom gradients: `IdentityN(f(x), x)`):
+/// output k is input k. The first is an Identity node under the TF name
+/// (what users and the graph's readers name); the others are the inputs'
+/// own wires.
+pub fn identity_n(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    if n.inputs.is_empty() {
+        return Err(n.err("IdentityN without inputs"));
+    }
+    let ins = n.inputs.clone();
+    let mut out = n.push(Op::Identity, vec![ins[0]])?;
+    out.extend(ins.into_iter().skip(1));
+    Ok(out)
+}
+
 pub fn switch(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.expect_inputs(2)?;
     let ins = n.inputs.clone();

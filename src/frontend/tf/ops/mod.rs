@@ -21,6 +21,7 @@ pub const OPS: &[(&str, Converter)] = &[
     ("Placeholder", array::placeholder),
     ("PlaceholderWithDefault", control::identity),
     ("Identity", control::identity),
+    ("IdentityN", control::identity_n),
     ("StopGradient", control::identity),
     ("NoOp", |_| Ok(vec![])),
     ("Const", array::constant),

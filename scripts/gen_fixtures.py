@@ -328,6 +328,26 @@ def case_flatten_output(seed):
     return build, ["Conv2D", "Relu", "Reshape", "flat", "logits"], ["flat", "logits"]
 
 
+def case_keras_ops(seed):
+    """What Keras graphs add around convolutions: Normalization's per-channel
+    (x - mean) / std, swish behind IdentityN (Keras' custom gradient), and
+    SquaredDifference (LayerNormalization, tf.nn.moments)."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 3], name="input")
+        y = tf.math.truediv(tf.subtract(x, c(rng.normal(0, 0.5, 3), "mean"), name="centred"),
+                            c(rng.uniform(0.5, 2.0, 3), "std"), name="normalised")
+        w = c(rng.normal(0, 0.15, [3, 3, 3, 8]), "weights")
+        y = tf.nn.bias_add(tf.nn.conv2d(y, w, [1, 1, 1, 1], "SAME", name="Conv2D"),
+                           c(rng.normal(0, 0.5, 8), "biases"), name="BiasAdd")
+        swish = tf.multiply(y, tf.nn.sigmoid(y, name="Sigmoid"), name="swish")
+        act = tf.raw_ops.IdentityN(input=[swish, y], name="IdentityN")[0]
+        tf.math.squared_difference(act, c(rng.normal(0, 0.5, 8), "centre"), name="output")
+        return {"input": rng.normal(0, 1, [1, 6, 6, 3])}
+    return build, ["normalised", "BiasAdd", "swish", "IdentityN", "output"], ["output"]
+
+
 CASES = {
     "inception_resnet_v1_switch": (case_inception("switch", "FusedBatchNorm", 101),
                                    "Narrow InceptionResNetV1 (FaceNet topology), TF-slim unfolded FusedBatchNorm "
@@ -343,6 +363,7 @@ CASES = {
                                      "RealDiv, Min/Max, Squeeze, ExpandDims, MatMul transpose_b"),
     "flatten_output": (case_flatten_output(109), "A declared output that flattens a 2x2x16 map (element order "
                                                  "differs channel-first), and a MatMul on it"),
+    "keras_ops": (case_keras_ops(110), "Per-channel (x - mean) / std, swish behind IdentityN, SquaredDifference"),
 }
 
 

@@ -67,7 +67,9 @@ fixture_tests!(
     depthwise_relu6,
     matmul_bn,
     pool_floor,
-    misc_ops
+    misc_ops,
+    flatten_output,
+    keras_ops
 );
 
 #[test]

@@ -38,7 +38,7 @@ const CONVERTED: &[&str] = &[
 /// Refused, with the op that has no IR form yet (README: "Keras
 /// applications").
 const REFUSED: &[(&str, &str)] = &[
-    ("ConvNeXtTiny", "SquaredDifference"),
+    ("ConvNeXtTiny", "StatefulPartitionedCall"),
     ("NASNetMobile", "StridedSlice"),
 ];
 
@@ -48,8 +48,29 @@ const REFUSED: &[(&str, &str)] = &[
 /// to it. Converted here, not compared.
 const CHAOTIC: &[&str] = &["EfficientNetV2B0"];
 
-/// Relative to max(1, max |TF output|): random-weight logits reach 1e4.
-const REL_TOL: &str = "1e-4";
+/// Relative to max(1, max |TF output|): random-weight logits reach 1e3.
+const REL_TOL: f64 = 1e-4;
+
+/// The tolerance a case can be held to: REL_TOL, or twice the amount by
+/// which TensorFlow disagrees with itself on it (its eager model against
+/// its own frozen graph, recorded by keras_corpus.py) when that is larger:
+/// a float32 reordering inside TF moves EfficientNetB0's random-weight
+/// logits by 1.3e-4 of their peak, and no runtime can be closer to TF than
+/// TF is to itself.
+fn tolerance_for(case_dir: &Path, case: &ReferenceCase) -> f64 {
+    let man: serde_json::Value = std::fs::read(case_dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let tf_self = man["frozen_vs_eager_max_abs"].as_f64().unwrap_or(0.0);
+    let peak = case
+        .tensors
+        .iter()
+        .filter_map(|(_, t)| t.as_f32().ok())
+        .flat_map(|v| v.iter().map(|x| x.abs() as f64).collect::<Vec<_>>())
+        .fold(1.0f64, f64::max);
+    REL_TOL.max(2.0 * tf_self / peak)
+}
 
 fn corpus_dir() -> std::path::PathBuf {
     root().join(".cache/keras")
@@ -99,7 +120,7 @@ fn run_script(script: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn check_engine(case: &ReferenceCase, bundle: &Path) -> Result<f32, String> {
+fn check_engine(case: &ReferenceCase, bundle: &Path, tol: f64) -> Result<f32, String> {
     let g = faceall::formats::bundle::read::load_owned(bundle).map_err(|e| e.to_string())?;
     let e = Engine::compile_with(g, &Default::default()).map_err(|e| e.to_string())?;
     let xs: Vec<Vec<f32>> = e
@@ -133,7 +154,7 @@ fn check_engine(case: &ReferenceCase, bundle: &Path) -> Result<f32, String> {
             .iter()
             .fold(1.0f32, |m, v| m.max(v.abs()));
         let rel = c.max_abs / scale;
-        if rel > 1e-4 {
+        if rel as f64 > tol {
             return Err(format!("engine: {}: {c} (relative {rel:.2e})", port.name));
         }
         worst = worst.max(rel);
@@ -165,6 +186,11 @@ fn check_model(name: &str) -> Result<(), String> {
     let p = |f: &str| out.join(f).to_string_lossy().into_owned();
     let c = case_dir.to_string_lossy().into_owned();
     let rep = report.to_string_lossy().into_owned();
+    let tol = tolerance_for(&case_dir, &case);
+    let tol_s = format!("{tol:.3e}");
+    if tol > REL_TOL {
+        eprintln!("{name}: TF disagrees with itself here; held to {tol_s}");
+    }
     let mut errors = vec![];
     for (script, args) in [
         (
@@ -178,7 +204,7 @@ fn check_model(name: &str) -> Result<(), String> {
         ("check_onnx.py", vec![p("m.onnx"), c.clone()]),
     ] {
         let mut args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        args.extend(["--tolerance", REL_TOL]);
+        args.extend(["--tolerance", tol_s.as_str()]);
         if script != "check_onnx.py" {
             args.push("--relative");
         }
@@ -186,7 +212,7 @@ fn check_model(name: &str) -> Result<(), String> {
             errors.push(e);
         }
     }
-    match check_engine(&case, &out.join("m.graph.json")) {
+    match check_engine(&case, &out.join("m.graph.json"), tol) {
         Ok(rel) => eprintln!("{name}: engine within {rel:.2e} of TF (relative)"),
         Err(e) => errors.push(e),
     }

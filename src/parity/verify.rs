@@ -335,6 +335,29 @@ pub fn verify(
                 }
             }
         }
+        // A TF output the model computes but does not return is a user
+        // reading something else (Caffe's outputs are the blobs no layer
+        // reads: a flatten that feeds a MatMul is none).
+        if s == 0 {
+            for w in &g.outputs {
+                let tensor = g.wire_name(*w);
+                if computes.contains(&tensor) && !declared.contains(&tensor) {
+                    raw_results.push(OutputResult {
+                        tensor: tensor.clone(),
+                        output: String::new(),
+                        tf_shape: c.refs[s].get(&tensor).map(|t| t.shape().to_vec()).unwrap_or_default(),
+                        shape: vec![],
+                        layout: String::new(),
+                        passed: false,
+                        comparison: None,
+                        error: Some(
+                            "the model computes this TF output but does not declare it as an output"
+                                .into(),
+                        ),
+                    });
+                }
+            }
+        }
         let mut i = 0;
         for node in &g.nodes {
             let Some(want) = c.refs[s].get(&node.name) else {

@@ -44,6 +44,7 @@ pub const FIXTURES: &[&str] = &[
     "pool_floor",
     "misc_ops",
     "flatten_output",
+    "keras_ops",
 ];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".

@@ -63,6 +63,26 @@ pub fn binary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push(Op::Binary(op), ins)
 }
 
+/// SquaredDifference(x, y) = (x - y)^2, as TF computes it: a Sub that is
+/// no TF tensor of its own (`NAME/difference`), then Square under the TF
+/// name. (Keras' LayerNormalization and tf.nn.moments use it.)
+pub fn squared_difference(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    if n.fact(0)?.dtype != DType::F32 || n.fact(1)?.dtype != DType::F32 {
+        return Err(n.err("only float32 is supported"));
+    }
+    let ins = n.inputs.clone();
+    let name = format!("{}/difference", n.node.name);
+    let d = n
+        .ctx
+        .graph
+        .push(&name, &n.node.op, Op::Binary(BinaryOp::Sub), ins)?;
+    if let Some(node) = n.ctx.graph.nodes.get_mut(d) {
+        node.own_changed = true;
+    }
+    n.push(Op::Unary(UnaryOp::Square), vec![Wire { node: d, slot: 0 }])
+}
+
 pub fn unary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.expect_inputs(1)?;
     if n.fact(0)?.dtype != DType::F32 {

@@ -49,6 +49,7 @@ pub const OPS: &[(&str, Converter)] = &[
     ("Maximum", math::binary),
     ("Minimum", math::binary),
     ("Square", math::unary),
+    ("SquaredDifference", math::squared_difference),
     ("Sqrt", math::unary),
     ("Rsqrt", math::unary),
     ("Neg", math::unary),

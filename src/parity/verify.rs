@@ -558,3 +558,44 @@ pub fn reference_for(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+    use crate::formats::RawOutput;
+
+    fn nhwc() -> Tensor {
+        // (1, 2, 2, 3): distinct values so any reordering shows.
+        Tensor::f32(vec![1, 2, 2, 3], (0..12).map(|v| v as f32).collect()).unwrap()
+    }
+
+    #[test]
+    fn a_4d_output_may_be_channel_first() {
+        let t = nhwc();
+        let v = crate::runtime::kernels::nhwc_to_nchw(&t.as_f32().unwrap(), [1, 2, 2, 3]);
+        let o = RawOutput {
+            name: "y".into(),
+            value: Tensor::f32(vec![1, 3, 2, 2], v).unwrap(),
+            channel_first: true,
+        };
+        let r = judge_raw("y", &o, Some(&t), Tolerance::EXACT);
+        assert!(r.passed, "{r:?}");
+        assert_eq!(r.layout, "channel-first (NCHW)");
+    }
+
+    #[test]
+    fn a_flat_output_in_channel_major_order_fails() {
+        // TF's (1, 12) flatten of the map in (h, w, c) order, returned in
+        // (c, h, w) order: same values, other places.
+        let t = nhwc().reshaped(vec![1, 12]).unwrap();
+        let v = crate::runtime::kernels::nhwc_to_nchw(&nhwc().as_f32().unwrap(), [1, 2, 2, 3]);
+        let o = RawOutput {
+            name: "flat".into(),
+            value: Tensor::f32(vec![1, 12], v).unwrap(),
+            channel_first: true,
+        };
+        let r = judge_raw("flat", &o, Some(&t), Tolerance::CLOSE);
+        assert!(!r.passed, "{r:?}");
+        assert_eq!(r.layout, "as TF");
+    }
+}

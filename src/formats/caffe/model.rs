@@ -271,3 +271,27 @@ impl CaffeModel {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_the_blobs_nobody_reads() {
+        // A flatten read by an inner product is no output; a blob read only
+        // by an in-place layer still is; a Silence reads its blob away.
+        let text = r#"
+            name: "t"
+            input: "data"
+            input_shape { dim: 1 dim: 2 dim: 1 dim: 1 }
+            layer { name: "flat" type: "Flatten" bottom: "data" top: "flat" }
+            layer { name: "fc" type: "Power" bottom: "flat" top: "fc" }
+            layer { name: "relu" type: "ReLU" bottom: "fc" top: "fc" }
+            layer { name: "split" type: "Slice" bottom: "flat" top: "a" top: "b" slice_param { axis: 1 slice_point: 1 } }
+            layer { name: "silence" type: "Silence" bottom: "b" }
+        "#;
+        let net = parse_net(text.as_bytes(), true).unwrap();
+        let m = CaffeModel::from_nets(&net, None).unwrap();
+        assert_eq!(m.outputs(), vec!["fc".to_string(), "a".to_string()]);
+    }
+}

@@ -76,17 +76,35 @@ fn corpus_dir() -> std::path::PathBuf {
     root().join(".cache/keras")
 }
 
-fn generate(names: &[&str]) {
-    let out = Command::new(python())
-        .arg(root().join("scripts/keras_corpus.py"))
-        .args(names)
-        .output()
-        .expect("run scripts/keras_corpus.py");
-    assert!(
-        out.status.success(),
-        "keras_corpus.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Make (or keep, when cached) every case once per test process: the
+/// tests of this file run in parallel threads and must not write the same
+/// case at the same time.
+fn generate() {
+    static MADE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        let all: Vec<&str> = CONVERTED
+            .iter()
+            .chain(CHAOTIC)
+            .copied()
+            .chain(REFUSED.iter().map(|r| r.0))
+            .collect();
+        let out = Command::new(python())
+            .arg(root().join("scripts/keras_corpus.py"))
+            .args(&all)
+            .output()
+            .map_err(|e| format!("run scripts/keras_corpus.py: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "keras_corpus.py: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = made {
+        panic!("{e}");
+    }
 }
 
 fn run_script(script: &str, args: &[&str]) -> Result<(), String> {
@@ -225,12 +243,7 @@ fn check_model(name: &str) -> Result<(), String> {
 
 #[test]
 fn keras_applications_match_tensorflow_in_every_runtime() {
-    let all: Vec<&str> = CONVERTED
-        .iter()
-        .copied()
-        .chain(REFUSED.iter().map(|r| r.0))
-        .collect();
-    generate(&all);
+    generate();
     // FACEALL_CORPUS=Name1,Name2 checks only those (to look into one).
     let only = std::env::var("FACEALL_CORPUS").unwrap_or_default();
     let mut failed = vec![];
@@ -249,7 +262,7 @@ fn keras_applications_match_tensorflow_in_every_runtime() {
 
 #[test]
 fn chaotic_applications_still_convert() {
-    generate(CHAOTIC);
+    generate();
     for name in CHAOTIC {
         let model = corpus_dir().join(name).join("model.pb");
         let d = tempfile::tempdir().unwrap();
@@ -269,8 +282,7 @@ fn chaotic_applications_still_convert() {
 
 #[test]
 fn unconvertible_applications_are_refused_in_one_line() {
-    let names: Vec<&str> = REFUSED.iter().map(|r| r.0).collect();
-    generate(&names);
+    generate();
     for (name, op) in REFUSED {
         let model = corpus_dir().join(name).join("model.pb");
         let d = tempfile::tempdir().unwrap();

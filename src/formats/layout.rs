@@ -81,6 +81,29 @@ pub fn inner_product(
     out
 }
 
+/// `x op k` (or `k op x` when `k_first`) with a per-channel constant `k`
+/// of `c` values as the affine `x * scale + bias` both channel-first
+/// formats' Scale layers take; `None` for Max/Min and `k / x`, which are
+/// not affine. Division is multiplication by the reciprocal: within an ulp
+/// of TF's quotient (Keras' Normalization layer divides by per-channel
+/// deviations).
+pub fn per_channel_affine(
+    op: crate::ir::BinaryOp,
+    k_first: bool,
+    k: Vec<f32>,
+    c: usize,
+) -> Option<(Vec<f32>, Option<Vec<f32>>)> {
+    use crate::ir::BinaryOp;
+    Some(match (op, k_first) {
+        (BinaryOp::Mul, _) => (k, None),
+        (BinaryOp::Add, _) => (vec![1.0; c], Some(k)),
+        (BinaryOp::Sub, false) => (vec![1.0; c], Some(k.iter().map(|x| -x).collect())),
+        (BinaryOp::Sub, true) => (vec![-1.0; c], Some(k)),
+        (BinaryOp::Div, false) => (k.iter().map(|x| 1.0 / x).collect(), None),
+        _ => return None,
+    })
+}
+
 /// OIHW -> TF's HWIO.
 pub fn oihw_to_hwio(w: &[f32], [co, ci, kh, kw]: [usize; 4]) -> Vec<f32> {
     let mut out = vec![0.0; w.len()];

@@ -1079,20 +1079,9 @@ impl<'g> Em<'g> {
         } else {
             v.shape.len() - 1
         };
-        let (scale, bias) =
-            match (op, k_first) {
-                (BinaryOp::Mul, _) => (kv, None),
-                (BinaryOp::Add, _) => (vec![1.0; c], Some(kv)),
-                (BinaryOp::Sub, false) => (vec![1.0; c], Some(kv.iter().map(|x| -x).collect())),
-                (BinaryOp::Sub, true) => (vec![-1.0; c], Some(kv)),
-                // x / k as x * (1 / k): within an ulp of TF's quotient (Keras'
-                // Normalization layer divides by per-channel deviations).
-                (BinaryOp::Div, false) => (kv.iter().map(|x| 1.0 / x).collect(), None),
-                _ => return Err(
-                    "per-channel Max/Min and a constant divided by a value have no Caffe form here"
-                        .into(),
-                ),
-            };
+        let (scale, bias) = crate::formats::layout::per_channel_affine(op, k_first, kv, c).ok_or(
+            "per-channel Max/Min and a constant divided by a value have no Caffe form here",
+        )?;
         let l = self.layer(&name, "Scale", &[&v.blob], &[&out_blob]);
         let p = l.scale_param.mut_or_insert_default();
         p.set_axis(axis as i32);

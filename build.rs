@@ -5,6 +5,7 @@
 fn main() {
     let protos = [
         "proto/tensorflow/graph.proto",
+        "proto/tensorflow/saved_model.proto",
         "proto/caffe/caffe.proto",
         "proto/coreml/mil.proto",
         "proto/coreml/coreml.proto",

@@ -14,8 +14,11 @@ use sha2::Digest;
 #[derive(clap::Args)]
 #[command(after_help = super::passes_help())]
 pub struct Args {
-    /// Frozen TensorFlow GraphDef (.pb)
+    /// TensorFlow model: a frozen GraphDef (.pb), a SavedModel directory
+    /// (TF1 or TF2), or a TF1 meta graph (model.meta) with its checkpoint
     model: PathBuf,
+    #[command(flatten)]
+    source: super::SourceArgs,
     /// Target formats, comma-separated: caffe, coreml (NeuralNetwork .mlmodel),
     /// safetensors, onnx, mlprogram (Core ML ML Program .mlpackage)
     #[arg(long, value_delimiter = ',', required = true)]
@@ -98,6 +101,11 @@ struct OutputLayout {
 #[derive(Serialize)]
 struct Report {
     model: String,
+    /// What was read: frozen GraphDef, TF1/TF2 SavedModel (tags,
+    /// signature), or meta graph + checkpoint.
+    form: String,
+    /// Variables whose values came from a checkpoint.
+    variables: usize,
     files: Vec<String>,
     seconds: f64,
     passes: passes::Report,
@@ -125,10 +133,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let opts = tf::LoadOptions {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
+        source: a.source.options(),
     };
     let progress = Progress::new(!a.json && !a.quiet);
     progress.stage("reading the graph");
-    let mut graph = tf::load(&a.model, &opts)?;
+    let model = tf::read_model(&a.model, &tf::source_options(&opts))?;
+    let mut graph = tf::import_model(&model, &opts).map_err(|e| e.in_file(&a.model))?;
     if !a.input.is_empty() {
         for name in &a.input {
             let ok = graph
@@ -152,10 +162,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     progress.stage("running the passes");
     let report = passes::run(&mut graph, &popts).map_err(|e| e.in_file(&a.model))?;
     progress.stage("emitting");
+    // A SavedModel is named after its directory.
+    let named_by = match &model.form {
+        tf::ModelForm::SavedModel { dir, .. } => dir.clone(),
+        _ => a.model.clone(),
+    };
     let name = match a.name {
         Some(n) => n,
-        None => a
-            .model
+        None => named_by
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
@@ -163,19 +177,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let source = {
         // Hash the file by streaming it through a small buffer: a second
         // map would count the whole file again in the resident set.
+        // A SavedModel or checkpoint: the hash covers its graph, index and
+        // shards, in that order.
         let sha = if chosen.iter().any(|f| f.needs_source_hash()) {
-            let mut f = std::fs::File::open(&a.model)
-                .with_context(|| format!("{}: opening for its hash", a.model.display()))?;
             let mut h = sha2::Sha256::new();
-            std::io::copy(&mut f, &mut h)
-                .with_context(|| format!("{}: reading for its hash", a.model.display()))?;
+            for file in &model.files {
+                let mut f = std::fs::File::open(file)
+                    .with_context(|| format!("{}: opening for its hash", file.display()))?;
+                std::io::copy(&mut f, &mut h)
+                    .with_context(|| format!("{}: reading for its hash", file.display()))?;
+            }
             h.finalize().iter().map(|b| format!("{b:02x}")).collect()
         } else {
             String::new()
         };
         formats::bundle::write::Source {
-            name: a
-                .model
+            name: named_by
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -252,6 +269,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .collect();
     let r = Report {
         model: a.model.display().to_string(),
+        form: model.form.describe(),
+        variables: model.variables,
         files: written_files
             .iter()
             .map(|p| p.display().to_string())
@@ -284,6 +303,9 @@ fn render(r: &Report, verbose: bool) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "converted {} in {:.0} ms", r.model, r.seconds * 1000.0);
+    if r.variables > 0 {
+        let _ = writeln!(o, "  read as {}, {} variables", r.form, r.variables);
+    }
     for f in &r.files {
         let _ = writeln!(o, "  wrote {f}");
     }

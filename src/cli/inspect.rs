@@ -12,9 +12,12 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Frozen TensorFlow GraphDef (.pb), or a converted model (NAME.graph.json,
+    /// TensorFlow model (frozen GraphDef .pb, SavedModel directory, model.meta
+    /// with its checkpoint), or a converted model (NAME.graph.json,
     /// NAME.onnx, NAME.prototxt, NAME.mlmodel)
     model: PathBuf,
+    #[command(flatten)]
+    source: super::SourceArgs,
     /// Shape for an input the graph leaves unknown: NAME=D0,D1,... (repeatable)
     #[arg(long = "input-shape", value_parser = super::parse_input_shape)]
     input_shape: Vec<(String, Vec<usize>)>,
@@ -44,6 +47,12 @@ struct UnsupportedNode {
 struct Report {
     file: String,
     file_bytes: u64,
+    /// frozen GraphDef, TF1/TF2 SavedModel (tags, signature), or meta graph + checkpoint.
+    form: String,
+    /// Variables whose values came from a checkpoint.
+    variables: usize,
+    /// Nodes of the graph as read (for a SavedModel or checkpoint: after
+    /// inlining its functions and keeping what the outputs need).
     nodes: usize,
     /// TensorFlow op types as found in the file.
     ops: BTreeMap<String, usize>,
@@ -62,7 +71,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(format) = faceall::formats::by_path(&a.model) {
         return converted(a, format);
     }
-    let model = tf::read_graph_def(&a.model)?;
+    let mut src = a.source.options();
+    src.outputs = a.output.clone();
+    let model = tf::read_model(&a.model, &src)?;
     let mut ops = BTreeMap::new();
     for n in &model.graph_def.node {
         *ops.entry(n.op.clone()).or_insert(0) += 1;
@@ -70,6 +81,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let opts = tf::LoadOptions {
         input_shapes: a.input_shape.into_iter().collect(),
         outputs: a.output,
+        source: src,
     };
     let unsupported_ops = ops
         .keys()
@@ -79,6 +91,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut report = Report {
         file: a.model.display().to_string(),
         file_bytes: model.file_size,
+        form: model.form.describe(),
+        variables: model.variables,
         nodes: model.graph_def.node.len(),
         ops,
         unsupported_ops,
@@ -88,7 +102,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         flops: 0,
         unsupported: vec![],
     };
-    match tf::import(&model.graph_def, &opts) {
+    match tf::import_model(&model, &opts) {
         Ok(g) => {
             let value = |w: faceall::ir::Wire| -> Result<Value> {
                 let f = g.fact(w)?;
@@ -149,6 +163,10 @@ fn print_text(r: &Report) {
         r.file,
         r.file_bytes as f64 / 1e6
     );
+    println!("form:       {}", r.form);
+    if r.variables > 0 {
+        println!("variables:  {} (from the checkpoint)", r.variables);
+    }
     println!("nodes:      {}", r.nodes);
     for v in &r.inputs {
         println!("input:      {} {} {:?}", v.name, v.dtype, v.shape);
@@ -211,6 +229,8 @@ fn converted(a: Args, format: &dyn faceall::formats::Format) -> Result<ExitCode>
             Report {
                 file: a.model.display().to_string(),
                 file_bytes,
+                form: format!("converted model ({})", format.name()),
+                variables: 0,
                 nodes: s.nodes,
                 ops: s.ops,
                 unsupported_ops: vec![],
@@ -231,6 +251,8 @@ fn converted(a: Args, format: &dyn faceall::formats::Format) -> Result<ExitCode>
             Report {
                 file: a.model.display().to_string(),
                 file_bytes,
+                form: format!("converted model ({})", format.name()),
+                variables: 0,
                 nodes: held.len(),
                 ops: BTreeMap::new(),
                 unsupported_ops: vec![],

@@ -161,3 +161,31 @@ pub fn resolve_bundle(path: &std::path::Path) -> anyhow::Result<std::path::PathB
         ),
     }
 }
+
+/// Which part of a SavedModel or TF1 checkpoint to read (ignored for a
+/// frozen graph).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SourceArgs {
+    /// SavedModel: the signature whose inputs and outputs the model takes
+    /// (default serving_default)
+    #[arg(long)]
+    pub signature: Option<String>,
+    /// SavedModel: the meta graph's tags, comma-separated (default serve)
+    #[arg(long = "tag-set")]
+    pub tag_set: Option<String>,
+    /// model.meta: the checkpoint prefix (PREFIX.index, PREFIX.data-*);
+    /// default: the one beside the .meta file
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+}
+
+impl SourceArgs {
+    pub fn options(&self) -> faceall::frontend::tf::SourceOptions {
+        faceall::frontend::tf::SourceOptions {
+            signature: self.signature.clone(),
+            tag_set: self.tag_set.clone(),
+            checkpoint: self.checkpoint.clone(),
+            outputs: vec![],
+        }
+    }
+}

@@ -12,9 +12,12 @@ use faceall::parity::Tolerance;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The source frozen TensorFlow graph
+    /// The source TensorFlow model: frozen GraphDef (.pb), SavedModel
+    /// directory, or TF1 meta graph (model.meta) with its checkpoint
     #[arg(long)]
     tf: PathBuf,
+    #[command(flatten)]
+    source: super::SourceArgs,
     /// Converted Caffe deploy net (with --caffemodel)
     #[arg(long, requires = "caffemodel")]
     caffe: Option<PathBuf>,
@@ -139,10 +142,17 @@ fn check(a: Args) -> Result<Report> {
         "builtin" => Reference::Builtin,
         "tensorflow" => Reference::TensorFlow {
             python: a.python.clone(),
+            source: a.source.options(),
         },
         r => bail!("--reference {r}: use builtin or tensorflow"),
     };
-    let g = tf::load(&a.tf, &tf::LoadOptions::default())?;
+    let g = tf::load(
+        &a.tf,
+        &tf::LoadOptions {
+            source: a.source.options(),
+            ..Default::default()
+        },
+    )?;
     let samples = match &a.images {
         Some(dir) => image_samples(&g, dir, a.mtcnn.as_deref())?,
         None => verify::random_samples(&g, a.random.unwrap_or(1).max(1), a.seed)?,

@@ -21,8 +21,15 @@ use crate::ir::{Graph, Tensor};
 pub enum Reference {
     /// faceall's own TF executor on the original graph.
     Builtin,
-    /// Real TensorFlow through a Python subprocess.
-    TensorFlow { python: PathBuf },
+    /// Real TensorFlow through a Python subprocess. A SavedModel or
+    /// checkpoint is loaded by TensorFlow's own loader with `source`'s
+    /// signature, tags and checkpoint; TF cannot show the tensors inside a
+    /// TF2 function body, so those layers have no reference and are not
+    /// compared (the declared outputs always are).
+    TensorFlow {
+        python: PathBuf,
+        source: crate::frontend::tf::SourceOptions,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,10 +132,15 @@ fn reference_values(
     sample: &Sample,
     names: &[String],
     r: &Reference,
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Option<Tensor>>> {
     match r {
-        Reference::Builtin => crate::runtime::run(g, sample, names),
-        Reference::TensorFlow { python } => tensorflow_oracle(python, model, sample, names),
+        Reference::Builtin => Ok(crate::runtime::run(g, sample, names)?
+            .into_iter()
+            .map(Some)
+            .collect()),
+        Reference::TensorFlow { python, source } => {
+            tensorflow_oracle(python, model, source, sample, names)
+        }
     }
 }
 
@@ -137,14 +149,25 @@ const ORACLE: &str = include_str!("../../scripts/tf_oracle.py");
 fn tensorflow_oracle(
     python: &Path,
     model: &Path,
+    source: &crate::frontend::tf::SourceOptions,
     sample: &Sample,
     names: &[String],
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Option<Tensor>>> {
     let dir = tempfile_dir()?;
     let script = dir.join("tf_oracle.py");
     std::fs::write(&script, ORACLE)?;
     let mut cmd = std::process::Command::new(python);
     cmd.arg(&script).arg(model).arg(dir.join("out"));
+    if let Some(s) = &source.signature {
+        cmd.arg("--signature").arg(s);
+    }
+    if let Some(t) = &source.tag_set {
+        cmd.arg("--tag-set").arg(t);
+    }
+    if model.extension().is_some_and(|e| e == "meta") {
+        cmd.arg("--checkpoint")
+            .arg(crate::frontend::tf::saved::find_checkpoint(model, source)?);
+    }
     for (i, (name, t)) in sample.iter().enumerate() {
         let p = dir.join(format!("in{i}.npy"));
         crate::npy::write_f32(&p, t)?;
@@ -178,8 +201,20 @@ fn tensorflow_oracle(
             model.display()
         )));
     }
+    let listed = dir.join("out/fetched.json");
+    let fetched: HashSet<usize> = std::fs::read_to_string(&listed)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<usize>>(&t).ok())
+        .ok_or_else(|| Error::Reference("the TensorFlow oracle wrote no fetched.json".into()))?
+        .into_iter()
+        .collect();
     (0..names.len())
-        .map(|i| crate::npy::read_f32(&dir.join(format!("out/{i}.npy"))))
+        .map(|i| {
+            fetched
+                .contains(&i)
+                .then(|| crate::npy::read_f32(&dir.join(format!("out/{i}.npy"))))
+                .transpose()
+        })
         .collect()
 }
 
@@ -554,7 +589,12 @@ pub fn reference_for(
         .iter()
         .map(|s| {
             let v = reference_values(model, g, s, &names, r)?;
-            Ok(names.iter().cloned().zip(v).collect())
+            Ok(names
+                .iter()
+                .cloned()
+                .zip(v)
+                .filter_map(|(n, t)| Some((n, t?)))
+                .collect())
         })
         .collect()
 }

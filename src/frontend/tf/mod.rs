@@ -8,8 +8,12 @@
 
 pub mod attrs;
 pub mod build;
+pub mod bundle;
 pub mod ops;
+pub mod saved;
 pub mod tensor;
+
+pub use saved::{ModelForm, SourceOptions};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -26,49 +30,109 @@ use crate::proto::graph::{GraphDef, NodeDef};
 pub struct LoadOptions {
     /// Shapes for inputs whose shape the graph leaves unknown (name -> dims).
     pub input_shapes: HashMap<String, Vec<usize>>,
-    /// Graph outputs by tensor name; default: nodes nobody consumes.
+    /// Graph outputs by tensor name; default: the signature's outputs of a
+    /// SavedModel, else nodes nobody consumes.
     pub outputs: Vec<String>,
+    /// Signature, tag set and checkpoint of a SavedModel or `.meta` file.
+    pub source: SourceOptions,
 }
 
-/// A GraphDef decoded from a file, with the bytes it borrows from.
+/// A GraphDef decoded from a file (or resolved from a SavedModel or
+/// checkpoint), with the bytes it borrows from.
 pub struct TfModel {
     pub graph_def: GraphDef,
-    /// Size of the file in bytes.
+    /// Size of the model's files in bytes (graph plus checkpoint values).
     pub file_size: u64,
+    pub form: ModelForm,
+    /// The signature's inputs and outputs (empty for a frozen graph).
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Variables read from a checkpoint.
+    pub variables: usize,
+    /// The files it was read from (graph first; then a checkpoint's index
+    /// and shards).
+    pub files: Vec<std::path::PathBuf>,
 }
 
-/// Map and decode a GraphDef file. Errors name the file.
+/// Map and decode a frozen GraphDef, SavedModel directory or `.meta` file
+/// (with its checkpoint). Errors name the file.
 pub fn read_graph_def(path: &Path) -> Result<TfModel> {
+    read_model(path, &SourceOptions::default())
+}
+
+/// [`read_graph_def`] with the signature, tags and checkpoint to use.
+pub fn read_model(path: &Path, src: &SourceOptions) -> Result<TfModel> {
+    let resolved = if let Some(dir) = saved::saved_model_dir(path) {
+        Some(saved::read_saved_model(&dir, src)?)
+    } else if path.extension().is_some_and(|e| e == "meta") {
+        Some(saved::read_meta_checkpoint(path, src)?)
+    } else {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".index") || name.contains(".data-0") {
+            return Err(Error::Format(
+                "is part of a checkpoint; pass its .meta file (with --checkpoint PREFIX if it is not beside it)".into(),
+            )
+            .in_file(path));
+        }
+        None
+    };
+    if let Some(r) = resolved {
+        let graph_size = match &r.form {
+            ModelForm::SavedModel { dir, .. } => std::fs::metadata(dir.join("saved_model.pb"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+            ModelForm::Checkpoint { meta, .. } => {
+                std::fs::metadata(meta).map(|m| m.len()).unwrap_or(0)
+            }
+            ModelForm::Frozen => 0,
+        };
+        return Ok(TfModel {
+            graph_def: r.graph_def,
+            file_size: graph_size + r.variable_bytes,
+            form: r.form,
+            inputs: r.inputs,
+            outputs: r.outputs,
+            variables: r.variables,
+            files: r.files,
+        });
+    }
     read_graph_def_inner(path).map_err(|e| e.in_file(path))
+}
+
+/// A memory-mapped file as shared bytes (empty for an empty file): the
+/// GraphDef's weights and a checkpoint's tensors stay slices of it.
+pub(crate) fn map_file(path: &Path) -> Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the map is read-only; faceall does not write model files it
+    // reads, and a concurrent truncation by another process is outside what
+    // any reader of a memory-mapped file can defend against.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(Bytes::from_owner(map))
 }
 
 fn read_graph_def_inner(path: &Path) -> Result<TfModel> {
     let meta = std::fs::metadata(path)?;
-    if meta.is_dir() {
-        let hint = if path.join("saved_model.pb").exists()
-            || path.join("saved_model.pbtxt").exists()
-        {
-            "a SavedModel directory; freeze it to a GraphDef first (convert_variables_to_constants_v2)"
-        } else {
-            "a directory, not a frozen GraphDef file"
-        };
-        return Err(Error::Format(format!("is {hint}")));
-    }
     if meta.len() == 0 {
         return Err(Error::Format(
             "empty file: not a TensorFlow GraphDef".into(),
         ));
     }
-    let file = std::fs::File::open(path)?;
-    // SAFETY: the map is read-only; faceall does not write model files it
-    // reads, and a concurrent truncation by another process is outside what
-    // any reader of a memory-mapped file can defend against.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
-    let bytes = Bytes::from_owner(map);
+    let bytes = map_file(path)?;
     let graph_def = parse_graph_def(&bytes)?;
     Ok(TfModel {
         graph_def,
         file_size: meta.len(),
+        form: ModelForm::Frozen,
+        inputs: vec![],
+        outputs: vec![],
+        variables: 0,
+        files: vec![path.to_path_buf()],
     })
 }
 
@@ -94,8 +158,51 @@ pub fn parse_graph_def(bytes: &Bytes) -> Result<GraphDef> {
 
 /// Read a frozen graph file into the IR.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Graph> {
-    let model = read_graph_def(path)?;
-    import(&model.graph_def, opts).map_err(|e| e.in_file(path))
+    let model = read_model(path, &source_options(opts))?;
+    import_model(&model, opts).map_err(|e| e.in_file(path))
+}
+
+/// The source options of `opts`, with its outputs (they decide what of a
+/// SavedModel or meta graph is kept).
+pub fn source_options(opts: &LoadOptions) -> SourceOptions {
+    SourceOptions {
+        outputs: opts.outputs.clone(),
+        ..opts.source.clone()
+    }
+}
+
+/// Import a read model: outputs default to its signature's.
+///
+/// A SavedModel or checkpoint almost always leaves the batch dimension of
+/// its inputs unknown (`None` in Keras); an input whose only unknown
+/// dimension is the first is read with batch 1 unless `--input-shape`
+/// says otherwise. A frozen graph keeps asking (its author froze a shape).
+pub fn import_model(model: &TfModel, opts: &LoadOptions) -> Result<Graph> {
+    let mut with = opts.clone();
+    if opts.outputs.is_empty() && !model.outputs.is_empty() {
+        with.outputs = model.outputs.clone();
+    }
+    if model.form != ModelForm::Frozen {
+        for n in &model.graph_def.node {
+            if n.op != "Placeholder" || with.input_shapes.contains_key(&n.name) {
+                continue;
+            }
+            let dims = attrs::opt_shape(n, "shape")
+                .ok()
+                .flatten()
+                .and_then(tensor::shape_dims);
+            if let Some(d) = dims {
+                if let Some((None, rest)) = d.split_first() {
+                    if let Some(rest) = rest.iter().copied().collect::<Option<Vec<usize>>>() {
+                        let mut shape = vec![1];
+                        shape.extend(rest);
+                        with.input_shapes.insert(n.name.clone(), shape);
+                    }
+                }
+            }
+        }
+    }
+    import(&model.graph_def, &with)
 }
 
 /// A parsed input reference "name", "name:k" or "^ctrl".

@@ -17,6 +17,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANCHORS = {"coremltools convert (TF -> Core ML)": 24.5, "tf2onnx (TF -> ONNX)": 33.6}
 
 
+def model_size(path):
+    """Bytes of the model's files: a frozen graph; a SavedModel directory's
+    files; a .meta file with the checkpoint beside it (PREFIX.index and
+    PREFIX.data-*, PREFIX the meta file's stem or the one whose name starts
+    with it)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    size = os.path.getsize(path)
+    if path.endswith(".meta"):
+        d, stem = os.path.dirname(path) or ".", os.path.basename(path)[:-5]
+        size += sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)
+                    if f.startswith(stem) and (f.endswith(".index") or ".data-" in f))
+    return size
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -24,7 +39,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/faceall"))
     ap.add_argument("--model", default=os.path.join(ROOT, ".cache/models/graph_final.pb"))
     a = ap.parse_args()
-    size = os.path.getsize(a.model)
+    size = model_size(a.model)
     times = []
     with tempfile.TemporaryDirectory() as out:
         for _ in range(a.runs):

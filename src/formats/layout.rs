@@ -42,12 +42,21 @@ pub fn inner_product_of(
     transpose_b: bool,
     flat_hwc: Option<[usize; 3]>,
 ) -> (Vec<f32>, usize, usize) {
-    let (k, n) = match (shape, transpose_b) {
-        (&[a, b], false) => (a, b),
-        (&[a, b], true) => (b, a),
+    let (k, n) = match shape {
+        [_, _] => inner_product_dims(shape, transpose_b),
         _ => (w.len(), 1),
     };
     (inner_product(w, k, n, transpose_b, flat_hwc), k, n)
+}
+
+/// (k, n) of a MatMul's 2-D weights of TF shape `shape` (`[k, n]`, or
+/// `[n, k]` with `transpose_b`); anything else is read as one output.
+pub fn inner_product_dims(shape: &[usize], transpose_b: bool) -> (usize, usize) {
+    match (shape, transpose_b) {
+        (&[a, b], false) => (a, b),
+        (&[a, b], true) => (b, a),
+        _ => (shape.iter().product(), 1),
+    }
 }
 
 /// TF MatMul weights (`[k, n]`, or `[n, k]` with `transpose_b`) to `[n, k]`

@@ -43,7 +43,7 @@ impl Format for Caffe {
             Ok(w.write_all(text.as_bytes())?)
         })?;
         out.stage(&format!("{}.caffemodel", o.name), |w| {
-            write::write_caffemodel(&c.net, w)
+            write::write_caffemodel(&mut c, g, w)
         })?;
         let layers = c.net.layer.len();
         let mut report = serde_json::Map::new();

@@ -752,11 +752,7 @@ fn resolve(
         let cand: Vec<String> = main_order
             .iter()
             .filter(|n| !consumed.contains(n.as_str()))
-            .filter(|n| {
-                nodes
-                    .get(n.as_str())
-                    .is_some_and(is_inference_output)
-            })
+            .filter(|n| nodes.get(n.as_str()).is_some_and(is_inference_output))
             .cloned()
             .collect();
         if cand.len() != 1 {

@@ -110,8 +110,11 @@ pub struct CaffeNet {
 struct Later {
     layer: usize,
     blob: usize,
-    fill: Box<dyn Fn(&Graph) -> R<Vec<f32>>>,
+    fill: FillLater,
 }
+
+/// Computes a deferred blob's values from the graph.
+type FillLater = Box<dyn Fn(&Graph) -> R<Vec<f32>>>;
 
 /// The f32 values of constant `w` (a weight the emitter checked).
 fn const_f32(g: &Graph, w: Wire) -> R<std::borrow::Cow<'_, [f32]>> {

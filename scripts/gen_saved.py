@@ -24,6 +24,12 @@ small, committed (fixtures/saved/):
                    tf.saved_model.save with an explicit signature
   unsupported_ops  a TF2 SavedModel using ops faceall has no form for
                    (Cumsum, Atan, Cosh), to check they are reported at once
+  keras_grouped_frozen
+                   a frozen GraphDef (convert_variables_to_constants_v2, as
+                   scripts/keras_corpus.py) whose grouped Conv2D (Keras 3
+                   `groups=C`, ConvNeXt's depthwise 7x7) TF keeps as an
+                   XLA function in the graph's library: function calls in a
+                   frozen graph, and a grouped convolution
 
 large, made by CI (.cache/saved/):
   facenet_ckpt, facenet_saved_tf1
@@ -60,7 +66,7 @@ ROOT = os.path.dirname(HERE)
 GENERATOR = 1  # bump when a recipe changes: cached large cases are rebuilt
 
 SMALL_TF1 = ["irv1_ckpt", "irv1_saved_tf1"]
-SMALL_TF2 = ["keras_export", "keras_tfsave", "unsupported_ops"]
+SMALL_TF2 = ["keras_export", "keras_tfsave", "unsupported_ops", "keras_grouped_frozen"]
 LARGE_TF1 = ["facenet_ckpt", "facenet_saved_tf1"]
 LARGE_TF2 = ["MobileNetV2_saved", "InceptionResNetV2_saved"]
 PARTS = {"tf1": SMALL_TF1 + LARGE_TF1, "tf2": SMALL_TF2 + LARGE_TF2}
@@ -341,6 +347,47 @@ def make_unsupported(case, out_root):
                    "TF2 SavedModel with Cumsum, Atan and Cosh (no faceall form)")
 
 
+def make_grouped_frozen(case, out_root):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    out = os.path.join(out_root, case)
+    fresh(out)
+    seed = 150
+    keras = tf.keras
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inp = keras.Input((16, 16, 8), name="x")
+    y = L.Conv2D(8, 7, padding="same", groups=8, name="dw7")(inp)
+    y = L.Conv2D(16, 3, padding="same", groups=8, name="dw3_m2")(y)
+    y = L.ReLU(name="relu")(y)
+    y = L.Conv2D(4, 1, name="pw")(y)
+    model = keras.Model(inp, y)
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        if v.numpy().ndim == 1:
+            v.assign(rng.normal(0, 0.2, v.shape).astype(np.float32))
+    f = tf.function(lambda x: model(x, training=False))
+    cf = f.get_concrete_function(tf.TensorSpec([1, 16, 16, 8], tf.float32, name="x"))
+    frozen = convert_variables_to_constants_v2(cf, aggressive_inlining=True)
+    gd = frozen.graph.as_graph_def()
+    assert len(gd.library.function) > 0, "expected the grouped convolutions kept as functions"
+    inp_name = frozen.inputs[0].name.split(":")[0]
+    out_name = frozen.outputs[0].name.split(":")[0]
+    with open(os.path.join(out, "model.pb"), "wb") as fh:
+        fh.write(gd.SerializeToString(deterministic=True))
+    xin = rng.normal(0, 1, [1, 16, 16, 8]).astype(np.float32)
+    g = tf.Graph()
+    with g.as_default():
+        tf.compat.v1.import_graph_def(gd, name="")
+    with tf.compat.v1.Session(graph=g, config=cfg(tf)) as s:
+        yv = s.run(out_name + ":0", {inp_name + ":0": xin})
+    write_manifest(out, case, "Keras 3 grouped Conv2D (groups=C, multipliers 1 and 2), frozen: XLA functions "
+                   "in the graph's library", "frozen", "model.pb", [(inp_name, xin)], [out_name],
+                   [(out_name, yv)], {"functions": len(gd.library.function)})
+    print(f"{case}: {len(gd.library.function)} functions, output {list(yv.shape)}", file=sys.stderr)
+
+
 def write_tf2_case(case, out, form, model, seed, shape, desc, extra=None):
     import tensorflow as tf
 
@@ -382,6 +429,7 @@ MAKERS = {
     "keras_export": make_keras_small,
     "keras_tfsave": make_keras_small,
     "unsupported_ops": make_unsupported,
+    "keras_grouped_frozen": make_grouped_frozen,
     "facenet_ckpt": make_facenet,
     "facenet_saved_tf1": make_facenet,
     "MobileNetV2_saved": make_keras_app,
@@ -457,7 +505,16 @@ def verify_committed(root):
         man = json.load(open(os.path.join(d, "manifest.json")))
         feeds = {i["name"]: np.load(os.path.join(d, i["file"])) for i in man["inputs"]}
         names = [t["name"] for t in man["tensors"]]
-        if case in SMALL_TF1:
+        if man["form"] == "frozen":
+            gd = tf.compat.v1.GraphDef()
+            with open(os.path.join(d, man["model"]), "rb") as fh:
+                gd.ParseFromString(fh.read())
+            g = tf.Graph()
+            with g.as_default():
+                tf.compat.v1.import_graph_def(gd, name="")
+            with tf.compat.v1.Session(graph=g, config=cfg(tf)) as s:
+                vals = s.run([n + ":0" for n in names], {k + ":0": v for k, v in feeds.items()})
+        elif case in SMALL_TF1:
             tf.compat.v1.reset_default_graph()
             vals = tf1_reference(man["form"], d, man["model"], feeds, names)
         else:

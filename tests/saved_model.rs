@@ -23,6 +23,8 @@ const COMMITTED: &[&str] = &[
     "irv1_saved_tf1",
     "keras_export",
     "keras_tfsave",
+    // A frozen graph whose grouped convolutions TF keeps as functions.
+    "keras_grouped_frozen",
 ];
 
 fn committed(case: &str) -> PathBuf {

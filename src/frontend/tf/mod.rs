@@ -124,7 +124,7 @@ fn read_graph_def_inner(path: &Path) -> Result<TfModel> {
         ));
     }
     let bytes = map_file(path)?;
-    let graph_def = parse_graph_def(&bytes)?;
+    let graph_def = saved::inline_frozen(parse_graph_def(&bytes)?, path)?;
     Ok(TfModel {
         graph_def,
         file_size: meta.len(),

@@ -637,6 +637,67 @@ fn tf2_variable_keys(mg: &MetaGraphDef, bundle: &Bundle) -> Result<HashMap<Strin
     Ok(out)
 }
 
+/// Inline the function calls of a frozen GraphDef that carries a function
+/// library (Keras 3 keeps some layers as functions even when frozen with
+/// `aggressive_inlining`: ConvNeXt's grouped convolutions). Every node is
+/// kept; each call becomes an `IdentityN` of its inlined body (`CALL/NODE`),
+/// nested calls too. A graph without calls is returned as it is.
+pub fn inline_frozen(mut graph: GraphDef, file: &Path) -> Result<GraphDef> {
+    let library = graph.library.take().unwrap_or_default();
+    let inl = Inliner {
+        functions: library
+            .function
+            .iter()
+            .filter_map(|f| f.signature.as_ref().map(|s| (s.name.as_str(), f)))
+            .collect(),
+        op_defs: HashMap::new(),
+        file,
+    };
+    let calls = |n: &NodeDef| {
+        CALL_OPS.contains(&n.op.as_str()) || inl.functions.contains_key(n.op.as_str())
+    };
+    if !graph.node.iter().any(calls) {
+        return Ok(graph);
+    }
+    let mut nodes: HashMap<String, NodeDef> = HashMap::with_capacity(graph.node.len());
+    let mut order: Vec<(String, usize)> = vec![];
+    for n in std::mem::take(&mut graph.node) {
+        order.push((n.name.clone(), 0));
+        if let Some(dup) = nodes.insert(n.name.clone(), n) {
+            return Err(Error::Graph(format!("two nodes named '{}'", dup.name)).in_file(file));
+        }
+    }
+    let mut i = 0;
+    while let Some((name, depth)) = order.get(i).cloned() {
+        i += 1;
+        let Some(node) = nodes.get(&name) else {
+            continue;
+        };
+        let Some(f) = inl.callee(node)? else {
+            continue;
+        };
+        if depth >= MAX_CALL_DEPTH {
+            return Err(inl.err(node, "function calls nest more than 64 deep (recursion?)"));
+        }
+        let node = node.clone();
+        let before: HashSet<String> = nodes.keys().cloned().collect();
+        let id = inl.inline(&node, f, &mut nodes)?;
+        let mut added: Vec<String> = nodes
+            .keys()
+            .filter(|k| !before.contains(*k))
+            .cloned()
+            .collect();
+        added.sort();
+        order.extend(added.into_iter().map(|k| (k, depth + 1)));
+        nodes.insert(name, id);
+    }
+    graph.node = order
+        .into_iter()
+        .filter_map(|(name, _)| nodes.remove(&name))
+        .collect();
+    Ok(graph)
+}
+
 /// Resolve a meta graph to a frozen GraphDef; returns it with the signature
 /// used.
 fn resolve(

@@ -16,7 +16,20 @@ pub fn conv2d(n: &mut NodeCtx, depthwise: bool) -> Result<Vec<Wire>> {
     if dilations != [1, 1] && strides != [1, 1] {
         return Err(n.err("dilation together with stride is not supported by TensorFlow on CPU"));
     }
-    let ins = n.inputs.clone();
+    let mut ins = n.inputs.clone();
+    let mut depthwise = depthwise;
+    if !depthwise {
+        if let Some(filter) = grouped_as_depthwise(n, layout)? {
+            let id = n.ctx.graph.push(
+                &format!("{}/depthwise_filter", n.node.name),
+                "Const",
+                Op::Const(filter),
+                vec![],
+            )?;
+            ins[1] = Wire { node: id, slot: 0 };
+            depthwise = true;
+        }
+    }
     n.push(
         Op::Conv2d(Conv2d {
             strides,
@@ -27,6 +40,41 @@ pub fn conv2d(n: &mut NodeCtx, depthwise: bool) -> Result<Vec<Wire>> {
         }),
         ins,
     )
+}
+
+/// A grouped Conv2D with one input channel per group (Keras 3 writes its
+/// depthwise convolutions this way: filter `[kh, kw, 1, co]` on an input of
+/// C channels, C groups) is a depthwise convolution with multiplier co / C:
+/// output channel `c * m + j` reads input channel c in both, so the filter
+/// is the same data seen as `[kh, kw, C, m]` (no copy). None when the
+/// Conv2D is an ordinary one, or its filter is not a constant.
+fn grouped_as_depthwise(
+    n: &NodeCtx,
+    layout: crate::ir::Layout,
+) -> Result<Option<crate::ir::Tensor>> {
+    let x = n.fact(0)?.shape.clone();
+    // The filter may reach the Conv2D through Identities (an inlined
+    // function's ReadVariableOp of a frozen variable).
+    let g = &n.ctx.graph;
+    let mut wire = n.input(1)?;
+    let w = loop {
+        match g.nodes.get(wire.node).map(|d| (&d.op, d.inputs.first())) {
+            Some((Op::Const(t), _)) if wire.slot == 0 => break t,
+            Some((Op::Identity, Some(&src))) => wire = src,
+            _ => return Ok(None),
+        }
+    };
+    let c = match (x.len(), layout) {
+        (4, crate::ir::Layout::Nhwc) => x[3],
+        (4, _) => x[1],
+        _ => return Ok(None),
+    };
+    match w.shape() {
+        &[kh, kw, 1, co] if c > 1 && co % c == 0 => {
+            Ok(Some(w.reshaped(vec![kh, kw, c, co / c])?))
+        }
+        _ => Ok(None),
+    }
 }
 
 pub fn bias_add(n: &mut NodeCtx) -> Result<Vec<Wire>> {

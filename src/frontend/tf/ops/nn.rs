@@ -21,7 +21,7 @@ pub fn conv2d(n: &mut NodeCtx, depthwise: bool) -> Result<Vec<Wire>> {
     if !depthwise {
         if let Some(filter) = grouped_as_depthwise(n, layout)? {
             let id = n.ctx.graph.push(
-                &format!("{}/depthwise_filter", n.node.name),
+                format!("{}/depthwise_filter", n.node.name),
                 "Const",
                 Op::Const(filter),
                 vec![],

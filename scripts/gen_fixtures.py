@@ -309,6 +309,21 @@ def case_misc_ops(seed):
                    "explicit", "MatMul_tb", "output"], ["output"]
 
 
+def case_leaky_relu(seed):
+    """LeakyRelu with its default alpha and another, on both signs."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8, 8, 3], name="input")
+        y = tf.nn.conv2d(x, c(rng.normal(0, 0.5, [3, 3, 3, 6]), "w1"), [1, 1, 1, 1], "SAME", name="conv1")
+        y = tf.nn.leaky_relu(y, name="leaky_default")
+        y = tf.nn.conv2d(y, c(rng.normal(0, 0.5, [3, 3, 6, 4]), "w2"), [1, 2, 2, 1], "SAME", name="conv2")
+        y = tf.nn.leaky_relu(y, alpha=0.1, name="leaky_0_1")
+        tf.nn.max_pool2d(y, 2, 2, "VALID", name="output")
+        return {"input": rng.normal(0, 1, [1, 8, 8, 3])}
+    return build, ["conv1", "leaky_default", "conv2", "leaky_0_1", "output"], ["output"]
+
+
 def case_flatten_output(seed):
     """A declared output that is the flatten of a 2x2x16 map, which a
     channel-first format holds in (C, H, W) order unless it reorders it, and
@@ -364,6 +379,7 @@ CASES = {
     "flatten_output": (case_flatten_output(109), "A declared output that flattens a 2x2x16 map (element order "
                                                  "differs channel-first), and a MatMul on it"),
     "keras_ops": (case_keras_ops(110), "Per-channel (x - mean) / std, swish behind IdentityN, SquaredDifference"),
+    "leaky_relu": (case_leaky_relu(111), "LeakyRelu, default alpha 0.2 and alpha 0.1"),
 }
 
 

@@ -69,7 +69,8 @@ fixture_tests!(
     pool_floor,
     misc_ops,
     flatten_output,
-    keras_ops
+    keras_ops,
+    leaky_relu
 );
 
 #[test]

@@ -281,8 +281,8 @@ from onnx import helper, TensorProto
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
 y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
 nodes = [
-    helper.make_node("LeakyRelu", ["x"], ["a"], name="leaky"),
-    helper.make_node("Relu", ["a"], ["b"], name="after_leaky"),
+    helper.make_node("Softsign", ["x"], ["a"], name="softsign"),
+    helper.make_node("Relu", ["a"], ["b"], name="after_softsign"),
     helper.make_node("HardSigmoid", ["x"], ["c"], name="hard"),
     helper.make_node("Add", ["b", "c"], ["y"], name="sum"),
 ]
@@ -302,7 +302,7 @@ onnx.save(m, sys.argv[1])
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("2 unsupported node(s)"), "{err}");
-    assert!(err.contains("'leaky' (LeakyRelu)"), "{err}");
+    assert!(err.contains("'softsign' (Softsign)"), "{err}");
     assert!(err.contains("'hard' (HardSigmoid)"), "{err}");
     assert!(err.contains("odd.onnx"), "the file is named: {err}");
 }

@@ -122,6 +122,10 @@ pub enum Activation {
     Elu,
     Sigmoid,
     Tanh,
+    /// `x` where `x >= 0`, else `alpha * x` (TF's LeakyRelu, default alpha 0.2).
+    LeakyRelu {
+        alpha: f32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +293,7 @@ impl Op {
                 Activation::Elu => "Elu",
                 Activation::Sigmoid => "Sigmoid",
                 Activation::Tanh => "Tanh",
+                Activation::LeakyRelu { .. } => "LeakyRelu",
             },
             Op::Softmax => "Softmax",
             Op::Pool(p) => match p.kind {

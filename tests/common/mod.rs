@@ -45,6 +45,7 @@ pub const FIXTURES: &[&str] = &[
     "misc_ops",
     "flatten_output",
     "keras_ops",
+    "leaky_relu",
 ];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".

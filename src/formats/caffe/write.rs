@@ -563,6 +563,11 @@ impl<'g> Em<'g> {
                         let l = self.layer(&name, "ELU", &[&x.blob], &[&out_blob]);
                         l.elu_param.mut_or_insert_default().set_alpha(1.0);
                     }
+                    Activation::LeakyRelu { alpha } => {
+                        // max(x, 0) + slope * min(x, 0): alpha * x below 0, exact.
+                        let l = self.layer(&name, "ReLU", &[&x.blob], &[&out_blob]);
+                        l.relu_param.mut_or_insert_default().set_negative_slope(*alpha);
+                    }
                     Activation::Relu6 => {
                         // min(relu(x), 6) = -max(-relu(x), -6), every step exact.
                         let r = format!("{name}/relu");

@@ -432,6 +432,9 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
                 Some(NonlinearityType::Sigmoid(_)) => {
                     kernels::activation(crate::ir::Activation::Sigmoid, &mut v)
                 }
+                Some(NonlinearityType::LeakyReLU(e)) => {
+                    kernels::activation(crate::ir::Activation::LeakyRelu { alpha: e.alpha }, &mut v)
+                }
                 Some(NonlinearityType::ELU(e)) => v.iter_mut().for_each(|x| {
                     if *x < 0.0 {
                         *x = e.alpha * x.exp_m1()

@@ -32,13 +32,13 @@ use crate::proto::coreml::{
     activation_params::NonlinearityType, array_feature_type::ArrayDataType,
     border_amounts::EdgeSizes, feature_type, model, neural_network_layer::Layer,
     padding_layer_params, pooling_layer_params, reduce_layer_params, unary_function_layer_params,
-    ActivationELU, ActivationLinear, ActivationParams, ActivationReLU, ActivationSigmoid,
-    ActivationTanh, AddLayerParams, ArrayFeatureType, BatchnormLayerParams, BorderAmounts,
-    ConcatLayerParams, ConvolutionLayerParams, FeatureDescription, FeatureType, FlattenLayerParams,
-    InnerProductLayerParams, L2NormalizeLayerParams, Metadata, Model, ModelDescription,
-    MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer, PaddingLayerParams, PoolingLayerParams,
-    ReduceLayerParams, ScaleLayerParams, SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams,
-    ValidPadding, WeightParams,
+    ActivationELU, ActivationLeakyReLU, ActivationLinear, ActivationParams, ActivationReLU,
+    ActivationSigmoid, ActivationTanh, AddLayerParams, ArrayFeatureType, BatchnormLayerParams,
+    BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, FeatureDescription, FeatureType,
+    FlattenLayerParams, InnerProductLayerParams, L2NormalizeLayerParams, Metadata, Model,
+    ModelDescription, MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer, PaddingLayerParams,
+    PoolingLayerParams, ReduceLayerParams, ScaleLayerParams, SoftmaxLayerParams, StringEntry,
+    UnaryFunctionLayerParams, ValidPadding, WeightParams,
 };
 
 /// How a Core ML blob holds an IR value (per sample).
@@ -333,6 +333,16 @@ impl<'g> Em<'g> {
                         &out,
                         activation(NonlinearityType::Tanh(ActivationTanh::new())),
                     ),
+                    Activation::LeakyRelu { alpha } => {
+                        let mut e = ActivationLeakyReLU::new();
+                        e.alpha = *alpha;
+                        self.layer(
+                            &name,
+                            &[&x.blob],
+                            &out,
+                            activation(NonlinearityType::LeakyReLU(e)),
+                        )
+                    }
                     Activation::Elu => {
                         let mut e = ActivationELU::new();
                         e.alpha = 1.0;

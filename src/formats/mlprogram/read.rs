@@ -775,6 +775,10 @@ impl Reader {
             "relu6" => unary(self, Op::Activation(Activation::Relu6))?,
             "sigmoid" => unary(self, Op::Activation(Activation::Sigmoid))?,
             "tanh" => unary(self, Op::Activation(Activation::Tanh))?,
+            "leaky_relu" => {
+                let alpha = self.float_or(op, "alpha", 0.01)?;
+                unary(self, Op::Activation(Activation::LeakyRelu { alpha }))?
+            }
             "elu" => {
                 if self.float_or(op, "alpha", 1.0)? != 1.0 {
                     return Err("elu with alpha other than 1 is not read by faceall".into());

@@ -857,6 +857,16 @@ impl<'g> Em<'g> {
                     Activation::Relu6 => self.unary("relu6", &v.var, &out, &shape, &label),
                     Activation::Sigmoid => self.unary("sigmoid", &v.var, &out, &shape, &label),
                     Activation::Tanh => self.unary("tanh", &v.var, &out, &shape, &label),
+                    Activation::LeakyRelu { alpha } => {
+                        let alpha = self.const_f(&format!("{out}_alpha"), &[], &[*alpha]);
+                        self.op(
+                            "leaky_relu",
+                            vec![("x", Arg::One(&v.var)), ("alpha", Arg::One(&alpha))],
+                            &out,
+                            &shape,
+                            &label,
+                        );
+                    }
                     Activation::Elu => {
                         let alpha = self.const_f(&format!("{out}_alpha"), &[], &[1.0]);
                         self.op(

@@ -645,9 +645,13 @@ impl Reader {
                     ins,
                 )?
             }
-            "Relu" | "Sigmoid" | "Tanh" | "Elu" => {
+            "Relu" | "Sigmoid" | "Tanh" | "Elu" | "LeakyRelu" => {
                 let a = match op {
                     "Relu" => Activation::Relu,
+                    // ONNX's default alpha is 0.01.
+                    "LeakyRelu" => Activation::LeakyRelu {
+                        alpha: attr_f(n, "alpha", 0.01)?,
+                    },
                     "Sigmoid" => Activation::Sigmoid,
                     "Tanh" => Activation::Tanh,
                     _ => {

@@ -534,6 +534,12 @@ impl<'g> Em<'g> {
                     }
                     Activation::Sigmoid => self.node("Sigmoid", &[&v.name], &out, vec![]),
                     Activation::Tanh => self.node("Tanh", &[&v.name], &out, vec![]),
+                    Activation::LeakyRelu { alpha } => self.node(
+                        "LeakyRelu",
+                        &[&v.name],
+                        &out,
+                        vec![attr_float("alpha", *alpha)],
+                    ),
                 }
                 Ok(Some(Val {
                     name: out,

@@ -14,6 +14,11 @@ pub fn activation(a: Activation, x: &mut [f32]) {
         }),
         Activation::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
         Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::LeakyRelu { alpha } => x.iter_mut().for_each(|v| {
+            if *v < 0.0 {
+                *v *= alpha
+            }
+        }),
     }
 }
 

@@ -36,6 +36,7 @@ pub const OPS: &[(&str, Converter)] = &[
     ("Relu", nn::activation),
     ("Relu6", nn::activation),
     ("Elu", nn::activation),
+    ("LeakyRelu", nn::activation),
     ("Sigmoid", nn::activation),
     ("Tanh", nn::activation),
     ("Softmax", nn::softmax),

@@ -7,6 +7,9 @@ use crate::ir::{Activation, BatchNorm, Conv2d, Op, Padding, Pool, PoolKind, Wire
 /// TF-slim and tf.nn default for batch-norm epsilon when the attr is absent.
 pub const DEFAULT_BN_EPSILON: f32 = 0.0001;
 
+/// TensorFlow's default `alpha` of LeakyRelu (tf.nn.leaky_relu).
+pub const DEFAULT_LEAKY_RELU_ALPHA: f32 = 0.2;
+
 pub fn conv2d(n: &mut NodeCtx, depthwise: bool) -> Result<Vec<Wire>> {
     n.expect_inputs(2)?;
     let layout = attrs::layout(n.node)?;
@@ -111,6 +114,9 @@ pub fn activation(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         "Relu" => Activation::Relu,
         "Relu6" => Activation::Relu6,
         "Elu" => Activation::Elu,
+        "LeakyRelu" => Activation::LeakyRelu {
+            alpha: attrs::opt_f(n.node, "alpha")?.unwrap_or(DEFAULT_LEAKY_RELU_ALPHA),
+        },
         "Sigmoid" => Activation::Sigmoid,
         _ => Activation::Tanh,
     };

@@ -324,6 +324,21 @@ def case_leaky_relu(seed):
     return build, ["conv1", "leaky_default", "conv2", "leaky_0_1", "output"], ["output"]
 
 
+def case_exp_log(seed):
+    """Exp and Log (softplus written out, and a log of a positive map)."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8, 8, 3], name="input")
+        y = tf.nn.conv2d(x, c(rng.normal(0, 0.4, [3, 3, 3, 4]), "w1"), [1, 1, 1, 1], "SAME", name="conv1")
+        e = tf.math.exp(tf.multiply(y, c(0.5, "half"), name="scaled"), name="Exp")
+        sp = tf.math.log(tf.add(e, c(1.0, "one"), name="plus_one"), name="Log")
+        z = tf.nn.conv2d(sp, c(rng.normal(0, 0.4, [1, 1, 4, 4]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
+        tf.math.log(tf.add(tf.square(z, name="Square"), c(0.5, "half_floor"), name="positive"), name="output")
+        return {"input": rng.normal(0, 1, [1, 8, 8, 3])}
+    return build, ["conv1", "Exp", "Log", "conv2", "output"], ["output"]
+
+
 def case_flatten_output(seed):
     """A declared output that is the flatten of a 2x2x16 map, which a
     channel-first format holds in (C, H, W) order unless it reorders it, and
@@ -380,6 +395,7 @@ CASES = {
                                                  "differs channel-first), and a MatMul on it"),
     "keras_ops": (case_keras_ops(110), "Per-channel (x - mean) / std, swish behind IdentityN, SquaredDifference"),
     "leaky_relu": (case_leaky_relu(111), "LeakyRelu, default alpha 0.2 and alpha 0.1"),
+    "exp_log": (case_exp_log(112), "Exp and Log: softplus written out, log of a positive map"),
 }
 
 

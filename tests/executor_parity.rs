@@ -70,7 +70,8 @@ fixture_tests!(
     misc_ops,
     flatten_output,
     keras_ops,
-    leaky_relu
+    leaky_relu,
+    exp_log
 );
 
 #[test]

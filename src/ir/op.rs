@@ -144,6 +144,9 @@ pub enum UnaryOp {
     Sqrt,
     Rsqrt,
     Neg,
+    Exp,
+    /// Natural logarithm.
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +317,8 @@ impl Op {
                 UnaryOp::Sqrt => "Sqrt",
                 UnaryOp::Rsqrt => "Rsqrt",
                 UnaryOp::Neg => "Neg",
+                UnaryOp::Exp => "Exp",
+                UnaryOp::Log => "Log",
             },
             Op::Reduce { reduce, .. } => match reduce {
                 ReduceOp::Sum => "Sum",

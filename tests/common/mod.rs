@@ -46,6 +46,7 @@ pub const FIXTURES: &[&str] = &[
     "flatten_output",
     "keras_ops",
     "leaky_relu",
+    "exp_log",
 ];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".

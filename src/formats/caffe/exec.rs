@@ -506,6 +506,33 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
         }
         "Silence" => Ok(vec![]),
         "Dropout" => Ok(vec![x?.clone()]),
+        "Exp" | "Log" => {
+            let x = x?;
+            let (base, scale, shift) = if l.kind() == "Exp" {
+                let e = &p.exp_param;
+                (e.base(), e.scale(), e.shift())
+            } else {
+                let e = &p.log_param;
+                (e.base(), e.scale(), e.shift())
+            };
+            // Caffe: base -1 is e; otherwise a positive base.
+            let ln_base = if base == -1.0 { 1.0 } else { base.ln() };
+            let exp = l.kind() == "Exp";
+            let v = x
+                .as_f32()?
+                .iter()
+                .map(|&v| {
+                    let a = shift + scale * v;
+                    match (exp, base == -1.0) {
+                        (true, true) => a.exp(),
+                        (true, false) => (a * ln_base).exp(),
+                        (false, true) => a.ln(),
+                        (false, false) => a.ln() / ln_base,
+                    }
+                })
+                .collect();
+            Ok(vec![same(v, x)?])
+        }
         "Power" => {
             let x = x?;
             let pp = &p.power_param;

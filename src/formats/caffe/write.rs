@@ -635,11 +635,24 @@ impl<'g> Em<'g> {
             Op::Binary(b) => self.binary(n, *b, out_blob),
             Op::Unary(u) => {
                 let x = self.val(n.inputs[0])?;
+                // Exp and Log layers with their defaults: base e, scale 1, shift 0.
+                let ty = match u {
+                    UnaryOp::Exp => Some("Exp"),
+                    UnaryOp::Log => Some("Log"),
+                    _ => None,
+                };
+                if let Some(ty) = ty {
+                    self.layer(&name, ty, &[&x.blob], &[&out_blob]);
+                    return Ok(Some(Val {
+                        blob: out_blob,
+                        ..x
+                    }));
+                }
                 let (p, scale) = match u {
                     UnaryOp::Square => (2.0, 1.0),
                     UnaryOp::Sqrt => (0.5, 1.0),
                     UnaryOp::Rsqrt => (-0.5, 1.0),
-                    UnaryOp::Neg => (1.0, -1.0),
+                    _ => (1.0, -1.0),
                 };
                 let l = self.layer(&name, "Power", &[&x.blob], &[&out_blob]);
                 let pp = l.power_param.mut_or_insert_default();

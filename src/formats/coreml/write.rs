@@ -483,6 +483,25 @@ impl<'g> Em<'g> {
                         self.layer(&name, &[&x.blob], &out, Layer::Unary(p));
                     }
                     UnaryOp::Neg => return Err("Neg has no Core ML form here".into()),
+                    UnaryOp::Exp | UnaryOp::Log => {
+                        let mut p = UnaryFunctionLayerParams::new();
+                        p.type_ = if *u == UnaryOp::Exp {
+                            unary_function_layer_params::Operation::EXP
+                        } else {
+                            unary_function_layer_params::Operation::LOG
+                        }
+                        .into();
+                        p.alpha = 1.0;
+                        p.scale = 1.0;
+                        if *u == UnaryOp::Log {
+                            // LOG computes log(x + epsilon), and a runtime may
+                            // read 0 as its default 1e-6: the smallest normal
+                            // float is explicit and vanishes next to any x
+                            // whose log is finite in float32 use.
+                            p.epsilon = f32::MIN_POSITIVE;
+                        }
+                        self.layer(&name, &[&x.blob], &out, Layer::Unary(p));
+                    }
                 }
                 Ok(Some(Val { blob: out, ..x }))
             }

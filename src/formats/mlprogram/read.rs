@@ -787,6 +787,16 @@ impl Reader {
             }
             "square" => unary(self, Op::Unary(UnaryOp::Square))?,
             "sqrt" => unary(self, Op::Unary(UnaryOp::Sqrt))?,
+            "exp" => unary(self, Op::Unary(UnaryOp::Exp))?,
+            "log" => {
+                let eps = self.float_or(op, "epsilon", 1e-45)?;
+                if eps != 0.0 {
+                    return Err(format!(
+                        "log with epsilon {eps} is not read by faceall (it writes 0)"
+                    ));
+                }
+                unary(self, Op::Unary(UnaryOp::Log))?
+            }
             "rsqrt" => {
                 let x = self.wire(op, "x")?;
                 let eps = self.float_or(op, "epsilon", 1e-12)?;

@@ -950,6 +950,18 @@ impl<'g> Em<'g> {
                 match u {
                     UnaryOp::Square => self.unary("square", &v.var, &out, &shape, &label),
                     UnaryOp::Sqrt => self.unary("sqrt", &v.var, &out, &shape, &label),
+                    UnaryOp::Exp => self.unary("exp", &v.var, &out, &shape, &label),
+                    UnaryOp::Log => {
+                        // MIL's log adds epsilon (default 1e-45); TF adds none.
+                        let eps = self.const_f(&format!("{out}_epsilon"), &[], &[0.0]);
+                        self.op(
+                            "log",
+                            vec![("x", Arg::One(&v.var)), ("epsilon", Arg::One(&eps))],
+                            &out,
+                            &shape,
+                            &label,
+                        );
+                    }
                     UnaryOp::Rsqrt => {
                         // MIL's rsqrt adds epsilon (default 1e-12); TF adds none.
                         let eps = self.const_f(&format!("{out}_epsilon"), &[], &[0.0]);

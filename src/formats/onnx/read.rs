@@ -738,11 +738,12 @@ impl Reader {
                     [] => return Err(format!("{op} of nothing")),
                 }
             }
-            "Sqrt" | "Neg" => {
-                let u = if op == "Sqrt" {
-                    UnaryOp::Sqrt
-                } else {
-                    UnaryOp::Neg
+            "Sqrt" | "Neg" | "Exp" | "Log" => {
+                let u = match op {
+                    "Sqrt" => UnaryOp::Sqrt,
+                    "Exp" => UnaryOp::Exp,
+                    "Log" => UnaryOp::Log,
+                    _ => UnaryOp::Neg,
                 };
                 let x = self.input(n, 0)?;
                 self.push(&out, op, Op::Unary(u), vec![x])?

@@ -596,6 +596,8 @@ impl<'g> Em<'g> {
                     UnaryOp::Square => self.node("Mul", &[&v.name, &v.name], &out, vec![]),
                     UnaryOp::Sqrt => self.node("Sqrt", &[&v.name], &out, vec![]),
                     UnaryOp::Neg => self.node("Neg", &[&v.name], &out, vec![]),
+                    UnaryOp::Exp => self.node("Exp", &[&v.name], &out, vec![]),
+                    UnaryOp::Log => self.node("Log", &[&v.name], &out, vec![]),
                     UnaryOp::Rsqrt => {
                         let s = self.fresh(&format!("{}/sqrt", n.name));
                         self.node("Sqrt", &[&v.name], &s, vec![]);

@@ -28,6 +28,8 @@ pub fn unary(u: UnaryOp, x: &mut [f32]) {
         UnaryOp::Sqrt => x.iter_mut().for_each(|v| *v = v.sqrt()),
         UnaryOp::Rsqrt => x.iter_mut().for_each(|v| *v = 1.0 / v.sqrt()),
         UnaryOp::Neg => x.iter_mut().for_each(|v| *v = -*v),
+        UnaryOp::Exp => x.iter_mut().for_each(|v| *v = v.exp()),
+        UnaryOp::Log => x.iter_mut().for_each(|v| *v = v.ln()),
     }
 }
 

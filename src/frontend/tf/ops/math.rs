@@ -92,6 +92,8 @@ pub fn unary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         "Square" => UnaryOp::Square,
         "Sqrt" => UnaryOp::Sqrt,
         "Neg" => UnaryOp::Neg,
+        "Exp" => UnaryOp::Exp,
+        "Log" => UnaryOp::Log,
         _ => UnaryOp::Rsqrt,
     };
     let ins = n.inputs.clone();

@@ -52,6 +52,8 @@ pub const OPS: &[(&str, Converter)] = &[
     ("Square", math::unary),
     ("SquaredDifference", math::squared_difference),
     ("Sqrt", math::unary),
+    ("Exp", math::unary),
+    ("Log", math::unary),
     ("Rsqrt", math::unary),
     ("Neg", math::unary),
     ("Transpose", array::transpose),

@@ -470,25 +470,15 @@ impl<'g> Em<'g> {
                         &out,
                         Layer::Multiply(MultiplyLayerParams::new()),
                     ),
-                    UnaryOp::Sqrt | UnaryOp::Rsqrt => {
-                        let mut p = UnaryFunctionLayerParams::new();
-                        p.type_ = if *u == UnaryOp::Sqrt {
-                            unary_function_layer_params::Operation::SQRT
-                        } else {
-                            unary_function_layer_params::Operation::RSQRT
-                        }
-                        .into();
-                        p.alpha = 1.0;
-                        p.scale = 1.0;
-                        self.layer(&name, &[&x.blob], &out, Layer::Unary(p));
-                    }
                     UnaryOp::Neg => return Err("Neg has no Core ML form here".into()),
-                    UnaryOp::Exp | UnaryOp::Log => {
+                    UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Exp | UnaryOp::Log => {
+                        use unary_function_layer_params::Operation;
                         let mut p = UnaryFunctionLayerParams::new();
-                        p.type_ = if *u == UnaryOp::Exp {
-                            unary_function_layer_params::Operation::EXP
-                        } else {
-                            unary_function_layer_params::Operation::LOG
+                        p.type_ = match u {
+                            UnaryOp::Sqrt => Operation::SQRT,
+                            UnaryOp::Rsqrt => Operation::RSQRT,
+                            UnaryOp::Exp => Operation::EXP,
+                            _ => Operation::LOG,
                         }
                         .into();
                         p.alpha = 1.0;

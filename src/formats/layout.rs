@@ -1,6 +1,21 @@
 //! Weight layouts shared by the Caffe and Core ML emitters (both take
 //! OIHW convolutions and [out, in] inner products on channel-first data).
 
+/// The f32 values of constant `w`, for the writers (their errors are
+/// strings that become per-node messages).
+pub fn const_f32(
+    g: &crate::ir::Graph,
+    w: crate::ir::Wire,
+) -> Result<std::borrow::Cow<'_, [f32]>, String> {
+    let t = g.const_of(w).ok_or_else(|| {
+        format!(
+            "'{}' must be a constant (run the fold_constants pass)",
+            g.wire_name(w)
+        )
+    })?;
+    t.as_f32().map_err(|e| e.to_string())
+}
+
 /// TF HWIO `[kh, kw, ci, co]` (or depthwise `[kh, kw, ci, multiplier]`) to
 /// OIHW (depthwise: `[ci * multiplier, 1, kh, kw]`, output channel
 /// `c * multiplier + m` as TF numbers it). `read_ihwo` is a deliberate

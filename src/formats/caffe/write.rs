@@ -116,17 +116,6 @@ struct Later {
 /// Computes a deferred blob's values from the graph.
 type FillLater = Box<dyn Fn(&Graph) -> R<Vec<f32>>>;
 
-/// The f32 values of constant `w` (a weight the emitter checked).
-fn const_f32(g: &Graph, w: Wire) -> R<std::borrow::Cow<'_, [f32]>> {
-    let t = g.const_of(w).ok_or_else(|| {
-        format!(
-            "'{}' must be a constant (run the fold_constants pass)",
-            g.wire_name(w)
-        )
-    })?;
-    t.as_f32().map_err(|e| e.to_string())
-}
-
 #[derive(Clone)]
 struct Val {
     blob: String,
@@ -331,7 +320,7 @@ impl<'g> Em<'g> {
 
     /// A constant input's values, borrowed from the graph where possible.
     fn konst(&self, w: Wire) -> R<std::borrow::Cow<'g, [f32]>> {
-        const_f32(self.g, w)
+        crate::formats::layout::const_f32(self.g, w)
     }
 
     /// Give the last layer an empty blob of `shape` whose values `fill`
@@ -482,7 +471,7 @@ impl<'g> Em<'g> {
                 }
                 p.set_bias_term(bias.is_some());
                 self.push_later(&[num_out, per_group_in, kh, kw], move |g| {
-                    let w = const_f32(g, w_wire)?;
+                    let w = crate::formats::layout::const_f32(g, w_wire)?;
                     Ok(crate::formats::layout::conv_oihw(
                         &w,
                         [kh, kw, ci, co],
@@ -802,7 +791,7 @@ impl<'g> Em<'g> {
                 p.set_num_output(nout as u32);
                 p.set_bias_term(bias.is_some());
                 self.push_later(&[nout, k], move |g| {
-                    let w = const_f32(g, w_wire)?;
+                    let w = crate::formats::layout::const_f32(g, w_wire)?;
                     if w.len() != k * nout {
                         return Err(format!(
                             "inner product weights hold {} values, not {k} x {nout}",

@@ -411,14 +411,7 @@ impl<'g> Em<'g> {
     }
 
     fn konst(&self, w: Wire) -> R<std::borrow::Cow<'g, [f32]>> {
-        let g: &'g Graph = self.g;
-        let t = g.const_of(w).ok_or_else(|| {
-            format!(
-                "'{}' must be a constant (run the fold_constants pass)",
-                g.wire_name(w)
-            )
-        })?;
-        t.as_f32().map_err(|e| e.to_string())
+        crate::formats::layout::const_f32(self.g, w)
     }
 
     fn val(&self, w: Wire) -> R<Val> {

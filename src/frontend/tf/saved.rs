@@ -29,7 +29,7 @@ use protobuf::Message;
 use super::bundle::{index_path, Bundle};
 use crate::error::{Error, Result};
 use crate::proto::graph::{
-    attr_value, AttrValue, FunctionDef, GraphDef, NodeDef, OpDef, TensorProto,
+    attr_value, AttrValue, FunctionDef, FunctionDefLibrary, GraphDef, NodeDef, OpDef, TensorProto,
 };
 use crate::proto::saved_model::{MetaGraphDef, SavedModel, TrackableObjectGraph};
 
@@ -347,6 +347,20 @@ fn attr_count(node: &NodeDef, attr: &str) -> Option<usize> {
 }
 
 impl<'a> Inliner<'a> {
+    /// The library's functions by name, and the op definitions (a meta
+    /// graph's stripped op list) that number named output arguments.
+    fn new(library: &'a FunctionDefLibrary, ops: &'a [OpDef], file: &'a Path) -> Self {
+        Inliner {
+            functions: library
+                .function
+                .iter()
+                .filter_map(|f| f.signature.as_ref().map(|s| (s.name.as_str(), f)))
+                .collect(),
+            op_defs: ops.iter().map(|o| (o.name.as_str(), o)).collect(),
+            file,
+        }
+    }
+
     fn err(&self, node: &NodeDef, msg: impl Into<String>) -> Error {
         Error::node(&node.name, &node.op, msg).in_file(self.file)
     }
@@ -420,13 +434,14 @@ impl<'a> Inliner<'a> {
 
     /// Inline `call` (a node of the working graph): its body goes into
     /// `nodes` named `CALL/NODE`, and the call becomes an `IdentityN` of the
-    /// function's results, so `CALL:k` still names output k.
+    /// function's results, so `CALL:k` still names output k. Returns that
+    /// node and the names of the body's nodes, in the function's order.
     fn inline(
         &self,
         call: &NodeDef,
         f: &FunctionDef,
         nodes: &mut HashMap<String, NodeDef>,
-    ) -> Result<NodeDef> {
+    ) -> Result<(NodeDef, Vec<String>)> {
         let sig = f
             .signature
             .as_ref()
@@ -491,6 +506,7 @@ impl<'a> Inliner<'a> {
                 _ => Err(self.err(user, format!("in function '{fname}': input '{s}' is neither an argument nor node:output:index"))),
             }
         };
+        let mut added = Vec::with_capacity(f.node_def.len());
         for n in &f.node_def {
             if n.attr
                 .values()
@@ -515,6 +531,7 @@ impl<'a> Inliner<'a> {
                     format!("inlining '{fname}' would create a second node '{}'", m.name),
                 ));
             }
+            added.push(m.name.clone());
             nodes.insert(m.name.clone(), m);
         }
         let mut id = NodeDef::new();
@@ -531,7 +548,7 @@ impl<'a> Inliner<'a> {
                 id.input.push(r);
             }
         }
-        Ok(id)
+        Ok((id, added))
     }
 }
 
@@ -644,15 +661,7 @@ fn tf2_variable_keys(mg: &MetaGraphDef, bundle: &Bundle) -> Result<HashMap<Strin
 /// nested calls too. A graph without calls is returned as it is.
 pub fn inline_frozen(mut graph: GraphDef, file: &Path) -> Result<GraphDef> {
     let library = graph.library.take().unwrap_or_default();
-    let inl = Inliner {
-        functions: library
-            .function
-            .iter()
-            .filter_map(|f| f.signature.as_ref().map(|s| (s.name.as_str(), f)))
-            .collect(),
-        op_defs: HashMap::new(),
-        file,
-    };
+    let inl = Inliner::new(&library, &[], file);
     let calls = |n: &NodeDef| {
         CALL_OPS.contains(&n.op.as_str()) || inl.functions.contains_key(n.op.as_str())
     };
@@ -680,14 +689,7 @@ pub fn inline_frozen(mut graph: GraphDef, file: &Path) -> Result<GraphDef> {
             return Err(inl.err(node, "function calls nest more than 64 deep (recursion?)"));
         }
         let node = node.clone();
-        let before: HashSet<String> = nodes.keys().cloned().collect();
-        let id = inl.inline(&node, f, &mut nodes)?;
-        let mut added: Vec<String> = nodes
-            .keys()
-            .filter(|k| !before.contains(*k))
-            .cloned()
-            .collect();
-        added.sort();
+        let (id, added) = inl.inline(&node, f, &mut nodes)?;
         order.extend(added.into_iter().map(|k| (k, depth + 1)));
         nodes.insert(name, id);
     }
@@ -771,15 +773,7 @@ fn resolve(
         .and_then(|m| m.stripped_op_list.as_ref())
         .map(|l| l.op.clone())
         .unwrap_or_default();
-    let inl = Inliner {
-        functions: library
-            .function
-            .iter()
-            .filter_map(|f| f.signature.as_ref().map(|s| (s.name.as_str(), f)))
-            .collect(),
-        op_defs: op_list.iter().map(|o| (o.name.as_str(), o)).collect(),
-        file,
-    };
+    let inl = Inliner::new(&library, &op_list, file);
     let mut nodes: HashMap<String, NodeDef> = HashMap::with_capacity(graph.node.len());
     let mut main_order = vec![];
     for n in graph.node {
@@ -848,12 +842,9 @@ fn resolve(
             if d >= MAX_CALL_DEPTH {
                 return Err(inl.err(&node, "function calls nest more than 64 deep (recursion?)"));
             }
-            let before: HashSet<String> = nodes.keys().cloned().collect();
-            let id = inl.inline(&node, f, &mut nodes)?;
-            for k in nodes.keys() {
-                if !before.contains(k) {
-                    depth.insert(k.clone(), d + 1);
-                }
+            let (id, added) = inl.inline(&node, f, &mut nodes)?;
+            for k in added {
+                depth.insert(k, d + 1);
             }
             id
         } else if VARIABLE_OPS.contains(&node.op.as_str()) {

@@ -240,6 +240,46 @@ fn decode_jpeg_strict(bytes: &[u8], w: u32, h: u32) -> Result<image::RgbImage> {
         .ok_or_else(|| Error::Format("unreadable image: JPEG of unexpected size".into()))
 }
 
+/// `img`, or the window (left, top, width, height) of it, resized to `w` x
+/// `h` with a triangle (bilinear) filter whose support widens with the
+/// downscale factor: what `image`'s `FilterType::Triangle` computes, in
+/// SIMD (fast_image_resize); MTCNN resizes every pyramid level and every
+/// candidate, which took a third of a detection with `image`'s resize.
+pub fn resize(
+    img: &image::RgbImage,
+    window: Option<[u32; 4]>,
+    w: u32,
+    h: u32,
+) -> Result<image::RgbImage> {
+    use fast_image_resize as fr;
+    thread_local! {
+        static RESIZER: std::cell::RefCell<fr::Resizer> = std::cell::RefCell::new(fr::Resizer::new());
+    }
+    let bad = |e: &dyn std::fmt::Display| Error::Usage(format!("cannot resize the image: {e}"));
+    let src =
+        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
+            .map_err(|e| bad(&e))?;
+    let mut dst = fr::images::Image::new(w.max(1), h.max(1), fr::PixelType::U8x3);
+    let mut opts =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    if let Some([x, y, cw, ch]) = window {
+        if cw == 0 || ch == 0 || x + cw > img.width() || y + ch > img.height() {
+            return Err(Error::Usage(format!(
+                "window {:?} is outside the {}x{} image",
+                [x, y, cw, ch],
+                img.width(),
+                img.height()
+            )));
+        }
+        opts = opts.crop(x as f64, y as f64, cw as f64, ch as f64);
+    }
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
+        .map_err(|e| bad(&e))?;
+    image::RgbImage::from_raw(w.max(1), h.max(1), dst.into_vec())
+        .ok_or_else(|| Error::Usage("resized image of unexpected size".into()))
+}
+
 /// A crop (x, y, width, height) resized to `size` x `size`, prewhitened, as
 /// a 1 x size x size x 3 NHWC tensor.
 pub fn face_input(img: &image::RgbImage, crop: [u32; 4], size: u32) -> Result<Tensor> {

@@ -1,6 +1,7 @@
-//! MTCNN on faceall's Caffe executor with FaceAll's original models, on the
+//! MTCNN with FaceAll's original models and with the converted ones, on the
 //! real photos: a face in every training photo, Obama and Biden in
-//! obama_and_biden.jpg, none in a blank image.
+//! obama_and_biden.jpg, none in a blank image; the fast Caffe executor
+//! finds what the reference executor finds.
 
 mod common;
 
@@ -9,6 +10,95 @@ use faceall::detect::mtcnn::Mtcnn;
 
 fn detector() -> Mtcnn {
     Mtcnn::load(&shared().join("models/mtcnn")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// FaceAll's models on the reference Caffe executor: the faces "as before".
+fn faceall_reference() -> Mtcnn {
+    let mut m = detector();
+    m.reference = true;
+    m
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    w * h / (area(a) + area(b) - w * h)
+}
+
+fn photos() -> Vec<std::path::PathBuf> {
+    let mut photos = vec![];
+    for dir in ["train", "query"] {
+        photos.extend(walk(&shared().join("images/faces").join(dir)));
+    }
+    assert!(photos.len() >= 15, "{photos:?}");
+    photos
+}
+
+/// Every face of `want` has one in `got` overlapping by at least `min_iou`
+/// with landmarks within `px`; the counts are equal. Returns the faces.
+fn same_faces(
+    p: &std::path::Path,
+    got: &[faceall::detect::mtcnn::Face],
+    want: &[faceall::detect::mtcnn::Face],
+    min_iou: f32,
+    px: f32,
+) -> usize {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{}: {got:?} vs {want:?}",
+        p.display()
+    );
+    for fb in want {
+        let fa = got
+            .iter()
+            .max_by(|x, y| iou(x.bbox, fb.bbox).total_cmp(&iou(y.bbox, fb.bbox)))
+            .unwrap();
+        assert!(
+            iou(fa.bbox, fb.bbox) >= min_iou,
+            "{}: {fa:?} vs {fb:?}",
+            p.display()
+        );
+        for (la, lb) in fa.landmarks.iter().zip(&fb.landmarks) {
+            assert!(
+                (la[0] - lb[0]).abs() <= px && (la[1] - lb[1]).abs() <= px,
+                "{}: landmarks {:?} vs {:?}",
+                p.display(),
+                fa.landmarks,
+                fb.landmarks
+            );
+        }
+    }
+    want.len()
+}
+
+/// The fast Caffe executor (packed weights, fused PReLU, NHWC) finds the
+/// faces the reference executor finds with the same models, on every photo
+/// and for both MTCNN flavours: same count, IoU >= 0.99, landmarks within
+/// half a pixel (the nets' outputs differ by float rounding only).
+#[test]
+fn fast_executor_finds_what_the_reference_executor_finds() {
+    for dir in [
+        shared().join("models/mtcnn"),
+        root().join("converted/mtcnn"),
+    ] {
+        let fast = Mtcnn::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut slow = Mtcnn::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        slow.reference = true;
+        let mut seen = 0;
+        for p in photos() {
+            let img = faceall::preprocess::decode(&p).unwrap();
+            seen += same_faces(
+                &p,
+                &fast.detect(&img).unwrap(),
+                &slow.detect(&img).unwrap(),
+                0.99,
+                0.5,
+            );
+        }
+        assert!(seen >= 17, "{}: {seen}", dir.display());
+    }
 }
 
 #[test]
@@ -77,53 +167,24 @@ fn finds_the_faces_in_the_real_photos() {
 }
 
 /// The MTCNN faceall ships (PyPI mtcnn==1.0.0's weights converted by
-/// scripts/convert_mtcnn.py into converted/mtcnn) finds the same faces as
-/// FaceAll's original Caffe models on every photo: boxes overlap by at
-/// least 0.9 IoU, landmarks within 2 px.
+/// scripts/convert_mtcnn.py into converted/mtcnn), on the fast executor,
+/// finds the same faces as FaceAll's original Caffe models on the reference
+/// executor on every photo: boxes overlap by at least 0.9 IoU, landmarks
+/// within 2 px.
 #[test]
 fn converted_mtcnn_finds_the_same_faces_as_faceall() {
     let ours = Mtcnn::load(&root().join("converted/mtcnn")).unwrap_or_else(|e| panic!("{e}"));
-    let reference = detector();
-    let iou = |a: [f32; 4], b: [f32; 4]| {
-        let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-        let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-        let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-        w * h / (area(a) + area(b) - w * h)
-    };
-    let mut photos = vec![];
-    for dir in ["train", "query"] {
-        for e in walk(&shared().join("images/faces").join(dir)) {
-            photos.push(e);
-        }
-    }
-    assert!(photos.len() >= 15, "{photos:?}");
+    let reference = faceall_reference();
     let mut faces_seen = 0;
-    for p in photos {
+    for p in photos() {
         let img = faceall::preprocess::decode(&p).unwrap();
-        let a = ours.detect(&img).unwrap();
-        let b = reference.detect(&img).unwrap();
-        assert_eq!(a.len(), b.len(), "{}: {a:?} vs {b:?}", p.display());
-        for fb in &b {
-            let fa = a
-                .iter()
-                .max_by(|x, y| iou(x.bbox, fb.bbox).total_cmp(&iou(y.bbox, fb.bbox)))
-                .unwrap();
-            assert!(
-                iou(fa.bbox, fb.bbox) >= 0.9,
-                "{}: {fa:?} vs {fb:?}",
-                p.display()
-            );
-            for (la, lb) in fa.landmarks.iter().zip(&fb.landmarks) {
-                assert!(
-                    (la[0] - lb[0]).abs() <= 2.0 && (la[1] - lb[1]).abs() <= 2.0,
-                    "{}: landmarks {:?} vs {:?}",
-                    p.display(),
-                    fa.landmarks,
-                    fb.landmarks
-                );
-            }
-            faces_seen += 1;
-        }
+        faces_seen += same_faces(
+            &p,
+            &ours.detect(&img).unwrap(),
+            &reference.detect(&img).unwrap(),
+            0.9,
+            2.0,
+        );
     }
     assert!(faces_seen >= 17, "{faces_seen}");
 }

@@ -1,8 +1,12 @@
 //! MTCNN (Zhang et al. 2016): PNet over an image pyramid, then RNet and
 //! ONet on the candidates, with box regression, NMS and five landmarks, run
-//! by faceall's Caffe executor. The algorithm and constants follow FaceNet's
-//! `detect_face.py` (which feeds these same weights): pixels scaled as
-//! (x - 127.5) / 128 and fed transposed (the nets were trained column-major).
+//! by faceall's fast Caffe executor (`formats::caffe::fast`: weights packed
+//! once, PReLU in the gemm epilogue, NHWC throughout, PNet at each level's
+//! own size, RNet and ONet batched over the candidates), or by the
+//! reference executor when asked (`Mtcnn::reference`, for tests). The
+//! algorithm and constants follow FaceNet's `detect_face.py` (which feeds
+//! these same weights): pixels scaled as (x - 127.5) / 128, and fed
+//! transposed to FaceAll's models (they were trained column-major).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +15,7 @@ use image::RgbImage;
 
 use crate::error::{Error, Result};
 use crate::formats::caffe::exec::CaffeModel;
+use crate::formats::caffe::fast::FastCaffe;
 use crate::ir::Tensor;
 
 /// One detected face: box (x1, y1, x2, y2) in pixels, score, landmarks
@@ -50,9 +55,12 @@ const CONVERTED: Flavour = Flavour {
 
 pub struct Mtcnn {
     flavour: &'static Flavour,
-    pnet: CaffeModel,
-    rnet: CaffeModel,
-    onet: CaffeModel,
+    pnet: FastCaffe,
+    rnet: FastCaffe,
+    onet: FastCaffe,
+    /// Run the nets on the reference Caffe executor (slow, exact: the
+    /// yardstick the fast one is tested against).
+    pub reference: bool,
     /// Smallest face searched, in pixels.
     pub min_size: f32,
     pub factor: f32,
@@ -69,11 +77,12 @@ struct Cand {
 impl Mtcnn {
     /// Load det1/det2/det3 (.prototxt + .caffemodel) from a directory.
     pub fn load(dir: &Path) -> Result<Self> {
-        let net = |n: &str| {
-            CaffeModel::load(
+        let net = |n: &str, outs: &[&str]| {
+            let m = CaffeModel::load(
                 &dir.join(format!("{n}.prototxt")),
                 Some(&dir.join(format!("{n}.caffemodel"))),
-            )
+            )?;
+            FastCaffe::compile(m, outs)
         };
         let det1 = dir.join("det1.prototxt");
         let text = std::fs::read_to_string(&det1).map_err(|e| Error::from(e).in_file(&det1))?;
@@ -84,9 +93,10 @@ impl Mtcnn {
         };
         Ok(Mtcnn {
             flavour,
-            pnet: net("det1")?,
-            rnet: net("det2")?,
-            onet: net("det3")?,
+            pnet: net("det1", &flavour.pnet)?,
+            rnet: net("det2", &flavour.rnet)?,
+            onet: net("det3", &flavour.onet)?,
+            reference: false,
             min_size: 20.0,
             factor: 0.709,
             thresholds: [0.6, 0.7, 0.7],
@@ -125,10 +135,9 @@ impl Mtcnn {
             if hs < 12 || ws < 12 {
                 return Ok(vec![]);
             }
-            let resized =
-                image::imageops::resize(img, ws, hs, image::imageops::FilterType::Triangle);
+            let resized = crate::preprocess::resize(img, None, ws, hs)?;
             let fl = self.flavour;
-            let out = run(&self.pnet, blob(&[resized], fl.transposed)?, &fl.pnet)?;
+            let out = self.run(&self.pnet, &[resized])?;
             let (prob, reg) = (&out[0], &out[1]);
             let &[_, _, d2, d3] = prob.shape() else {
                 return Err(Error::Usage("PNet output is not 4-D".into()));
@@ -186,7 +195,10 @@ impl Mtcnn {
             return Ok(vec![]);
         }
         between()?;
-        let crops: Vec<RgbImage> = boxes.iter().map(|c| crop(img, c.b, 24)).collect();
+        let crops = boxes
+            .iter()
+            .map(|c| crop(img, c.b, 24))
+            .collect::<Result<Vec<_>>>()?;
         let out = self.run_chunked(&self.rnet, &crops, &self.flavour.rnet, between)?;
         let (p, r) = (&out[0], &out[1]);
         let mut kept = vec![];
@@ -212,7 +224,10 @@ impl Mtcnn {
         }
         // ONet
         let boxes_fixed: Vec<[f32; 4]> = boxes.iter().map(|c| c.b.map(f32::trunc)).collect();
-        let crops: Vec<RgbImage> = boxes_fixed.iter().map(|b| crop(img, *b, 48)).collect();
+        let crops = boxes_fixed
+            .iter()
+            .map(|b| crop(img, *b, 48))
+            .collect::<Result<Vec<_>>>()?;
         let out = self.run_chunked(&self.onet, &crops, &self.flavour.onet, between)?;
         let (p, r, l) = (&out[0], &out[1], &out[2]);
         let mut faces: Vec<(Cand, [[f32; 2]; 5])> = vec![];
@@ -265,7 +280,7 @@ impl Mtcnn {
     /// Samples are independent, so the values equal one big batch's.
     fn run_chunked(
         &self,
-        net: &CaffeModel,
+        net: &FastCaffe,
         crops: &[RgbImage],
         outs: &[&str],
         between: &mut dyn FnMut() -> Result<()>,
@@ -275,7 +290,7 @@ impl Mtcnn {
             if i > 0 {
                 between()?;
             }
-            let out = run(net, blob(chunk, self.flavour.transposed)?, outs)?;
+            let out = self.run(net, chunk)?;
             for (g, t) in got.iter_mut().zip(&out) {
                 g.extend_from_slice(&t.as_f32()?);
             }
@@ -287,21 +302,66 @@ impl Mtcnn {
 /// Crops per RNet/ONet call.
 const STAGE_BATCH: usize = 64;
 
-fn run(net: &CaffeModel, x: Tensor, outs: &[&str]) -> Result<Vec<Tensor>> {
-    let name = net
-        .inputs
+impl Mtcnn {
+    /// One net on same-sized images: its outputs (the flavour's names, as
+    /// compiled) in Caffe's layout.
+    fn run(&self, net: &FastCaffe, imgs: &[RgbImage]) -> Result<Vec<Tensor>> {
+        let transposed = self.flavour.transposed;
+        if !self.reference {
+            let (x, dims) = blob_nhwc(imgs, transposed)?;
+            return net.run_nhwc(x, dims);
+        }
+        let m = net.model();
+        let name = m
+            .inputs
+            .first()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| "data".into());
+        let outs = net.outputs();
+        let blobs = m.forward_outputs(&HashMap::from([(name, blob(imgs, transposed)?)]), &outs)?;
+        outs.iter()
+            .map(|o| {
+                blobs
+                    .get(*o)
+                    .cloned()
+                    .ok_or_else(|| Error::Usage(format!("MTCNN net has no output '{o}'")))
+            })
+            .collect()
+    }
+}
+
+/// Images (same size) as an NHWC batch for the fast executor, pixels
+/// scaled (x - 127.5) / 128: the pixels' own order, or each image
+/// transposed (W, H) when `transposed`. Returns the data and N, H, W, C as
+/// the net sees them.
+fn blob_nhwc(imgs: &[RgbImage], transposed: bool) -> Result<(Vec<f32>, [usize; 4])> {
+    let first = imgs
         .first()
-        .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| "data".into());
-    let blobs = net.forward_outputs(&HashMap::from([(name, x)]), outs)?;
-    outs.iter()
-        .map(|o| {
-            blobs
-                .get(*o)
-                .cloned()
-                .ok_or_else(|| Error::Usage(format!("MTCNN net has no output '{o}'")))
-        })
-        .collect()
+        .ok_or_else(|| Error::Usage("no image to run".into()))?;
+    let (w, h) = (first.width() as usize, first.height() as usize);
+    if imgs.iter().any(|i| i.dimensions() != first.dimensions()) {
+        return Err(Error::Usage("images of one batch differ in size".into()));
+    }
+    let scale = |p: u8| (p as f32 - 127.5) * 0.0078125;
+    let mut v = Vec::with_capacity(imgs.len() * w * h * 3);
+    for img in imgs {
+        if transposed {
+            let raw = img.as_raw();
+            for x in 0..w {
+                for y in 0..h {
+                    v.extend(raw[(y * w + x) * 3..][..3].iter().map(|&p| scale(p)));
+                }
+            }
+        } else {
+            v.extend(img.as_raw().iter().map(|&p| scale(p)));
+        }
+    }
+    let dims = if transposed {
+        [imgs.len(), w, h, 3]
+    } else {
+        [imgs.len(), h, w, 3]
+    };
+    Ok((v, dims))
 }
 
 /// Images (same size) as an N x 3 x W x H blob when `transposed`, else
@@ -332,19 +392,32 @@ fn blob(imgs: &[RgbImage], transposed: bool) -> Result<Tensor> {
 
 /// The box (1-based inclusive pixel coordinates as FaceNet's `pad`), zero
 /// outside the image, resized to size x size.
-fn crop(img: &RgbImage, b: [f32; 4], size: u32) -> RgbImage {
+fn crop(img: &RgbImage, b: [f32; 4], size: u32) -> Result<RgbImage> {
     let (x1, y1, x2, y2) = (b[0] as i64, b[1] as i64, b[2] as i64, b[3] as i64);
-    let (tw, th) = ((x2 - x1 + 1).max(1) as u32, (y2 - y1 + 1).max(1) as u32);
-    let mut tmp = RgbImage::new(tw, th);
-    for ty in 0..th as i64 {
-        for tx in 0..tw as i64 {
-            let (sx, sy) = (x1 + tx - 1, y1 + ty - 1);
-            if sx >= 0 && sy >= 0 && (sx as u32) < img.width() && (sy as u32) < img.height() {
-                tmp.put_pixel(tx as u32, ty as u32, *img.get_pixel(sx as u32, sy as u32));
+    let (tw, th) = ((x2 - x1 + 1).max(1), (y2 - y1 + 1).max(1));
+    let (sx, sy) = (x1 - 1, y1 - 1);
+    let (iw, ih) = (img.width() as i64, img.height() as i64);
+    if sx >= 0 && sy >= 0 && sx + tw <= iw && sy + th <= ih {
+        let window = [sx as u32, sy as u32, tw as u32, th as u32];
+        return crate::preprocess::resize(img, Some(window), size, size);
+    }
+    // Partly outside: copy the part inside into a zeroed image, row by row.
+    let mut tmp = RgbImage::new(tw as u32, th as u32);
+    let (x0, x1c) = (sx.max(0), (sx + tw).min(iw));
+    if x0 < x1c {
+        let (src, dst) = (img.as_raw(), &mut *tmp);
+        for ty in 0..th {
+            let y = sy + ty;
+            if y < 0 || y >= ih {
+                continue;
             }
+            let len = ((x1c - x0) * 3) as usize;
+            let from = ((y * iw + x0) * 3) as usize;
+            let to = ((ty * tw + (x0 - sx)) * 3) as usize;
+            dst[to..to + len].copy_from_slice(&src[from..from + len]);
         }
     }
-    image::imageops::resize(&tmp, size, size, image::imageops::FilterType::Triangle)
+    crate::preprocess::resize(&tmp, None, size, size)
 }
 
 fn bbreg(b: [f32; 4], r: [f32; 4]) -> [f32; 4] {

@@ -712,6 +712,7 @@ impl Engine {
                     scale: *scale,
                     residual: residual.map(|(r, s)| (self.view(ws, r, n), a.n(), s)),
                     act: *act,
+                    slopes: None,
                 };
                 match a {
                     GemmA::Dense { k, w } => {

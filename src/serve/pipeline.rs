@@ -117,7 +117,7 @@ impl Pipeline {
                 ((img.width() as f32 * s).round() as u32).max(1),
                 ((img.height() as f32 * s).round() as u32).max(1),
             );
-            let small = image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle);
+            let small = crate::preprocess::resize(img, None, w, h)?;
             let (sx, sy) = (
                 img.width() as f32 / w as f32,
                 img.height() as f32 / h as f32,

@@ -23,7 +23,7 @@ fn f32v(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Normalise a possibly negative Caffe axis.
-fn axis_of(a: i32, rank: usize) -> Result<usize> {
+pub(super) fn axis_of(a: i32, rank: usize) -> Result<usize> {
     let r = rank as i32;
     if a < -r || a >= r.max(1) {
         return Err(Error::Usage(format!(
@@ -138,7 +138,7 @@ impl CaffeModel {
 }
 
 /// Layer `l`'s bottoms, from the blobs computed so far.
-fn bottoms(l: &Layer, blobs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+pub(super) fn bottoms(l: &Layer, blobs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
     l.param
         .bottom
         .iter()
@@ -155,14 +155,14 @@ fn bottoms(l: &Layer, blobs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
 }
 
 /// An error of layer `l`, naming it unless it already names a node.
-fn in_layer(l: &Layer, e: Error) -> Error {
+pub(super) fn in_layer(l: &Layer, e: Error) -> Error {
     match e {
         e @ Error::Node { .. } => e,
         e => Error::node(l.name(), l.kind(), e.to_string()),
     }
 }
 
-fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
+pub(super) fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
     let p = &l.param;
     let x = ins.first().ok_or_else(|| Error::Usage("no bottom".into()));
     let blob = |i: usize| -> Result<&Tensor> {
@@ -176,35 +176,13 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
     match l.kind() {
         "Convolution" => {
             let x = x?;
-            let cp = &p.convolution_param;
             let s = x.shape();
             let &[n, c, h, w] = s else {
                 return Err(Error::Usage(format!("needs a 4-D bottom, has {s:?}")));
             };
-            let k = hw(&cp.kernel_size, cp.kernel_h, cp.kernel_w, 1);
-            let st = hw(&cp.stride, cp.stride_h, cp.stride_w, 1);
-            let pad = if cp.pad_h.is_some() || cp.pad_w.is_some() {
-                [cp.pad_h() as usize, cp.pad_w() as usize]
-            } else {
-                hw(&cp.pad, None, None, 0)
-            };
-            let dil = hw(&cp.dilation, None, None, 1);
-            let group = cp.group().max(1) as usize;
             let wt = blob(0)?;
-            let o = cp.num_output() as usize;
-            if wt.len() != o * (c / group) * k[0] * k[1]
-                || c % group != 0
-                || !o.is_multiple_of(group)
-            {
-                return Err(Error::Usage(format!("weights {:?} do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}", wt.shape())));
-            }
-            let ek = |i: usize| (k[i] - 1) * dil[i] + 1;
-            if h + 2 * pad[0] < ek(0) || w + 2 * pad[1] < ek(1) {
-                return Err(Error::Usage("kernel larger than the padded input".into()));
-            }
-            let oh = (h + 2 * pad[0] - ek(0)) / st[0] + 1;
-            let ow = (w + 2 * pad[1] - ek(1)) / st[1] + 1;
-            let bias = if cp.bias_term() {
+            let g = conv_shape(&p.convolution_param, [c, h, w], wt.len())?;
+            let bias = if p.convolution_param.bias_term() {
                 Some(f32v(blob(1)?)?)
             } else {
                 None
@@ -213,74 +191,34 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
                 &x.as_f32()?,
                 [n, c, h, w],
                 &wt.as_f32()?,
-                o,
-                k,
-                st,
-                pad,
-                dil,
-                group,
+                g.o,
+                g.k,
+                g.st,
+                g.pad,
+                g.dil,
+                g.group,
                 bias.as_deref(),
-                [oh, ow],
+                [g.oh, g.ow],
             );
-            Ok(vec![Tensor::f32(vec![n, o, oh, ow], y)?])
+            Ok(vec![Tensor::f32(vec![n, g.o, g.oh, g.ow], y)?])
         }
         "Pooling" => {
             let x = x?;
-            let pp = &p.pooling_param;
             let s = x.shape();
             let &[n, c, h, w] = s else {
                 return Err(Error::Usage(format!("needs a 4-D bottom, has {s:?}")));
             };
-            let (k, pad, st) = if pp.global_pooling() {
-                ([h, w], [0, 0], [1, 1])
-            } else {
-                let k = hw(
-                    &pp.kernel_size.map(|v| vec![v]).unwrap_or_default(),
-                    pp.kernel_h,
-                    pp.kernel_w,
-                    1,
-                );
-                let pad = if pp.pad_h.is_some() || pp.pad_w.is_some() {
-                    [pp.pad_h() as usize, pp.pad_w() as usize]
-                } else {
-                    [pp.pad() as usize; 2]
-                };
-                let st = if pp.stride_h.is_some() || pp.stride_w.is_some() {
-                    [pp.stride_h() as usize, pp.stride_w() as usize]
-                } else {
-                    [pp.stride() as usize; 2]
-                };
-                (k, pad, st)
-            };
-            if st.contains(&0) || k.contains(&0) || pad[0] >= k[0] || pad[1] >= k[1] {
-                return Err(Error::Usage(
-                    "bad pooling geometry (pad must be < kernel, stride > 0)".into(),
-                ));
-            }
-            let floor = pp
-                .round_mode
-                .is_some_and(|m| m.enum_value() == Ok(RoundMode::FLOOR));
-            let out = |i: usize, d: usize| -> Result<usize> {
-                let span = (d + 2 * pad[i])
-                    .checked_sub(k[i])
-                    .ok_or_else(|| Error::Usage("kernel larger than the padded input".into()))?;
-                let mut o = if floor {
-                    span / st[i]
-                } else {
-                    span.div_ceil(st[i])
-                } + 1;
-                // Caffe: the last window must start inside the image or its top/left padding.
-                if pad[i] > 0 && (o - 1) * st[i] >= d + pad[i] {
-                    o -= 1;
-                }
-                Ok(o)
-            };
-            let (oh, ow) = (out(0, h)?, out(1, w)?);
-            let max = pp
-                .pool
-                .is_none_or(|m| m.enum_value() == Ok(PoolMethod::MAX));
-            let y = pool_nchw(&x.as_f32()?, [n, c, h, w], max, k, st, pad, [oh, ow]);
-            Ok(vec![Tensor::f32(vec![n, c, oh, ow], y)?])
+            let g = pool_shape(&p.pooling_param, h, w)?;
+            let y = pool_nchw(
+                &x.as_f32()?,
+                [n, c, h, w],
+                g.max,
+                g.k,
+                g.st,
+                g.pad,
+                [g.oh, g.ow],
+            );
+            Ok(vec![Tensor::f32(vec![n, c, g.oh, g.ow], y)?])
         }
         "InnerProduct" => {
             let x = x?;
@@ -363,24 +301,8 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
         "Softmax" => {
             let x = x?;
             let axis = axis_of(p.softmax_param.axis(), x.shape().len())?;
-            let (outer, len, inner) = split3(x.shape(), axis);
             let mut v = f32v(x)?;
-            for o in 0..outer {
-                for i in 0..inner {
-                    let idx = |j: usize| (o * len + j) * inner + i;
-                    let m = (0..len)
-                        .map(|j| v[idx(j)])
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let mut s = 0.0;
-                    for j in 0..len {
-                        v[idx(j)] = (v[idx(j)] - m).exp();
-                        s += v[idx(j)];
-                    }
-                    for j in 0..len {
-                        v[idx(j)] /= s;
-                    }
-                }
-            }
+            softmax_axis(&mut v, split3(x.shape(), axis));
             Ok(vec![same(v, x)?])
         }
         "Eltwise" => {
@@ -421,13 +343,7 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
         }
         "Concat" => {
             let first = x?;
-            let cp = &p.concat_param;
-            let axis = if cp.axis.is_none() && cp.concat_dim.is_some() {
-                cp.concat_dim() as i32
-            } else {
-                cp.axis()
-            };
-            let axis = axis_of(axis, first.shape().len())?;
+            let axis = axis_of(concat_axis(&p.concat_param), first.shape().len())?;
             let mut shape = first.shape().to_vec();
             shape[axis] = 0;
             for t in ins {
@@ -455,37 +371,11 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
         }
         "Slice" => {
             let x = x?;
-            let sp = &p.slice_param;
-            let axis = if sp.axis.is_none() && sp.slice_dim.is_some() {
-                sp.slice_dim() as i32
-            } else {
-                sp.axis()
-            };
-            let axis = axis_of(axis, x.shape().len())?;
+            let axis = axis_of(slice_axis(&p.slice_param), x.shape().len())?;
             let d = x.shape()[axis];
-            let ntop = p.top.len();
-            let mut points: Vec<usize> = sp.slice_point.iter().map(|&v| v as usize).collect();
-            if points.is_empty() {
-                if ntop == 0 || d % ntop != 0 {
-                    return Err(Error::Usage(format!(
-                        "cannot split {d} into {ntop} equal parts"
-                    )));
-                }
-                points = (1..ntop).map(|i| i * d / ntop).collect();
-            }
-            if points.len() + 1 != ntop
-                || points.windows(2).any(|w| w[0] >= w[1])
-                || points.iter().any(|&q| q == 0 || q >= d)
-            {
-                return Err(Error::Usage(format!(
-                    "slice points {points:?} do not split {d} into {ntop} parts"
-                )));
-            }
+            let bounds = slice_bounds(&p.slice_param, d, p.top.len())?;
             let (outer, _, inner) = split3(x.shape(), axis);
             let v = x.as_f32()?;
-            let mut bounds = vec![0];
-            bounds.extend(points);
-            bounds.push(d);
             bounds
                 .windows(2)
                 .map(|b| {
@@ -756,8 +646,202 @@ fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
     }
 }
 
+/// A convolution's geometry as Caffe computes it from its parameters and
+/// the bottom's (C, H, W), checked against the weights' length.
+pub(super) struct ConvShape {
+    pub k: [usize; 2],
+    pub st: [usize; 2],
+    pub pad: [usize; 2],
+    pub dil: [usize; 2],
+    pub group: usize,
+    /// Output channels.
+    pub o: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+pub(super) fn conv_shape(
+    cp: &crate::proto::caffe::ConvolutionParameter,
+    [c, h, w]: [usize; 3],
+    weights: usize,
+) -> Result<ConvShape> {
+    let k = hw(&cp.kernel_size, cp.kernel_h, cp.kernel_w, 1);
+    let st = hw(&cp.stride, cp.stride_h, cp.stride_w, 1);
+    let pad = if cp.pad_h.is_some() || cp.pad_w.is_some() {
+        [cp.pad_h() as usize, cp.pad_w() as usize]
+    } else {
+        hw(&cp.pad, None, None, 0)
+    };
+    let dil = hw(&cp.dilation, None, None, 1);
+    let group = cp.group().max(1) as usize;
+    let o = cp.num_output() as usize;
+    if st.contains(&0) || dil.contains(&0) || k.contains(&0) {
+        return Err(Error::Usage(
+            "kernel, stride and dilation must be > 0".into(),
+        ));
+    }
+    if weights != o * (c / group) * k[0] * k[1] || c % group != 0 || !o.is_multiple_of(group) {
+        return Err(Error::Usage(format!(
+            "{weights} weights do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}"
+        )));
+    }
+    let ek = |i: usize| (k[i] - 1) * dil[i] + 1;
+    if h + 2 * pad[0] < ek(0) || w + 2 * pad[1] < ek(1) {
+        return Err(Error::Usage("kernel larger than the padded input".into()));
+    }
+    Ok(ConvShape {
+        k,
+        st,
+        pad,
+        dil,
+        group,
+        o,
+        oh: (h + 2 * pad[0] - ek(0)) / st[0] + 1,
+        ow: (w + 2 * pad[1] - ek(1)) / st[1] + 1,
+    })
+}
+
+/// A pooling's geometry as Caffe computes it (ceil rounding unless FLOOR,
+/// the last window starting inside the image or its top/left padding).
+pub(super) struct PoolShape {
+    pub max: bool,
+    pub k: [usize; 2],
+    pub st: [usize; 2],
+    pub pad: [usize; 2],
+    pub oh: usize,
+    pub ow: usize,
+}
+
+pub(super) fn pool_shape(
+    pp: &crate::proto::caffe::PoolingParameter,
+    h: usize,
+    w: usize,
+) -> Result<PoolShape> {
+    let (k, pad, st) = if pp.global_pooling() {
+        ([h, w], [0, 0], [1, 1])
+    } else {
+        let k = hw(
+            &pp.kernel_size.map(|v| vec![v]).unwrap_or_default(),
+            pp.kernel_h,
+            pp.kernel_w,
+            1,
+        );
+        let pad = if pp.pad_h.is_some() || pp.pad_w.is_some() {
+            [pp.pad_h() as usize, pp.pad_w() as usize]
+        } else {
+            [pp.pad() as usize; 2]
+        };
+        let st = if pp.stride_h.is_some() || pp.stride_w.is_some() {
+            [pp.stride_h() as usize, pp.stride_w() as usize]
+        } else {
+            [pp.stride() as usize; 2]
+        };
+        (k, pad, st)
+    };
+    if st.contains(&0) || k.contains(&0) || pad[0] >= k[0] || pad[1] >= k[1] {
+        return Err(Error::Usage(
+            "bad pooling geometry (pad must be < kernel, stride > 0)".into(),
+        ));
+    }
+    let floor = pp
+        .round_mode
+        .is_some_and(|m| m.enum_value() == Ok(RoundMode::FLOOR));
+    let out = |i: usize, d: usize| -> Result<usize> {
+        let span = (d + 2 * pad[i])
+            .checked_sub(k[i])
+            .ok_or_else(|| Error::Usage("kernel larger than the padded input".into()))?;
+        let mut o = if floor {
+            span / st[i]
+        } else {
+            span.div_ceil(st[i])
+        } + 1;
+        // Caffe: the last window must start inside the image or its top/left padding.
+        if pad[i] > 0 && (o - 1) * st[i] >= d + pad[i] {
+            o -= 1;
+        }
+        Ok(o)
+    };
+    Ok(PoolShape {
+        max: pp
+            .pool
+            .is_none_or(|m| m.enum_value() == Ok(PoolMethod::MAX)),
+        k,
+        st,
+        pad,
+        oh: out(0, h)?,
+        ow: out(1, w)?,
+    })
+}
+
+/// A Concat's axis as written (`axis`, or the old `concat_dim`).
+pub(super) fn concat_axis(cp: &crate::proto::caffe::ConcatParameter) -> i32 {
+    if cp.axis.is_none() && cp.concat_dim.is_some() {
+        cp.concat_dim() as i32
+    } else {
+        cp.axis()
+    }
+}
+
+/// A Slice's axis as written (`axis`, or the old `slice_dim`).
+pub(super) fn slice_axis(sp: &crate::proto::caffe::SliceParameter) -> i32 {
+    if sp.axis.is_none() && sp.slice_dim.is_some() {
+        sp.slice_dim() as i32
+    } else {
+        sp.axis()
+    }
+}
+
+/// The bounds (0, points..., d) of a Slice of `d` into `ntop` parts.
+pub(super) fn slice_bounds(
+    sp: &crate::proto::caffe::SliceParameter,
+    d: usize,
+    ntop: usize,
+) -> Result<Vec<usize>> {
+    let mut points: Vec<usize> = sp.slice_point.iter().map(|&v| v as usize).collect();
+    if points.is_empty() {
+        if ntop == 0 || !d.is_multiple_of(ntop) {
+            return Err(Error::Usage(format!(
+                "cannot split {d} into {ntop} equal parts"
+            )));
+        }
+        points = (1..ntop).map(|i| i * d / ntop).collect();
+    }
+    if points.len() + 1 != ntop
+        || points.windows(2).any(|w| w[0] >= w[1])
+        || points.iter().any(|&q| q == 0 || q >= d)
+    {
+        return Err(Error::Usage(format!(
+            "slice points {points:?} do not split {d} into {ntop} parts"
+        )));
+    }
+    let mut bounds = vec![0];
+    bounds.extend(points);
+    bounds.push(d);
+    Ok(bounds)
+}
+
+/// Softmax over the middle axis of (outer, len, inner), in place.
+pub(super) fn softmax_axis(v: &mut [f32], (outer, len, inner): (usize, usize, usize)) {
+    for o in 0..outer {
+        for i in 0..inner {
+            let idx = |j: usize| (o * len + j) * inner + i;
+            let m = (0..len)
+                .map(|j| v[idx(j)])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut s = 0.0;
+            for j in 0..len {
+                v[idx(j)] = (v[idx(j)] - m).exp();
+                s += v[idx(j)];
+            }
+            for j in 0..len {
+                v[idx(j)] /= s;
+            }
+        }
+    }
+}
+
 /// (outer, axis length, inner) around `axis`.
-fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+pub(super) fn split3(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (
         shape[..axis].iter().product(),
         shape[axis],

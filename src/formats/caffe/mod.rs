@@ -5,6 +5,7 @@
 //! `layout` maps Caffe's blobs to TF's layouts.
 
 pub mod exec;
+pub mod fast;
 pub mod layout;
 pub mod model;
 pub mod write;

@@ -108,13 +108,17 @@ pub enum Act {
 }
 
 /// What happens to a tile of A x B before it is stored:
-/// `act(res_scale * R + scale * (acc + bias))`, R being the residual.
+/// `prelu(act(res_scale * R + scale * (acc + bias)))`, R being the residual.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     pub scale: f32,
     /// (values with row stride, res_scale)
     pub residual: Option<(&'a [f32], usize, f32)>,
     pub act: Act,
+    /// Per-column slopes of a PReLU (`max(y, 0) + slope * min(y, 0)`),
+    /// padded to whole panels ([`padded_columns`]): MTCNN's PReLU costs no
+    /// pass of its own.
+    pub slopes: Option<&'a [f32]>,
 }
 
 impl Default for Epilogue<'_> {
@@ -123,8 +127,17 @@ impl Default for Epilogue<'_> {
             scale: 1.0,
             residual: None,
             act: Act::None,
+            slopes: None,
         }
     }
+}
+
+/// `v` zero-padded to a whole number of panels (per-column epilogue data
+/// such as PReLU slopes is read a panel at a time).
+pub fn padded_columns(v: &[f32]) -> Vec<f32> {
+    let mut p = v.to_vec();
+    p.resize(v.len().div_ceil(NR) * NR, 0.0);
+    p
 }
 
 /// Where the rows of A come from. `pack` writes rows `m0..m0+rows` (rows <=
@@ -248,6 +261,8 @@ struct Tile {
     res_scale: f32,
     scale: f32,
     act: Act,
+    /// PReLU slopes of the tile's columns (NR floats), or null.
+    slope: *const f32,
 }
 
 thread_local! {
@@ -285,6 +300,9 @@ fn check_sizes(a: &dyn ASource, b: &PackedB, c: &[f32], ldc: usize, epi: &Epilog
             ldr >= n && r.len() >= (m - 1) * ldr + n,
             "gemm: residual too small"
         );
+    }
+    if let Some(s) = epi.slopes {
+        assert!(s.len() >= n.div_ceil(NR) * NR, "gemm: slopes not padded");
     }
     true
 }
@@ -437,6 +455,9 @@ unsafe fn run_block(
                     res_scale,
                     scale: epi.scale,
                     act: epi.act,
+                    slope: epi
+                        .slopes
+                        .map_or(std::ptr::null(), |s| s[j * NR..].as_ptr()),
                 };
                 let (aptr, rs, cs) = match direct {
                     Some((d, lda)) if rows == MR => (d[m0 * lda..].as_ptr(), lda, 1),
@@ -492,15 +513,26 @@ pub(crate) fn avx512() -> bool {
 }
 
 #[inline(always)]
-fn finish(v: f32, bias: f32, res: Option<(f32, f32)>, scale: f32, act: Act) -> f32 {
+fn finish(
+    v: f32,
+    bias: f32,
+    res: Option<(f32, f32)>,
+    scale: f32,
+    act: Act,
+    slope: Option<f32>,
+) -> f32 {
     let mut y = (v + bias) * scale;
     if let Some((r, s)) = res {
         y += r * s;
     }
-    match act {
+    let y = match act {
         Act::None => y,
         Act::Relu => y.max(0.0),
         Act::Relu6 => y.clamp(0.0, 6.0),
+    };
+    match slope {
+        Some(a) => a.mul_add(y.min(0.0), y.max(0.0)),
+        None => y,
     }
 }
 
@@ -521,7 +553,8 @@ unsafe fn kernel_portable(k: usize, a: *const f32, rs: usize, cs: usize, b: *con
     for (r, row) in acc.iter().enumerate().take(t.rows) {
         for (cc, &v) in row.iter().enumerate().take(t.cols) {
             let res = (!t.res.is_null()).then(|| (*t.res.add(r * t.ldr + cc), t.res_scale));
-            *t.c.add(r * t.ldc + cc) = finish(v, *t.bias.add(cc), res, t.scale, t.act);
+            let slope = (!t.slope.is_null()).then(|| *t.slope.add(cc));
+            *t.c.add(r * t.ldc + cc) = finish(v, *t.bias.add(cc), res, t.scale, t.act, slope);
         }
     }
 }
@@ -562,6 +595,8 @@ unsafe fn kernel_avx512<const R: usize>(
         mask_for(t.cols.min(16)),
         mask_for(t.cols.saturating_sub(16)),
     ];
+    let slope =
+        (!t.slope.is_null()).then(|| [_mm512_loadu_ps(t.slope), _mm512_loadu_ps(t.slope.add(16))]);
     for (r, row) in acc.iter().enumerate().take(t.rows) {
         for h in 0..2 {
             if masks[h] == 0 {
@@ -577,6 +612,10 @@ unsafe fn kernel_avx512<const R: usize>(
                 Act::Relu => _mm512_max_ps(zero, y),
                 Act::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, y)),
             };
+            if let Some(a) = slope {
+                // The portable path's a.mul_add(min(y, 0), max(y, 0)).
+                y = _mm512_fmadd_ps(a[h], _mm512_min_ps(y, zero), _mm512_max_ps(y, zero));
+            }
             _mm512_mask_storeu_ps(t.c.add(r * t.ldc + h * 16), masks[h], y);
         }
     }
@@ -632,6 +671,7 @@ mod tests {
                 scale: 0.17,
                 residual: Some((&res, n, 1.0)),
                 act: Act::Relu,
+                slopes: None,
             };
             gemm(
                 &Dense {
@@ -699,6 +739,7 @@ mod tests {
                     res_scale: 0.0,
                     scale: 1.0,
                     act: Act::None,
+                    slope: std::ptr::null(),
                 };
                 unsafe {
                     kernel_portable(k, ap.as_slice().as_ptr(), k, 1, pb.panel(j).as_ptr(), &t)

@@ -192,12 +192,14 @@ impl Winograd {
     /// residual has one row of k per output pixel.
     ///
     /// Panics if a slice is shorter than the geometry says (the engine
-    /// sizes them from its plan).
+    /// sizes them from its plan), or if the epilogue has PReLU slopes
+    /// (the output transform applies bias, residual and activation only).
     pub fn run(&self, x: &[f32], g: &ConvGeometry, out: &mut [f32], epi: &Epilogue) {
         assert!(
             supports(g) && g.c == self.c && g.co == self.k,
             "winograd: geometry"
         );
+        assert!(epi.slopes.is_none(), "winograd: no PReLU epilogue");
         assert!(
             x.len() >= g.n * g.h * g.w * g.c,
             "winograd: input too small"
@@ -557,6 +559,7 @@ mod tests {
                     scale: 0.5,
                     residual: Some((&res, k, 2.0)),
                     act: Act::Relu,
+                    slopes: None,
                 };
                 wg.run(&x, &g, &mut out, &epi);
                 let mut worst = (0.0f64, 0);

@@ -4,6 +4,10 @@
 //! graph; `--engine reference` times the reference executor instead (image
 //! by image). Any other converted model (Caffe NAME.prototxt, Core ML, ONNX:
 //! the formats table) runs on its format's executor, image by image.
+//!
+//! `faceall bench MTCNN_DIR --photos P...` times face detection instead:
+//! each photo as it is (no downscale), median ms and the faces found
+//! (`scripts/bench_detect` sets it next to PyPI mtcnn on the same pixels).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,8 +36,67 @@ pub struct Args {
     /// off (also FACEALL_WINOGRAD=4|2|off)
     #[arg(long)]
     winograd: Option<String>,
+    /// Time MTCNN detection on these photos (MODEL is then a directory with
+    /// det1/det2/det3 Caffe files); `--engine reference` runs its nets on
+    /// the reference Caffe executor
+    #[arg(long, num_args = 1..)]
+    photos: Vec<PathBuf>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Serialize)]
+struct PhotoOut {
+    photo: String,
+    width: u32,
+    height: u32,
+    ms: f64,
+    faces: Vec<faceall::detect::mtcnn::Face>,
+}
+
+/// `bench --photos`: each photo detected after a warm-up, median of `iters`.
+fn detect(a: &Args) -> Result<ExitCode> {
+    let mut m = faceall::detect::mtcnn::Mtcnn::load(&a.model)?;
+    m.reference = a.engine == "reference";
+    let mut rows = vec![];
+    for p in &a.photos {
+        let img = faceall::preprocess::decode(p)?;
+        let warm = Instant::now();
+        let mut faces = m.detect(&img)?;
+        while warm.elapsed() < WARM_UP {
+            faces = m.detect(&img)?;
+        }
+        let mut ms = vec![];
+        for _ in 0..a.iters {
+            let t = Instant::now();
+            m.detect(&img)?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(|x, y| x.total_cmp(y));
+        rows.push(PhotoOut {
+            photo: p.to_string_lossy().into_owned(),
+            width: img.width(),
+            height: img.height(),
+            ms: ms[ms.len() / 2],
+            faces,
+        });
+    }
+    if a.json {
+        super::print_stdout(&(serde_json::to_string_pretty(&rows)? + "\n"));
+    } else {
+        for r in &rows {
+            super::print_stdout(&format!(
+                "{} ({}x{}): {} faces, median {:.1} ms over {} runs\n",
+                r.photo,
+                r.width,
+                r.height,
+                r.faces.len(),
+                r.ms,
+                a.iters
+            ));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How long `bench` runs the model before timing it.
@@ -57,6 +120,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.engine != "fast" && a.engine != "reference" {
         bail!("--engine is fast or reference, not '{}'", a.engine);
+    }
+    if !a.photos.is_empty() {
+        return detect(&a);
     }
     let mut opts = faceall::runtime::engine::EngineOptions::default();
     if let Some(w) = &a.winograd {

@@ -281,9 +281,19 @@ impl FastCaffe {
         );
         for (si, s) in self.steps.iter().enumerate() {
             let l = &self.model.layers[s.layer];
-            let outs = self.step(s, l, &blobs).map_err(|e| in_layer(l, e))?;
+            // An elementwise step that is its bottom's last reader works
+            // in place on it.
+            let owned = match (&s.kind, &l.param.bottom[..]) {
+                (Kind::PRelu(_) | Kind::Softmax, [b]) if self.drop_after[si].contains(b) => {
+                    blobs.remove(b)
+                }
+                _ => None,
+            };
+            let outs = self.step(s, l, &blobs, owned).map_err(|e| in_layer(l, e))?;
             for b in &self.drop_after[si] {
-                blobs.remove(b);
+                if let Some(dead) = blobs.remove(b) {
+                    recycle(dead.v);
+                }
             }
             for (top, b) in s.tops.iter().zip(outs) {
                 blobs.insert(top.clone(), b);
@@ -300,7 +310,15 @@ impl FastCaffe {
             .collect()
     }
 
-    fn step(&self, s: &Step, l: &Layer, blobs: &HashMap<String, Blob>) -> Result<Vec<Blob>> {
+    /// One step's outputs; `owned` is its only bottom when the step may
+    /// overwrite it.
+    fn step(
+        &self,
+        s: &Step,
+        l: &Layer,
+        blobs: &HashMap<String, Blob>,
+        owned: Option<Blob>,
+    ) -> Result<Vec<Blob>> {
         let p = &l.param;
         let bottom = |i: usize| -> Result<&Blob> {
             let name = p
@@ -347,7 +365,7 @@ impl FastCaffe {
                     dilation: cs.dil,
                     pad: cs.pad,
                 };
-                let mut out = vec![0.0f32; n * cs.oh * cs.ow * cs.o];
+                let mut out = buffer(n * cs.oh * cs.ow * cs.o);
                 let epi = Epilogue {
                     act: if matches!(fused, Fused::Relu) {
                         Act::Relu
@@ -397,7 +415,7 @@ impl FastCaffe {
                     }
                     _ => &x.v[..],
                 };
-                let mut out = vec![0.0f32; m * w.n()];
+                let mut out = buffer(m * w.n());
                 gemm::gemm(
                     &Dense { a, m, k, lda: k },
                     w,
@@ -410,7 +428,10 @@ impl FastCaffe {
                 Ok(vec![Blob { v: out, shape }])
             }
             Kind::PRelu(slopes) => {
-                let x = bottom(0)?;
+                let x = match &owned {
+                    Some(b) => b,
+                    None => bottom(0)?,
+                };
                 let (c, inner) = if x.nhwc() {
                     (x.shape[1], 1)
                 } else if x.shape.len() >= 2 {
@@ -424,7 +445,11 @@ impl FastCaffe {
                         slopes.len()
                     )));
                 }
-                let mut v = x.v.clone();
+                let shape = x.shape.clone();
+                let mut v = match owned {
+                    Some(b) => b.v,
+                    None => x.v.clone(),
+                };
                 for (i, e) in v.iter_mut().enumerate() {
                     let a = if slopes.len() == 1 {
                         slopes[0]
@@ -433,10 +458,7 @@ impl FastCaffe {
                     };
                     *e = e.max(0.0) + a * e.min(0.0);
                 }
-                Ok(vec![Blob {
-                    v,
-                    shape: x.shape.clone(),
-                }])
+                Ok(vec![Blob { v, shape }])
             }
             Kind::Pool => {
                 let x = bottom(0)?;
@@ -449,14 +471,18 @@ impl FastCaffe {
                 }])
             }
             Kind::Softmax => {
-                let x = bottom(0)?;
+                let x = match &owned {
+                    Some(b) => b,
+                    None => bottom(0)?,
+                };
                 let axis = x.stored_axis(axis_of(p.softmax_param.axis(), x.shape.len())?);
-                let mut v = x.v.clone();
-                softmax_axis(&mut v, split3(&x.stored_shape(), axis));
-                Ok(vec![Blob {
-                    v,
-                    shape: x.shape.clone(),
-                }])
+                let (stored, shape) = (x.stored_shape(), x.shape.clone());
+                let mut v = match owned {
+                    Some(b) => b.v,
+                    None => x.v.clone(),
+                };
+                softmax_axis(&mut v, split3(&stored, axis));
+                Ok(vec![Blob { v, shape }])
             }
             Kind::Concat => {
                 let ins = (0..p.bottom.len())
@@ -540,6 +566,50 @@ impl FastCaffe {
             }
         }
     }
+}
+
+thread_local! {
+    /// Buffers of blobs that died, for the next steps and calls on this
+    /// thread: a fresh allocation of a few MB is a fresh mmap, and its page
+    /// faults cost as much as RNet's convolutions.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers a thread keeps.
+const POOL_BUFFERS: usize = 16;
+
+/// A zeroed buffer of `len` floats, reusing a pooled one when one is big
+/// enough (the smallest such).
+fn buffer(len: usize) -> Vec<f32> {
+    let mut v = POOL
+        .with(|p| {
+            let mut p = p.borrow_mut();
+            let best = p
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| p.swap_remove(i))
+        })
+        .unwrap_or_default();
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
+/// Give a dead blob's buffer back to this thread's pool (the smallest one
+/// is dropped when the pool is full).
+fn recycle(v: Vec<f32>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.push(v);
+        if p.len() > POOL_BUFFERS {
+            if let Some(i) = (0..p.len()).min_by_key(|&i| p[i].capacity()) {
+                p.swap_remove(i);
+            }
+        }
+    });
 }
 
 /// Conv weights (Caffe O, C, KH, KW) packed as B[(ky * kw + kx) * C + c, o],
@@ -643,7 +713,7 @@ fn prelu_slopes(l: &Layer, co: usize) -> Result<Vec<f32>> {
 /// input. Channels are innermost, so each window is a few vector max/adds.
 fn pool_nhwc_caffe(x: &[f32], [n, h, w, c]: [usize; 4], g: &PoolShape) -> Vec<f32> {
     let (max, k, st, pad, oh, ow) = (g.max, g.k, g.st, g.pad, g.oh, g.ow);
-    let mut out = vec![0.0f32; n * oh * ow * c];
+    let mut out = buffer(n * oh * ow * c);
     kernels::for_each_row(&mut out, ow * c, |(row, dst)| {
         let (b, oy) = (row / oh, row % oh);
         let hs = (oy * st[0]) as isize - pad[0] as isize;

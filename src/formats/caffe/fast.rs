@@ -279,6 +279,7 @@ impl FastCaffe {
                 shape: vec![n, c, h, w],
             },
         );
+        let mut pool = Pool::default();
         for (si, s) in self.steps.iter().enumerate() {
             let l = &self.model.layers[s.layer];
             // An elementwise step that is its bottom's last reader works
@@ -289,10 +290,12 @@ impl FastCaffe {
                 }
                 _ => None,
             };
-            let outs = self.step(s, l, &blobs, owned).map_err(|e| in_layer(l, e))?;
+            let outs = self
+                .step(s, l, &blobs, owned, &mut pool)
+                .map_err(|e| in_layer(l, e))?;
             for b in &self.drop_after[si] {
                 if let Some(dead) = blobs.remove(b) {
-                    recycle(dead.v);
+                    pool.recycle(dead.v);
                 }
             }
             for (top, b) in s.tops.iter().zip(outs) {
@@ -318,6 +321,7 @@ impl FastCaffe {
         l: &Layer,
         blobs: &HashMap<String, Blob>,
         owned: Option<Blob>,
+        pool: &mut Pool,
     ) -> Result<Vec<Blob>> {
         let p = &l.param;
         let bottom = |i: usize| -> Result<&Blob> {
@@ -365,7 +369,7 @@ impl FastCaffe {
                     dilation: cs.dil,
                     pad: cs.pad,
                 };
-                let mut out = buffer(n * cs.oh * cs.ow * cs.o);
+                let mut out = pool.buffer(n * cs.oh * cs.ow * cs.o);
                 let epi = Epilogue {
                     act: if matches!(fused, Fused::Relu) {
                         Act::Relu
@@ -415,7 +419,7 @@ impl FastCaffe {
                     }
                     _ => &x.v[..],
                 };
-                let mut out = buffer(m * w.n());
+                let mut out = pool.buffer(m * w.n());
                 gemm::gemm(
                     &Dense { a, m, k, lda: k },
                     w,
@@ -464,7 +468,8 @@ impl FastCaffe {
                 let x = bottom(0)?;
                 let [n, c, h, w] = four(x)?;
                 let g = pool_shape(&p.pooling_param, h, w)?;
-                let v = pool_nhwc_caffe(&x.v, [n, h, w, c], &g);
+                let out = pool.buffer(n * g.oh * g.ow * c);
+                let v = pool_nhwc_caffe(&x.v, [n, h, w, c], &g, out);
                 Ok(vec![Blob {
                     v,
                     shape: vec![n, c, g.oh, g.ow],
@@ -568,48 +573,38 @@ impl FastCaffe {
     }
 }
 
-thread_local! {
-    /// Buffers of blobs that died, for the next steps and calls on this
-    /// thread: a fresh allocation of a few MB is a fresh mmap, and its page
-    /// faults cost as much as RNet's convolutions.
-    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Buffers of blobs that died earlier in a call, for its later steps: a
+/// fresh allocation of a few MB is a fresh mmap, and its page faults cost
+/// as much as RNet's convolutions. Per call, so nothing is held between
+/// calls (a server runs detections on many threads).
+#[derive(Default)]
+struct Pool(Vec<Vec<f32>>);
 
-/// Buffers a thread keeps.
-const POOL_BUFFERS: usize = 16;
+/// Buffers a call keeps.
+const POOL_BUFFERS: usize = 8;
 
-/// A zeroed buffer of `len` floats, reusing a pooled one when one is big
-/// enough (the smallest such).
-fn buffer(len: usize) -> Vec<f32> {
-    let mut v = POOL
-        .with(|p| {
-            let mut p = p.borrow_mut();
-            let best = p
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| p.swap_remove(i))
-        })
-        .unwrap_or_default();
-    v.clear();
-    v.resize(len, 0.0);
-    v
-}
+impl Pool {
+    /// A zeroed buffer of `len` floats, reusing a pooled one when one is
+    /// big enough (the smallest such).
+    fn buffer(&mut self, len: usize) -> Vec<f32> {
+        let best = (0..self.0.len())
+            .filter(|&i| self.0[i].capacity() >= len)
+            .min_by_key(|&i| self.0[i].capacity());
+        let mut v = best.map(|i| self.0.swap_remove(i)).unwrap_or_default();
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
 
-/// Give a dead blob's buffer back to this thread's pool (the smallest one
-/// is dropped when the pool is full).
-fn recycle(v: Vec<f32>) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        p.push(v);
-        if p.len() > POOL_BUFFERS {
-            if let Some(i) = (0..p.len()).min_by_key(|&i| p[i].capacity()) {
-                p.swap_remove(i);
+    /// Keep a dead blob's buffer (the smallest one goes when full).
+    fn recycle(&mut self, v: Vec<f32>) {
+        self.0.push(v);
+        if self.0.len() > POOL_BUFFERS {
+            if let Some(i) = (0..self.0.len()).min_by_key(|&i| self.0[i].capacity()) {
+                self.0.swap_remove(i);
             }
         }
-    });
+    }
 }
 
 /// Conv weights (Caffe O, C, KH, KW) packed as B[(ky * kw + kx) * C + c, o],
@@ -711,9 +706,15 @@ fn prelu_slopes(l: &Layer, co: usize) -> Result<Vec<f32>> {
 /// Caffe pooling (see `exec::pool_nchw`) on NHWC: windows start at -pad;
 /// MAX over the real pixels; AVE divides by the window clipped to the padded
 /// input. Channels are innermost, so each window is a few vector max/adds.
-fn pool_nhwc_caffe(x: &[f32], [n, h, w, c]: [usize; 4], g: &PoolShape) -> Vec<f32> {
+/// `out` holds N x OH x OW x C floats.
+fn pool_nhwc_caffe(
+    x: &[f32],
+    [n, h, w, c]: [usize; 4],
+    g: &PoolShape,
+    mut out: Vec<f32>,
+) -> Vec<f32> {
     let (max, k, st, pad, oh, ow) = (g.max, g.k, g.st, g.pad, g.oh, g.ow);
-    let mut out = buffer(n * oh * ow * c);
+    debug_assert_eq!(out.len(), n * oh * ow * c);
     kernels::for_each_row(&mut out, ow * c, |(row, dst)| {
         let (b, oy) = (row / oh, row % oh);
         let hs = (oy * st[0]) as isize - pad[0] as isize;

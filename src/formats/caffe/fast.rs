@@ -493,7 +493,9 @@ impl FastCaffe {
                 let ins = (0..p.bottom.len())
                     .map(bottom)
                     .collect::<Result<Vec<_>>>()?;
-                let first = ins[0];
+                let first = *ins
+                    .first()
+                    .ok_or_else(|| Error::Usage("Concat has no bottom".into()))?;
                 let axis = axis_of(concat_axis(&p.concat_param), first.shape.len())?;
                 let mut shape = first.shape.clone();
                 shape[axis] = 0;

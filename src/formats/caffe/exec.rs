@@ -138,7 +138,7 @@ impl CaffeModel {
 }
 
 /// Layer `l`'s bottoms, from the blobs computed so far.
-pub(super) fn bottoms(l: &Layer, blobs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+fn bottoms(l: &Layer, blobs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
     l.param
         .bottom
         .iter()

@@ -15,8 +15,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::exec::{
-    axis_of, bottoms, concat_axis, conv_shape, in_layer, pool_shape, run_layer, slice_axis,
-    slice_bounds, softmax_axis, split3, PoolShape,
+    axis_of, concat_axis, conv_shape, in_layer, pool_shape, run_layer, slice_axis, slice_bounds,
+    softmax_axis, split3, PoolShape,
 };
 use super::model::{CaffeModel, Layer};
 use crate::error::{Error, Result};
@@ -556,18 +556,9 @@ impl FastCaffe {
             }
             Kind::Silence => Ok(vec![]),
             Kind::Reference => {
-                let ins: Vec<Tensor> = {
-                    let mut named = HashMap::new();
-                    for b in &p.bottom {
-                        let blob = blobs.get(b).ok_or_else(|| {
-                            Error::Usage(format!(
-                                "bottom '{b}' is not produced by any layer before it"
-                            ))
-                        })?;
-                        named.insert(b.clone(), blob.to_tensor()?);
-                    }
-                    bottoms(l, &named)?
-                };
+                let ins = (0..p.bottom.len())
+                    .map(|i| bottom(i)?.to_tensor())
+                    .collect::<Result<Vec<_>>>()?;
                 let out = run_layer(l, &ins)?;
                 out.iter().map(Blob::from_tensor).collect()
             }

@@ -300,7 +300,7 @@ impl Mtcnn {
 }
 
 /// Crops per RNet/ONet call.
-const STAGE_BATCH: usize = 64;
+const STAGE_BATCH: usize = 16;
 
 impl Mtcnn {
     /// One net on same-sized images: its outputs (the flavour's names, as

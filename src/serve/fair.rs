@@ -5,7 +5,7 @@
 //! wait, the next turn goes to the next client address in a ring, not to
 //! the oldest request: a client that sends many slow photos (200 faces
 //! each, or huge ones) queues behind itself. A photo's work also passes
-//! its turn on between steps (after PNet, between RNet/ONet batches of 64
+//! its turn on between steps (after PNet, between RNet/ONet batches of 16
 //! crops and embedding batches of 8 faces) when someone waits, so another
 //! client's ordinary search waits for one step per address ahead of it,
 //! not for a whole 200-face photo. A request that gets no turn within the

@@ -100,7 +100,10 @@ enum Kind {
     Pool,
     Softmax,
     Concat,
-    Slice,
+    /// Which tops to fill: a top only a Silence layer reads (convert-tf's
+    /// SAME-pool edge padding slices a whole blob to keep its last row)
+    /// keeps its shape and no data.
+    Slice(Vec<bool>),
     Flatten,
     /// Split, Dropout: every top is the bottom.
     Copy,
@@ -204,7 +207,18 @@ impl FastCaffe {
                 "Pooling" => Kind::Pool,
                 "Softmax" => Kind::Softmax,
                 "Concat" => Kind::Concat,
-                "Slice" => Kind::Slice,
+                "Slice" => Kind::Slice(
+                    l.param
+                        .top
+                        .iter()
+                        .map(|t| {
+                            outputs.contains(&t.as_str())
+                                || layers
+                                    .iter()
+                                    .any(|r| r.kind() != "Silence" && r.param.bottom.contains(t))
+                        })
+                        .collect(),
+                ),
                 "Flatten" => Kind::Flatten,
                 "Split" | "Dropout" => Kind::Copy,
                 "Silence" => Kind::Silence,
@@ -522,7 +536,7 @@ impl FastCaffe {
                 let v = kernels::concat(&parts, first.stored_axis(axis));
                 Ok(vec![Blob { v, shape }])
             }
-            Kind::Slice => {
+            Kind::Slice(fill) => {
                 let x = bottom(0)?;
                 let axis = axis_of(slice_axis(&p.slice_param), x.shape.len())?;
                 let bounds = slice_bounds(&p.slice_param, x.shape[axis], p.top.len())?;
@@ -531,9 +545,10 @@ impl FastCaffe {
                 let (outer, d, inner) = split3(&stored, sa);
                 Ok(bounds
                     .windows(2)
-                    .map(|b| {
+                    .zip(fill.iter().chain(std::iter::repeat(&true)))
+                    .map(|(b, &fill)| {
                         let mut v = Vec::with_capacity(outer * (b[1] - b[0]) * inner);
-                        for o in 0..outer {
+                        for o in (0..outer).filter(|_| fill) {
                             v.extend_from_slice(
                                 &x.v[(o * d + b[0]) * inner..(o * d + b[1]) * inner],
                             );

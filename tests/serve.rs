@@ -486,3 +486,88 @@ fn register_by_url_from_an_allowed_host(store: Store) {
         "{found}"
     );
 }
+
+/// Every face of a registration's response with its stored embedding,
+/// photo by photo (in request order), faces left to right.
+fn faces_with_embeddings(s: &Server, v: &Value) -> Vec<Vec<(f64, Vec<f64>)>> {
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|img| {
+            let mut faces: Vec<(f64, Vec<f64>)> = img["faces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let (code, got) = curl(s, &[&format!("/api/v1/faces/{}", f["id"])]);
+                    assert_eq!(code, 200, "{got}");
+                    let e = got["embedding"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect();
+                    (f["box"][0].as_f64().unwrap(), e)
+                })
+                .collect();
+            faces.sort_by(|a, b| a.0.total_cmp(&b.0));
+            faces
+        })
+        .collect()
+}
+
+#[test]
+/// The faces of a many-photo registration share engine calls (8 faces a
+/// call across photo boundaries, as /api/v1/stats counts them) and get the
+/// embeddings each photo gets when registered on its own.
+fn a_registration_embeds_its_photos_faces_together() {
+    let store = Store::embedded();
+    let s = start(&store, &[]);
+    let mut photos: Vec<PathBuf> = PEOPLE
+        .iter()
+        .flat_map(|p| std::fs::read_dir(faces_dir().join("train").join(p)).unwrap())
+        .chain(std::fs::read_dir(faces_dir().join("query")).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    let mut alone = vec![];
+    for p in &photos {
+        let (code, v) = register(&s, "alone", std::slice::from_ref(p), None);
+        assert_eq!(code, 200, "{}: {v}", p.display());
+        alone.extend(faces_with_embeddings(&s, &v));
+    }
+    let faces: usize = alone.iter().map(Vec::len).sum();
+    assert!(
+        faces > 8,
+        "want more faces than one engine call takes: {faces}"
+    );
+    let (_, before) = curl(&s, &["/api/v1/stats"]);
+    let (code, v) = register(&s, "together", &photos, None);
+    assert_eq!(code, 200, "{v}");
+    let (_, after) = curl(&s, &["/api/v1/stats"]);
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(delta("faces_embedded"), faces as u64, "{before} {after}");
+    assert_eq!(
+        delta("embed_calls"),
+        faces.div_ceil(8) as u64,
+        "{before} {after}"
+    );
+    let together = faces_with_embeddings(&s, &v);
+    assert_eq!(together.len(), alone.len());
+    for ((p, a), t) in photos.iter().zip(&alone).zip(&together) {
+        assert_eq!(a.len(), t.len(), "{}", p.display());
+        for ((_, ea), (_, et)) in a.iter().zip(t) {
+            let worst = ea
+                .iter()
+                .zip(et)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 1e-5,
+                "{}: embeddings differ by {worst}",
+                p.display()
+            );
+        }
+    }
+}

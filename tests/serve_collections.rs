@@ -440,13 +440,16 @@ fn bulk_import_of_a_folder_tree_is_searchable_and_resumable() {
     // --data: a server is started on the store for the job.
     let data = tempfile::tempdir().unwrap();
     let model = common::bundle();
-    let (ok, v) = bulk_register(&[
-        dir.path().to_str().unwrap(),
-        "--data",
-        data.path().to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ]);
+    let import_into_data = || {
+        bulk_register(&[
+            dir.path().to_str().unwrap(),
+            "--data",
+            data.path().to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ])
+    };
+    let (ok, v) = import_into_data();
     assert!(ok, "{v}");
     assert_eq!(
         (
@@ -458,6 +461,29 @@ fn bulk_import_of_a_folder_tree_is_searchable_and_resumable() {
         (Some(2), Some(1), Some(1), Some(1)),
         "{v}"
     );
+    // A photo the server cannot read, sent with the same person's others:
+    // its error names it, and the rest of its request is still answered.
+    std::fs::write(dir.path().join("biden/broken.jpg"), b"\xff\xd8 not a jpeg").unwrap();
+    std::fs::copy(
+        train.join("biden/biden2.jpg"),
+        dir.path().join("biden/biden2.jpg"),
+    )
+    .unwrap();
+    let (ok, v) = import_into_data();
+    assert!(!ok, "an unreadable photo is an error: {v}");
+    assert_eq!(
+        (
+            v["photos"].as_u64(),
+            v["photos_registered"].as_u64(),
+            v["already_registered"].as_u64(),
+            v["without_a_face"].as_u64()
+        ),
+        (Some(4), Some(1), Some(1), Some(1)),
+        "{v}"
+    );
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    assert!(errors[0].as_str().unwrap().contains("broken.jpg"), "{v}");
     // The store holds what was imported, for a server started on it later.
     let s = start(&Store::Embedded(data), &[]);
     let (code, labels) = found_labels(&s, "", "", "train/biden/biden2.jpg");

@@ -42,9 +42,14 @@ pub struct Args {
     /// With --data: the MTCNN detector directory
     #[arg(long, default_value = "converted/mtcnn")]
     mtcnn: PathBuf,
-    /// Photos in flight at once
+    /// Requests in flight at once
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Photos of one person per request, at most (the server embeds the
+    /// faces of a request's photos 8 at a time, fewer calls than one photo
+    /// a request); 1 sends every photo on its own
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100))]
+    per_request: u64,
     /// Print the summary as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -287,14 +292,12 @@ async fn import(a: &Args, url: &str, token: Option<&str>, photos: Vec<Photo>) ->
     );
     let n = photos.len();
     let collection = a.collection.clone();
-    let mut results = futures_util::stream::iter(photos.into_iter().map(|p| {
+    let groups = group(photos, a.per_request as usize, MAX_REQUEST_BYTES);
+    let mut results = futures_util::stream::iter(groups.into_iter().map(|g| {
         let client = client.clone();
         let endpoint = endpoint.clone();
         let collection = collection.clone();
-        async move {
-            let r = upload(&client, &endpoint, &collection, token, &p).await;
-            (p, r)
-        }
+        async move { upload_group(&client, &endpoint, &collection, token, g).await }
     }))
     .buffer_unordered(a.jobs.max(1));
     let mut s = Summary {
@@ -306,20 +309,25 @@ async fn import(a: &Args, url: &str, token: Option<&str>, photos: Vec<Photo>) ->
         errors: vec![],
         json: Value::Null,
     };
-    while let Some((p, r)) = results.next().await {
-        bar.inc(1);
-        bar.set_message(p.label.clone());
-        match r {
-            Ok(Outcome::Registered(f)) => {
-                s.faces += f;
-                s.registered_photos += 1;
-            }
-            Ok(Outcome::Already) => s.already += 1,
-            Ok(Outcome::NoFace) => s.no_face += 1,
-            Ok(Outcome::Error(e)) => s.errors.push(format!("{}: {e}", p.path.display())),
+    while let Some(r) = results.next().await {
+        let done = match r {
+            Ok(done) => done,
             Err(e) => {
                 bar.finish_and_clear();
-                return Err(e.context(format!("{}", p.path.display())));
+                return Err(e);
+            }
+        };
+        for (p, o) in done {
+            bar.inc(1);
+            bar.set_message(p.label.clone());
+            match o {
+                Outcome::Registered(f) => {
+                    s.faces += f;
+                    s.registered_photos += 1;
+                }
+                Outcome::Already => s.already += 1,
+                Outcome::NoFace => s.no_face += 1,
+                Outcome::Error(e) => s.errors.push(format!("{}: {e}", p.path.display())),
             }
         }
     }
@@ -336,32 +344,117 @@ async fn import(a: &Args, url: &str, token: Option<&str>, photos: Vec<Photo>) ->
     Ok(s)
 }
 
-/// POST one photo, retrying what a busy server refuses for now (429, 503,
-/// lost connections) a few times; Err for what stops the whole import.
+/// Bytes of photos per request at most (the server takes 20 MB).
+const MAX_REQUEST_BYTES: u64 = 16 << 20;
+
+/// The photos in requests: consecutive photos of one person, at most
+/// `per` and `max_bytes` together (a bigger photo goes alone).
+fn group(photos: Vec<Photo>, per: usize, max_bytes: u64) -> Vec<Vec<Photo>> {
+    let mut groups: Vec<Vec<Photo>> = vec![];
+    let mut bytes = 0;
+    for p in photos {
+        let size = std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0);
+        match groups.last_mut() {
+            Some(g)
+                if g.len() < per.max(1)
+                    && g.first().is_some_and(|f| f.label == p.label)
+                    && bytes + size <= max_bytes =>
+            {
+                bytes += size;
+                g.push(p);
+            }
+            _ => {
+                bytes = size;
+                groups.push(vec![p]);
+            }
+        }
+    }
+    groups
+}
+
+/// POST a group of one person's photos; when the server refuses the
+/// request for one bad photo (400, 413), each photo is sent on its own so
+/// the error names that photo and the others are registered. Err for what
+/// stops the whole import.
+async fn upload_group(
+    client: &reqwest::Client,
+    endpoint: &str,
+    collection: &str,
+    token: Option<&str>,
+    photos: Vec<Photo>,
+) -> Result<Vec<(Photo, Outcome)>> {
+    let mut done = vec![];
+    let mut files = vec![];
+    for p in photos {
+        match tokio::fs::read(&p.path).await {
+            Ok(b) => files.push((p, b)),
+            Err(e) => done.push((p, Outcome::Error(format!("cannot read: {e}")))),
+        }
+    }
+    if files.is_empty() {
+        return Ok(done);
+    }
+    let refs: Vec<(&Photo, &[u8])> = files.iter().map(|(p, b)| (p, b.as_slice())).collect();
+    let no_list = || Outcome::Error("the server's answer lists no photo".into());
+    let outcomes = match upload(client, endpoint, collection, token, &refs).await? {
+        Reply::Each(o) if o.len() == files.len() => o,
+        Reply::Refused(e) if files.len() == 1 => vec![Outcome::Error(e)],
+        Reply::Each(_) if files.len() == 1 => vec![no_list()],
+        // A group refused for one of its photos (or an answer that does
+        // not list each): one photo a request.
+        Reply::Each(_) | Reply::Refused(_) => {
+            let mut each = vec![];
+            for r in refs {
+                each.push(
+                    match upload(client, endpoint, collection, token, &[r]).await? {
+                        Reply::Each(mut o) if o.len() == 1 => o.remove(0),
+                        Reply::Each(_) => no_list(),
+                        Reply::Refused(e) => Outcome::Error(e),
+                    },
+                );
+            }
+            each
+        }
+    };
+    done.extend(files.into_iter().map(|(p, _)| p).zip(outcomes));
+    Ok(done)
+}
+
+/// The server's answer to one request.
+enum Reply {
+    /// An outcome per photo, in request order.
+    Each(Vec<Outcome>),
+    /// The request was refused (the status and the server's message).
+    Refused(String),
+}
+
+/// POST photos of one label, retrying what a busy server refuses for now
+/// (429, 503, lost connections) a few times; Err for what stops the whole
+/// import.
 async fn upload(
     client: &reqwest::Client,
     endpoint: &str,
     collection: &str,
     token: Option<&str>,
-    p: &Photo,
-) -> Result<Outcome> {
-    let bytes = match tokio::fs::read(&p.path).await {
-        Ok(b) => b,
-        Err(e) => return Ok(Outcome::Error(format!("cannot read: {e}"))),
+    photos: &[(&Photo, &[u8])],
+) -> Result<Reply> {
+    let Some(label) = photos.first().map(|(p, _)| p.label.clone()) else {
+        return Ok(Reply::Each(vec![]));
     };
-    let file = p
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "photo".into());
     let mut wait = Duration::from_millis(500);
     for attempt in 0..6 {
-        let form = reqwest::multipart::Form::new()
-            .text("label", p.label.clone())
-            .part(
+        let mut form = reqwest::multipart::Form::new().text("label", label.clone());
+        for (p, bytes) in photos {
+            let file = p
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "photo".into());
+            form = form.part(
                 "image",
-                reqwest::multipart::Part::bytes(bytes.clone()).file_name(file.clone()),
+                reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(file),
             );
+        }
         let mut req = client
             .post(endpoint)
             .query(&[("collection", collection)])
@@ -390,27 +483,33 @@ async fn upload(
         match code {
             200 => {
                 let images = v["images"].as_array().cloned().unwrap_or_default();
-                let already = images
-                    .iter()
-                    .any(|i| i["already_registered"].as_bool() == Some(true));
-                let faces = v["registered"].as_u64().unwrap_or(0);
-                return Ok(if already {
-                    Outcome::Already
-                } else if faces == 0 {
-                    Outcome::NoFace
-                } else {
-                    Outcome::Registered(faces)
-                });
+                return Ok(Reply::Each(images.iter().map(outcome).collect()));
             }
-            422 => return Ok(Outcome::NoFace),
+            422 => {
+                return Ok(Reply::Each(
+                    photos.iter().map(|_| Outcome::NoFace).collect(),
+                ))
+            }
             429 | 503 if attempt < 5 => {
                 let w = retry_after.map(Duration::from_secs).unwrap_or(wait);
                 tokio::time::sleep(w.min(Duration::from_secs(30))).await;
                 wait *= 2;
             }
             c if fatal(c) => bail!("the server refused the import ({c}): {message}"),
-            c => return Ok(Outcome::Error(format!("{c}: {message}"))),
+            c => return Ok(Reply::Refused(format!("{c}: {message}"))),
         }
     }
-    Ok(Outcome::Error("the server stayed busy; try again".into()))
+    Ok(Reply::Refused("the server stayed busy; try again".into()))
+}
+
+/// What the server's answer says of one photo.
+fn outcome(image: &Value) -> Outcome {
+    let faces = image["faces"].as_array().map_or(0, Vec::len) as u64;
+    if image["already_registered"].as_bool() == Some(true) {
+        Outcome::Already
+    } else if faces == 0 {
+        Outcome::NoFace
+    } else {
+        Outcome::Registered(faces)
+    }
 }

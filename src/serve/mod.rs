@@ -74,7 +74,7 @@ pub struct Config {
 const INDEX_CONCURRENCY: usize = 2;
 
 pub struct App {
-    pipe: Pipeline,
+    pub(crate) pipe: Pipeline,
     collections: storage::collections::Collections,
     auth: auth::Auth,
     budget: budget::Budget,
@@ -143,12 +143,53 @@ impl App {
         })
     }
 
+    /// At most `max_faces` faces of the photo, best first, detected only,
+    /// and how many more it had; passing `turn` on between steps. Counted
+    /// as one photo in the pipeline's statistics.
+    pub(crate) fn detect_at_most(
+        &self,
+        img: &image::RgbImage,
+        turn: &mut fair::Turn,
+    ) -> std::result::Result<(Vec<crate::detect::mtcnn::Face>, usize), ApiError> {
+        self.stepwise_counted(turn, 1, |between| {
+            let mut faces = self.pipe.detect_stepwise(img, between)?;
+            let dropped = faces.len().saturating_sub(self.max_faces);
+            faces.truncate(self.max_faces);
+            Ok((faces, dropped))
+        })
+    }
+
+    /// Embeddings of face inputs (`Pipeline::face_input`, at most
+    /// EMBED_BATCH), after passing `turn` on; their time counts towards
+    /// the photos' in the statistics.
+    pub(crate) fn embed_inputs(
+        &self,
+        inputs: Vec<Vec<f32>>,
+        turn: &mut fair::Turn,
+    ) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
+        self.stepwise_counted(turn, 0, |between| {
+            between()?;
+            self.pipe.embed_inputs(inputs)
+        })
+    }
+
     /// Run photo work that passes `turn` on between its steps; a turn that
     /// does not come back in time is the request's error (503), not an
     /// internal one.
     fn stepwise<T>(
         &self,
         turn: &mut fair::Turn,
+        work: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> Result<T>,
+    ) -> std::result::Result<T, ApiError> {
+        self.stepwise_counted(turn, 1, work)
+    }
+
+    /// [`App::stepwise`], counting `photos` photos (0: more work on photos
+    /// counted before) in the statistics.
+    fn stepwise_counted<T>(
+        &self,
+        turn: &mut fair::Turn,
+        photos: u64,
         work: impl FnOnce(&mut dyn FnMut() -> Result<()>) -> Result<T>,
     ) -> std::result::Result<T, ApiError> {
         let t = Instant::now();
@@ -165,10 +206,12 @@ impl App {
         };
         self.pipeline_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.metrics
-            .photo_seconds
-            .observe(t.elapsed().as_secs_f64());
-        self.pipeline_calls.fetch_add(1, Ordering::Relaxed);
+        if photos > 0 {
+            self.metrics
+                .photo_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        self.pipeline_calls.fetch_add(photos, Ordering::Relaxed);
         r
     }
 }

@@ -1,8 +1,12 @@
 //! Detect + embed: MTCNN finds the faces, each is cropped with a margin,
-//! resized to the model's input, prewhitened, and all faces of a photo run
-//! through the fast engine as one batch; embeddings come out L2-normalised.
+//! resized to the model's input and prewhitened; faces are embedded in
+//! batches of up to EMBED_BATCH, which gather the faces of every photo in
+//! flight (see [`Batcher`]); embeddings come out L2-normalised.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use image::RgbImage;
 
@@ -30,9 +34,9 @@ pub const DETECT_CONCURRENCY: usize = 2;
 
 pub struct Pipeline {
     engine: Engine,
-    engine_turn: std::sync::Mutex<()>,
+    batcher: Batcher,
     /// Photos in `faces` now, at most DETECT_CONCURRENCY.
-    busy: (std::sync::Mutex<usize>, std::sync::Condvar),
+    busy: (Mutex<usize>, Condvar),
     mtcnn: Mtcnn,
     size: u32,
     /// Floats per embedding.
@@ -66,7 +70,7 @@ impl Pipeline {
         let mtcnn = Mtcnn::load(mtcnn)?;
         Ok(Pipeline {
             engine,
-            engine_turn: std::sync::Mutex::new(()),
+            batcher: Batcher::default(),
             busy: Default::default(),
             mtcnn,
             size,
@@ -142,53 +146,193 @@ impl Pipeline {
         Ok(faces)
     }
 
-    /// The normalised embedding of each face of `img`, in batches of
-    /// EMBED_BATCH, calling `between` before each batch.
+    /// The normalised embedding of each face of `img`, in chunks of
+    /// EMBED_BATCH, calling `between` before each chunk.
     pub fn embed_stepwise(
         &self,
         img: &RgbImage,
         faces: Vec<Face>,
         between: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Vec<Found>> {
-        if faces.is_empty() {
-            return Ok(vec![]);
-        }
-        let per = (self.size * self.size * 3) as usize;
-        let mut emb = Vec::with_capacity(self.dim * faces.len());
+        let mut emb = Vec::with_capacity(faces.len());
         for chunk in faces.chunks(EMBED_BATCH) {
             between()?;
-            let mut batch = Vec::with_capacity(per * chunk.len());
-            for f in chunk {
-                let crop = face_crop(img, f, MARGIN);
-                let t = crate::preprocess::face_input(img, crop, self.size)?;
-                batch.extend_from_slice(&t.as_f32()?);
-            }
-            // One batch at a time: each uses both cores already, and each
-            // concurrent run would keep its own activation buffers.
-            let _turn = self
-                .engine_turn
-                .lock()
-                .map_err(|_| Error::Usage("engine lock poisoned".into()))?;
-            let out = self.engine.run(&[&batch], chunk.len())?;
-            emb.extend_from_slice(&out[0].as_f32()?);
+            let inputs = chunk
+                .iter()
+                .map(|f| self.face_input(img, f))
+                .collect::<Result<Vec<_>>>()?;
+            emb.extend(self.embed_inputs(inputs)?);
         }
         Ok(faces
             .into_iter()
-            .zip(emb.chunks(self.dim))
-            .map(|(face, e)| Found {
-                face,
-                embedding: l2_normalize(e),
-            })
+            .zip(emb)
+            .map(|(face, embedding)| Found { face, embedding })
             .collect())
+    }
+
+    /// The model's input for one face of `img`: cropped with MARGIN,
+    /// resized, prewhitened (size x size x 3 floats).
+    pub fn face_input(&self, img: &RgbImage, face: &Face) -> Result<Vec<f32>> {
+        let crop = face_crop(img, face, MARGIN);
+        let t = crate::preprocess::face_input(img, crop, self.size)?;
+        Ok(t.as_f32()?.into_owned())
+    }
+
+    /// The normalised embeddings of faces given as model inputs (from
+    /// [`Pipeline::face_input`]), in their order. The faces join the queue
+    /// of every photo in flight and are embedded with them, EMBED_BATCH
+    /// per engine call; give at most EMBED_BATCH at a time to bound the
+    /// memory they hold while they wait.
+    pub fn embed_inputs(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>> {
+        let per = (self.size * self.size * 3) as usize;
+        if let Some(bad) = inputs.iter().find(|x| x.len() != per) {
+            return Err(Error::Usage(format!(
+                "a face input of {} floats (the model takes {per})",
+                bad.len()
+            )));
+        }
+        self.batcher.embed(inputs, &|batch, n| {
+            let out = self.engine.run(&[batch], n)?;
+            let v = out
+                .first()
+                .ok_or_else(|| Error::Usage("the model gave no output".into()))?
+                .as_f32()?;
+            if v.len() != n * self.dim {
+                return Err(Error::Usage(format!(
+                    "the model gave {} floats for {n} faces of {}",
+                    v.len(),
+                    self.dim
+                )));
+            }
+            Ok(v.chunks(self.dim).map(l2_normalize).collect())
+        })
+    }
+
+    /// Engine calls for embeddings since the start, and the faces they
+    /// embedded (faces per call shows how well concurrent photos batch).
+    pub fn embed_counts(&self) -> (u64, u64) {
+        (
+            self.batcher.calls.load(Ordering::Relaxed),
+            self.batcher.faces.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Faces waiting for the engine, from every photo in flight. Whoever finds
+/// the engine idle runs the next EMBED_BATCH faces of the queue, its own or
+/// others', and hands each result to its owner; so the faces of photos
+/// that reach embedding at about the same time share engine calls (FaceNet
+/// costs less per face in batches), and one call runs at a time (each uses
+/// every core, and concurrent calls would each keep their own activation
+/// buffers). Faces are taken first come, first served.
+#[derive(Default)]
+struct Batcher {
+    queue: Mutex<Queue>,
+    finished: Condvar,
+    calls: AtomicU64,
+    faces: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// (ticket, model input), oldest first.
+    waiting: VecDeque<(u64, Vec<f32>)>,
+    /// An engine call is under way.
+    running: bool,
+    /// Embeddings (or the call's error) not yet collected by their owners.
+    done: HashMap<u64, std::result::Result<Vec<f32>, String>>,
+    next: u64,
+}
+
+/// The engine call of a batch: `(inputs back to back, faces)` -> one
+/// embedding per face.
+type RunBatch<'a> = dyn Fn(&[f32], usize) -> Result<Vec<Vec<f32>>> + 'a;
+
+impl Batcher {
+    fn embed(&self, inputs: Vec<Vec<f32>>, run: &RunBatch) -> Result<Vec<Vec<f32>>> {
+        let poisoned = |_| Error::Usage("embedding queue poisoned".into());
+        let mut q = self.queue.lock().map_err(poisoned)?;
+        let first = q.next;
+        let count = inputs.len() as u64;
+        q.next += count;
+        q.waiting.extend((first..first + count).zip(inputs));
+        loop {
+            if (first..first + count).all(|t| q.done.contains_key(&t)) {
+                return (first..first + count)
+                    .map(|t| match q.done.remove(&t) {
+                        Some(Ok(e)) => Ok(e),
+                        Some(Err(m)) => Err(Error::Usage(m)),
+                        None => Err(Error::Usage("an embedding went missing".into())),
+                    })
+                    .collect();
+            }
+            if q.running {
+                q = self.finished.wait(q).map_err(poisoned)?;
+                continue;
+            }
+            let take = q.waiting.len().min(EMBED_BATCH);
+            let batch: Vec<(u64, Vec<f32>)> = q.waiting.drain(..take).collect();
+            q.running = true;
+            drop(q);
+            let mut call = Call {
+                batcher: self,
+                tickets: batch.iter().map(|(t, _)| *t).collect(),
+                out: None,
+            };
+            let mut x = Vec::with_capacity(batch.iter().map(|(_, v)| v.len()).sum());
+            for (_, v) in batch {
+                x.extend_from_slice(&v);
+            }
+            call.out = Some(run(&x, call.tickets.len()));
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.faces
+                .fetch_add(call.tickets.len() as u64, Ordering::Relaxed);
+            drop(call);
+            q = self.queue.lock().map_err(poisoned)?;
+        }
+    }
+}
+
+/// One engine call's tickets; on drop (also when the call panicked) its
+/// results, or its error, go to their owners and the engine is free again.
+struct Call<'a> {
+    batcher: &'a Batcher,
+    tickets: Vec<u64>,
+    out: Option<Result<Vec<Vec<f32>>>>,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let mut q = self.batcher.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match self.out.take() {
+            Some(Ok(embs)) if embs.len() == self.tickets.len() => {
+                for (t, e) in self.tickets.iter().zip(embs) {
+                    q.done.insert(*t, Ok(e));
+                }
+            }
+            other => {
+                let msg = match other {
+                    Some(Err(e)) => format!("embedding failed: {e}"),
+                    Some(Ok(_)) => "embedding gave the wrong number of faces".to_string(),
+                    None => "embedding failed".to_string(),
+                };
+                for t in &self.tickets {
+                    q.done.insert(*t, Err(msg.clone()));
+                }
+            }
+        }
+        q.running = false;
+        drop(q);
+        self.batcher.finished.notify_all();
     }
 }
 
 /// One of DETECT_CONCURRENCY places in detection, given back on drop (also
 /// when the work panics, so a failed photo cannot shrink the pool).
-struct Slot<'a>(&'a (std::sync::Mutex<usize>, std::sync::Condvar));
+struct Slot<'a>(&'a (Mutex<usize>, Condvar));
 
 impl<'a> Slot<'a> {
-    fn take(busy: &'a (std::sync::Mutex<usize>, std::sync::Condvar)) -> Result<Self> {
+    fn take(busy: &'a (Mutex<usize>, Condvar)) -> Result<Self> {
         let poisoned = |_| Error::Usage("pipeline lock poisoned".into());
         let (lock, cv) = busy;
         let mut n = lock.lock().map_err(poisoned)?;

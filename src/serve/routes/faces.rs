@@ -18,6 +18,7 @@ use crate::serve::budget::Budget;
 use crate::serve::error::{bad, ApiError};
 use crate::serve::fair::Client;
 use crate::serve::form::{Fields, PhotoForm};
+use crate::serve::pipeline::{Found, EMBED_BATCH};
 use crate::serve::storage::collections::Collection;
 use crate::serve::storage::{FaceRecord, NewFace, PhotoFaces, MAX_EMBEDDINGS_PER_CALL};
 use crate::serve::{
@@ -40,32 +41,79 @@ pub(crate) struct Detected {
 pub const MAX_REQUEST_PIXELS: u64 = 500_000_000;
 
 /// Check every photo's header, then decode and detect them one at a time,
-/// each only once the memory budget has room for it.
+/// each only once the memory budget has room for it and the client has a
+/// turn. Faces are embedded EMBED_BATCH at a time across the photos: a
+/// request of ten one-face photos makes two engine calls (8 + 2), not ten
+/// (and those calls take in the faces of other requests in flight, see
+/// `pipeline::Batcher`). At most EMBED_BATCH crops wait at any time; the
+/// last photo's task embeds what is left.
 pub(crate) async fn detect_each(
     app: &Arc<App>,
     who: IpAddr,
     photos: Vec<(String, Vec<u8>)>,
 ) -> Result<Vec<Detected>, ApiError> {
-    Ok(
-        analyse_each(app, who, photos, |a, img, turn| a.faces(img, turn))
-            .await?
-            .into_iter()
-            .map(|p| Detected {
-                name: p.name,
-                bytes: p.bytes,
-                ext: p.ext,
-                faces: p.out.0,
-                dropped: p.out.1,
-            })
-            .collect(),
-    )
+    let dims = check_headers(&photos)?;
+    let total = photos.len();
+    // Photos with their faces, in order; the faces' inputs not yet
+    // embedded; the embeddings so far, in the order of the faces.
+    let mut done: Vec<(Detected, Vec<crate::detect::mtcnn::Face>)> = vec![];
+    let mut pending: Vec<Vec<f32>> = vec![];
+    let mut embeddings: Vec<Vec<f32>> = vec![];
+    for (i, ((name, bytes), (w, h))) in photos.into_iter().zip(dims).enumerate() {
+        let room = app.budget.admit(Budget::estimate(w, h)).await?;
+        let turn = app.turns.enter(who).await?;
+        let a = app.clone();
+        let last = i + 1 == total;
+        let (d, faces, p, e) = blocking(move || {
+            let _room = room;
+            let mut turn = turn;
+            let Photo {
+                name,
+                bytes,
+                ext,
+                img,
+            } = decode_photo(name, bytes)?;
+            let (faces, dropped) = a.detect_at_most(&img, &mut turn)?;
+            for f in &faces {
+                pending.push(a.pipe.face_input(&img, f).map_err(ApiError::internal)?);
+                if pending.len() == EMBED_BATCH {
+                    embeddings.extend(a.embed_inputs(std::mem::take(&mut pending), &mut turn)?);
+                }
+            }
+            if last && !pending.is_empty() {
+                embeddings.extend(a.embed_inputs(std::mem::take(&mut pending), &mut turn)?);
+            }
+            let d = Detected {
+                name,
+                bytes,
+                ext,
+                faces: vec![],
+                dropped,
+            };
+            Ok((d, faces, pending, embeddings))
+        })
+        .await?;
+        done.push((d, faces));
+        pending = p;
+        embeddings = e;
+    }
+    let mut embeddings = embeddings.into_iter();
+    let mut out = Vec::with_capacity(done.len());
+    for (mut d, faces) in done {
+        for face in faces {
+            let embedding = embeddings
+                .next()
+                .ok_or_else(|| ApiError::internal("fewer embeddings than faces"))?;
+            d.faces.push(Found { face, embedding });
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 /// One uploaded photo and what `work` made of its pixels.
 pub(crate) struct Analysed<T> {
     pub name: String,
-    pub bytes: Vec<u8>,
-    pub ext: &'static str,
     pub out: T,
 }
 
@@ -112,19 +160,9 @@ pub(crate) async fn analyse_each<T: Send + 'static>(
             blocking(move || {
                 let _room = room;
                 let mut turn = turn;
-                let Photo {
-                    name,
-                    bytes,
-                    ext,
-                    img,
-                } = decode_photo(name, bytes)?;
+                let Photo { name, img, .. } = decode_photo(name, bytes)?;
                 let out = work(&a, &img, &mut turn)?;
-                Ok(Analysed {
-                    name,
-                    bytes,
-                    ext,
-                    out,
-                })
+                Ok(Analysed { name, out })
             })
             .await?,
         );
@@ -188,13 +226,15 @@ async fn register_photos(
     // The limits hold for the request as sent, photos seen before included.
     check_headers(&photos)?;
     let faces_of = |s: &[FaceRecord]| Some(s.iter().map(|f| FaceOut::new(f, &coll.name)).collect());
-    let mut results = vec![];
+    // Each photo's outcome at its place in the request.
+    let mut results: Vec<Option<PhotoOutcome>> = vec![];
     let mut fresh = vec![];
     let mut hashes = vec![];
+    let mut places = vec![];
     for (name, bytes) in photos {
         let h: [u8; 32] = Sha256::digest(&bytes).into();
         match coll.storage.photo_by_hash(h, label).await? {
-            Some(s) => results.push(PhotoOutcome {
+            Some(s) => results.push(Some(PhotoOutcome {
                 image: Some(name),
                 image_id: Some(s.image_id),
                 faces: faces_of(&s.faces),
@@ -203,45 +243,48 @@ async fn register_photos(
                     "this photo is registered under this label already; nothing stored".into(),
                 ),
                 ..Default::default()
-            }),
-            None if hashes.contains(&h) => results.push(PhotoOutcome {
+            })),
+            None if hashes.contains(&h) => results.push(Some(PhotoOutcome {
                 image: Some(name),
                 faces: Some(vec![]),
                 already_registered: Some(true),
                 message: Some("the same photo twice in one request; registered once".into()),
                 ..Default::default()
-            }),
+            })),
             None => {
                 hashes.push(h);
+                places.push(results.len());
+                results.push(None);
                 fresh.push((name, bytes));
             }
         }
     }
+    let in_order = |r: Vec<Option<PhotoOutcome>>| r.into_iter().flatten().collect();
     if fresh.is_empty() {
         return Ok(Registered {
             collection: coll.name.clone(),
             registered: 0,
-            images: results,
+            images: in_order(results),
         });
     }
-    let found: Vec<(Detected, Vec<crate::serve::pipeline::Found>, [u8; 32])> =
-        detect_each(app, who, fresh)
-            .await?
-            .into_iter()
-            .zip(hashes)
-            .map(|(mut d, h)| {
-                let f = std::mem::take(&mut d.faces);
-                (d, f, h)
-            })
-            .collect();
-    if results.is_empty() && found.iter().all(|(_, f, _)| f.is_empty()) {
+    let found: Vec<(Detected, Vec<Found>, [u8; 32], usize)> = detect_each(app, who, fresh)
+        .await?
+        .into_iter()
+        .zip(hashes)
+        .zip(places)
+        .map(|((mut d, h), at)| {
+            let f = std::mem::take(&mut d.faces);
+            (d, f, h, at)
+        })
+        .collect();
+    if results.iter().all(Option::is_none) && found.iter().all(|(_, f, _, _)| f.is_empty()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "no face found in {}: nothing registered",
                 found
                     .iter()
-                    .map(|(p, _, _)| p.name.as_str())
+                    .map(|(p, _, _, _)| p.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -249,17 +292,19 @@ async fn register_photos(
     }
     let mut to_store = vec![];
     let mut names = vec![];
-    for (p, faces, sha256) in found {
+    for (p, faces, sha256, at) in found {
         if faces.is_empty() {
-            results.push(PhotoOutcome {
-                image: Some(p.name),
-                faces: Some(vec![]),
-                message: Some("no face found; nothing registered".into()),
-                ..Default::default()
-            });
+            if let Some(r) = results.get_mut(at) {
+                *r = Some(PhotoOutcome {
+                    image: Some(p.name),
+                    faces: Some(vec![]),
+                    message: Some("no face found; nothing registered".into()),
+                    ..Default::default()
+                });
+            }
             continue;
         }
-        names.push((p.name, p.dropped));
+        names.push((p.name, p.dropped, at));
         to_store.push(PhotoFaces {
             bytes: if app.keep_exif {
                 p.bytes
@@ -280,7 +325,7 @@ async fn register_photos(
     }
     let stored = coll.storage.register(to_store).await?;
     let mut registered = 0;
-    for ((name, dropped), s) in names.into_iter().zip(stored) {
+    for ((name, dropped, at), s) in names.into_iter().zip(stored) {
         registered += s.faces.len();
         let mut v = PhotoOutcome {
             image: Some(name),
@@ -295,12 +340,14 @@ async fn register_photos(
                 app.max_faces
             ));
         }
-        results.push(v);
+        if let Some(r) = results.get_mut(at) {
+            *r = Some(v);
+        }
     }
     Ok(Registered {
         collection: coll.name.clone(),
         registered,
-        images: results,
+        images: in_order(results),
     })
 }
 

@@ -69,6 +69,11 @@ pub struct Stats {
     pub detect_embed_calls: u64,
     /// Their mean time.
     pub detect_embed_ms_mean: f64,
+    /// FaceNet calls since the start; each embeds up to 8 faces, gathered
+    /// across the photos of a request and across concurrent requests.
+    pub embed_calls: u64,
+    /// Faces those calls embedded.
+    pub faces_embedded: u64,
 }
 
 /// Counts (faces, labels, images, indexed, index_waiting), threshold,
@@ -86,6 +91,7 @@ pub async fn stats(
     count(&app);
     let s = coll.storage.stats().await?;
     let calls = app.pipeline_calls.load(Ordering::Relaxed);
+    let (embed_calls, faces_embedded) = app.pipe.embed_counts();
     let mean_ms = app.pipeline_ns.load(Ordering::Relaxed) as f64 / calls.max(1) as f64 / 1e6;
     Ok(Json(Stats {
         faces: s.faces,
@@ -103,6 +109,8 @@ pub async fn stats(
         auth: app.auth.enabled(),
         detect_embed_calls: calls,
         detect_embed_ms_mean: mean_ms,
+        embed_calls,
+        faces_embedded,
     }))
 }
 

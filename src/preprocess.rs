@@ -346,6 +346,15 @@ fn triangle_taps(o: usize, old: usize, new: usize, ws: &mut Vec<f32>) -> usize {
 /// A crop (x, y, width, height) resized to `size` x `size`, prewhitened, as
 /// a 1 x size x size x 3 NHWC tensor.
 pub fn face_input(img: &image::RgbImage, crop: [u32; 4], size: u32) -> Result<Tensor> {
+    Tensor::f32(
+        vec![1, size as usize, size as usize, 3],
+        face_pixels(img, crop, size)?,
+    )
+}
+
+/// [`face_input`]'s floats (size x size x 3, HWC), without the tensor: the
+/// server queues them for a batch and concatenates them once.
+pub fn face_pixels(img: &image::RgbImage, crop: [u32; 4], size: u32) -> Result<Vec<f32>> {
     let [x, y, w, h] = crop;
     if w == 0 || h == 0 || x + w > img.width() || y + h > img.height() {
         return Err(Error::Usage(format!(
@@ -357,7 +366,7 @@ pub fn face_input(img: &image::RgbImage, crop: [u32; 4], size: u32) -> Result<Te
     let resized = resize(img, Some([x, y, w, h]), size, size)?;
     let mut v: Vec<f32> = resized.as_raw().iter().map(|&b| b as f32).collect();
     prewhiten(&mut v);
-    Tensor::f32(vec![1, size as usize, size as usize, 3], v)
+    Ok(v)
 }
 
 /// The centred largest square of an image: the crop for a picture that is

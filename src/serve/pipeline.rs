@@ -174,8 +174,7 @@ impl Pipeline {
     /// resized, prewhitened (size x size x 3 floats).
     pub fn face_input(&self, img: &RgbImage, face: &Face) -> Result<Vec<f32>> {
         let crop = face_crop(img, face, MARGIN);
-        let t = crate::preprocess::face_input(img, crop, self.size)?;
-        Ok(t.as_f32()?.into_owned())
+        crate::preprocess::face_pixels(img, crop, self.size)
     }
 
     /// The normalised embeddings of faces given as model inputs (from

@@ -189,3 +189,48 @@ def _padding_shape(operator):
 
 
 _reg._shape_calculator_pool["padding"] = _padding_shape
+
+
+# Shim 12: the `gelu` layer (NeuralNetwork specification 4; MIL's gelu in
+# the NeuralNetwork translation of an ML Program) has no converter; it is
+# written out in ONNX opset 13 ops with Core ML's meaning: EXACT is
+# 0.5 * x * (1 + erf(x / sqrt 2)), TANH_APPROXIMATION
+# 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))).
+def _gelu_shape(operator):
+    operator.outputs[0].type.shape = list(operator.inputs[0].type.shape)
+
+
+def _gelu(scope, operator, container):
+    import onnx as _onnx
+
+    mode = operator.raw_operator.gelu.mode
+    x = operator.input_full_names[0]
+    base = scope.get_unique_operator_name("gelu")
+
+    def const(tag, v):
+        n = scope.get_unique_variable_name(f"{base}_{tag}")
+        container.add_initializer(n, _onnx.TensorProto.FLOAT, [], [v])
+        return n
+
+    def node(op, ins, tag, out=None):
+        out = out or scope.get_unique_variable_name(f"{base}_{tag}")
+        # Erf is opset 9; the others are as old as onnxmltools' default.
+        extra = {"op_version": 9} if op == "Erf" else {}
+        container.add_node(op, ins, [out], name=scope.get_unique_operator_name(f"{base}_{tag}"), **extra)
+        return out
+
+    if mode == 0:
+        inner = node("Erf", [node("Mul", [x, const("k", 0.7071067811865476)], "arg")], "erf")
+    elif mode == 1:
+        cube = node("Mul", [node("Mul", [x, x], "sq"), x], "cube")
+        poly = node("Add", [x, node("Mul", [cube, const("c", 0.044715)], "cterm")], "poly")
+        inner = node("Tanh", [node("Mul", [poly, const("k", 0.7978845608028654)], "arg")], "tanh")
+    else:
+        raise ValueError("gelu SIGMOID_APPROXIMATION has no shim")
+    half_x = node("Mul", [x, const("half", 0.5)], "half_x")
+    one_plus = node("Add", [inner, const("one", 1.0)], "one_plus")
+    node("Mul", [half_x, one_plus], "out", operator.output_full_names[0])
+
+
+_reg._shape_calculator_pool["gelu"] = _gelu_shape
+_reg._converter_pool["gelu"] = _gelu

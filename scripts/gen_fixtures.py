@@ -339,6 +339,60 @@ def case_exp_log(seed):
     return build, ["conv1", "Exp", "Log", "conv2", "output"], ["output"]
 
 
+def case_layer_norm(seed):
+    """What transformers and ConvNeXt put around convolutions, in forms every
+    target can hold exactly: LayerNorm over the channel axis as
+    tf.nn.moments + tf.nn.batch_normalization (Keras 3's form) and written
+    out as (x - mean) / sqrt(var + eps), the tanh GELU (Pow(x, 3)), a Dense
+    layer on every position (tf.tensordot), a Pow, and LayerNorm of a
+    pooled (N, C) vector."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 4], name="input")
+        y = tf.nn.conv2d(x, c(rng.normal(0, 0.4, [3, 3, 4, 8]), "w1"), [1, 1, 1, 1], "SAME", name="conv1")
+        y = tf.nn.bias_add(y, c(rng.normal(0, 0.5, 8), "b1"), name="bias1")
+        mean, var = tf.nn.moments(y, axes=[3], keepdims=True, name="moments")
+        y = tf.nn.batch_normalization(y, mean, var, c(rng.normal(0, 0.5, 8), "beta1"),
+                                      c(rng.uniform(0.5, 1.5, 8), "gamma1"), 1e-6, name="ln1")
+        y = tf.nn.gelu(y, approximate=True, name="gelu_tanh")
+        y = tf.tensordot(y, c(rng.normal(0, 0.4, [8, 6]), "dense_w"), axes=1, name="dense")
+        y = tf.nn.bias_add(y, c(rng.normal(0, 0.5, 6), "dense_b"), name="dense_bias")
+        m = tf.reduce_mean(y, axis=-1, keepdims=True, name="ln2_mean")
+        d = tf.subtract(y, m, name="ln2_centred")
+        v = tf.reduce_mean(tf.square(d, name="ln2_square"), axis=-1, keepdims=True, name="ln2_var")
+        y = tf.math.truediv(d, tf.sqrt(tf.add(v, c(1e-5, "ln2_eps"), name="ln2_plus_eps"), name="ln2_std"),
+                            name="ln2_normed")
+        y = tf.add(tf.multiply(y, c(rng.uniform(0.5, 1.5, 6), "gamma2"), name="ln2_scaled"),
+                   c(rng.normal(0, 0.5, 6), "beta2"), name="ln2")
+        y = tf.pow(y, c(2.0, "two"), name="Pow")
+        p = tf.reduce_mean(y, axis=[1, 2], name="pooled")
+        pm, pv = tf.nn.moments(p, axes=[1], keepdims=True, name="head_moments")
+        tf.nn.batch_normalization(p, pm, pv, c(rng.normal(0, 0.5, 6), "beta3"),
+                                  c(rng.uniform(0.5, 1.5, 6), "gamma3"), 1e-3, name="output")
+        return {"input": rng.normal(0, 1, [1, 6, 6, 4])}
+    return build, ["conv1", "ln1/add_1", "gelu_tanh/mul_3", "dense", "ln2", "Pow", "pooled", "output/add_1"], \
+        ["output/add_1"]
+
+
+def case_gelu_erf(seed):
+    """The exact GELU, as TF/Keras write it (0.5 * x * erfc(-x / sqrt 2)) and
+    as PyTorch exports write it (x * 0.5 * (1 + erf(x / sqrt 2))): Caffe has
+    no erf, every other target does."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 3], name="input")
+        y = tf.nn.conv2d(x, c(rng.normal(0, 0.5, [3, 3, 3, 8]), "w1"), [1, 1, 1, 1], "SAME", name="conv1")
+        y = tf.nn.gelu(y, approximate=False, name="gelu")
+        z = tf.nn.conv2d(y, c(rng.normal(0, 0.5, [1, 1, 8, 4]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
+        e = tf.math.erf(tf.math.truediv(z, c(np.sqrt(2.0), "sqrt2"), name="scaled"), name="Erf")
+        h = tf.multiply(z, c(0.5, "half"), name="half_z")
+        tf.multiply(h, tf.add(c(1.0, "one"), e, name="one_plus_erf"), name="output")
+        return {"input": rng.normal(0, 1, [1, 6, 6, 3])}
+    return build, ["conv1", "gelu/mul_2", "conv2", "output"], ["output"]
+
+
 def case_flatten_output(seed):
     """A declared output that is the flatten of a 2x2x16 map, which a
     channel-first format holds in (C, H, W) order unless it reorders it, and
@@ -396,6 +450,9 @@ CASES = {
     "keras_ops": (case_keras_ops(110), "Per-channel (x - mean) / std, swish behind IdentityN, SquaredDifference"),
     "leaky_relu": (case_leaky_relu(111), "LeakyRelu, default alpha 0.2 and alpha 0.1"),
     "exp_log": (case_exp_log(112), "Exp and Log: softplus written out, log of a positive map"),
+    "layer_norm": (case_layer_norm(113), "LayerNorm over channels (moments + batch_normalization, and written "
+                                         "out), tanh GELU, tensordot Dense, Pow, LayerNorm of a pooled vector"),
+    "gelu_erf": (case_gelu_erf(114), "Exact GELU: TF's erfc form and the erf form of PyTorch exports"),
 }
 
 

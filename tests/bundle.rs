@@ -28,7 +28,14 @@ fn convert(model: &Path, dir: &Path, to: &str) {
 fn check(name: &str) {
     let case = ReferenceCase::load(&case_dir(name)).unwrap();
     let d = tempfile::tempdir().unwrap();
-    convert(&case.model, d.path(), "safetensors,caffe");
+    // Weights are compared with the caffemodel's, where Caffe holds the model.
+    let with_caffe = !NO_CAFFE_FORM.iter().any(|(n, _)| *n == name);
+    let to = if with_caffe {
+        "safetensors,caffe"
+    } else {
+        "safetensors"
+    };
+    convert(&case.model, d.path(), to);
     let g = faceall::formats::bundle::read::load(&d.path().join("net.graph.json"))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     // Every reference tensor still carried by a node after the passes.
@@ -55,6 +62,9 @@ fn check(name: &str) {
     }
     for o in &case.outputs {
         assert!(names.contains(o), "{name}: output {o} not in the bundle");
+    }
+    if !with_caffe {
+        return;
     }
     let out = Command::new(python())
         .arg(root().join("scripts/check_safetensors.py"))

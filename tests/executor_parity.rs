@@ -71,7 +71,9 @@ fixture_tests!(
     flatten_output,
     keras_ops,
     leaky_relu,
-    exp_log
+    exp_log,
+    layer_norm,
+    gelu_erf
 );
 
 #[test]

@@ -22,6 +22,8 @@ const CASES: &[&str] = &[
     "matmul_bn",
     "pool_floor",
     "misc_ops",
+    "layer_norm",
+    "gelu_erf",
 ];
 
 fn case_dir(name: &str) -> PathBuf {
@@ -119,6 +121,38 @@ fn switch_fixture_folds_every_batch_norm() {
         Some("InceptionResnetV1/Conv2d_1a_3x3/BatchNorm/cond/Merge"),
         "{:?}",
         conv.absorbed
+    );
+}
+
+#[test]
+fn gelu_forms_and_tensordot_are_recognised() {
+    use faceall::ir::Activation;
+    let gelus = |g: &Graph, approximate: bool| {
+        count(
+            g,
+            |o| matches!(o, Op::Activation(Activation::Gelu { approximate: a }) if *a == approximate),
+        )
+    };
+    // TF's erfc form and the erf form of PyTorch exports: both exact.
+    let case = ReferenceCase::load(&case_dir("gelu_erf")).unwrap();
+    let (g, report) = converted(&case, &PassOptions::default());
+    assert_eq!(gelus(&g, false), 2, "{:?}", report.rewrites);
+    assert_eq!(count(&g, |o| matches!(o, Op::Unary(_))), 0);
+    // The tanh form (its x + c * x^3 already a WeightedSum), and the
+    // Reshape/MatMul/Reshape of tf.tensordot as a 1x1 convolution.
+    let case = ReferenceCase::load(&case_dir("layer_norm")).unwrap();
+    let (g, report) = converted(&case, &PassOptions::default());
+    assert_eq!(gelus(&g, true), 1, "{:?}", report.rewrites);
+    assert_eq!(report.count("fold_tensordot"), 1);
+    assert_eq!(count(&g, |o| matches!(o, Op::MatMul { .. })), 0);
+    let dense = g.nodes.iter().find(|n| n.name == "dense").unwrap();
+    assert!(matches!(dense.op, Op::Conv2d(_)), "{:?}", dense.op);
+    // Off, the written-out ops stay and still compute the same.
+    let (g, _) = converted(&case, &PassOptions::default().without("fuse_gelu"));
+    assert_eq!(gelus(&g, true), 0);
+    assert_eq!(
+        count(&g, |o| matches!(o, Op::Activation(Activation::Tanh))),
+        1
     );
 }
 

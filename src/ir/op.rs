@@ -126,7 +126,22 @@ pub enum Activation {
     LeakyRelu {
         alpha: f32,
     },
+    /// `x * Phi(x)`, Phi the standard normal CDF: exactly
+    /// `0.5 * x * erfc(-x / sqrt 2)` (Keras, `tf.nn.gelu`), or with
+    /// `approximate` the tanh form
+    /// `0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))`.
+    /// The `fuse_gelu` pass builds it from either pattern.
+    Gelu {
+        approximate: bool,
+    },
 }
+
+/// `1 / sqrt(2)` of the exact GELU, as float32.
+pub const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// `sqrt(2 / pi)` of the tanh GELU, as float32.
+pub const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// The cubic coefficient of the tanh GELU.
+pub const GELU_CUBIC: f32 = 0.044_715;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BinaryOp {
@@ -138,7 +153,7 @@ pub enum BinaryOp {
     Min,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum UnaryOp {
     Square,
     Sqrt,
@@ -147,6 +162,15 @@ pub enum UnaryOp {
     Exp,
     /// Natural logarithm.
     Log,
+    /// The error function (TF `Erf`).
+    Erf,
+    /// `1 - erf(x)`, computed without cancellation (TF `Erfc`).
+    Erfc,
+    /// `x^exponent`, a constant exponent (TF `Pow` of a scalar constant;
+    /// the tanh GELU's `x^3`).
+    Pow {
+        exponent: f32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,6 +321,8 @@ impl Op {
                 Activation::Sigmoid => "Sigmoid",
                 Activation::Tanh => "Tanh",
                 Activation::LeakyRelu { .. } => "LeakyRelu",
+                Activation::Gelu { approximate: false } => "Gelu",
+                Activation::Gelu { approximate: true } => "GeluTanh",
             },
             Op::Softmax => "Softmax",
             Op::Pool(p) => match p.kind {
@@ -319,6 +345,9 @@ impl Op {
                 UnaryOp::Neg => "Neg",
                 UnaryOp::Exp => "Exp",
                 UnaryOp::Log => "Log",
+                UnaryOp::Erf => "Erf",
+                UnaryOp::Erfc => "Erfc",
+                UnaryOp::Pow { .. } => "Pow",
             },
             Op::Reduce { reduce, .. } => match reduce {
                 ReduceOp::Sum => "Sum",

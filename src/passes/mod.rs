@@ -12,7 +12,9 @@
 mod fold_batch_norm;
 mod fold_bias;
 mod fold_constants;
+mod fold_tensordot;
 mod fold_transpose;
+mod fuse_gelu;
 mod fuse_l2_normalize;
 mod fuse_prelu;
 mod fuse_residual;
@@ -76,6 +78,11 @@ pub const PASSES: &[Pass] = &[
         run: fold_constants::run,
     },
     Pass {
+        name: "fold_tensordot",
+        what: "a Dense layer on every position of an NHWC map (Reshape [N*H*W, C], MatMul by a constant, Reshape back; Keras Dense on 4-D, tf.tensordot) becomes a 1x1 Conv2D with the same weight bytes",
+        run: fold_tensordot::run,
+    },
+    Pass {
         name: "fold_bias",
         what: "BiasAdd / Add / Sub of a per-channel constant after a Conv2D, depthwise conv or MatMul becomes its bias",
         run: fold_bias::run,
@@ -99,6 +106,11 @@ pub const PASSES: &[Pass] = &[
         name: "fuse_prelu",
         what: "Keras' PReLU `relu(x) - alpha * relu(-x)` becomes one PRelu (Caffe PReLU)",
         run: fuse_prelu::run,
+    },
+    Pass {
+        name: "fuse_gelu",
+        what: "GELU written out (`0.5 * x * erfc(-x / sqrt 2)`, `x * 0.5 * (1 + erf(x / sqrt 2))`, or the tanh form with `x^3`) becomes one Gelu (Core ML gelu layer, MIL gelu)",
+        run: fuse_gelu::run,
     },
     Pass {
         name: "fold_transpose",

@@ -47,7 +47,13 @@ pub const FIXTURES: &[&str] = &[
     "keras_ops",
     "leaky_relu",
     "exp_log",
+    "layer_norm",
+    "gelu_erf",
 ];
+
+/// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV
+/// has erf): tests/caffe.rs checks that they are refused, naming the op.
+pub const NO_CAFFE_FORM: &[(&str, &str)] = &[("gelu_erf", "erf")];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".
 pub fn case_dir(name: &str) -> PathBuf {

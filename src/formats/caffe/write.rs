@@ -174,6 +174,29 @@ struct Em<'g> {
 
 type R<T> = std::result::Result<T, String>;
 
+/// `Some(C)` when `small` is a one-channel NCHW map of `big`'s batch and
+/// spatial size and `big` has C > 1 channels.
+/// Or both are (N, C) matrices and `small` is (N, 1).
+fn channel_broadcast(big: &Val, small: &Val) -> Option<usize> {
+    let ok = |v: &Val| {
+        (v.layout == BlobLayout::Nchw && v.shape.len() == 4)
+            || (v.layout == BlobLayout::Plain && v.shape.len() == 2)
+    };
+    (ok(big)
+        && ok(small)
+        && big.layout == small.layout
+        && big.shape.len() == small.shape.len()
+        && small.shape[1] == 1
+        && big.shape[1] > 1
+        && small.shape[0] == big.shape[0]
+        && small.shape[2..] == big.shape[2..])
+        .then(|| big.shape[1])
+}
+
+/// Why Erf, Erfc and GELU are refused: neither dialect has the function,
+/// and a polynomial stand-in would not be TF's values.
+const NO_ERF: &str = "erf (and the exact GELU built on it) has no Caffe form: BVLC Caffe has no Erf/GELU layer, and OpenCV's importer reads only the layers both know";
+
 impl<'g> Em<'g> {
     /// Add a layer. A single-top layer is named after its top (the TF tensor
     /// it computes): OpenCV addresses outputs by layer name, users by tensor.
@@ -552,6 +575,28 @@ impl<'g> Em<'g> {
                         let l = self.layer(&name, "ELU", &[&x.blob], &[&out_blob]);
                         l.elu_param.mut_or_insert_default().set_alpha(1.0);
                     }
+                    Activation::Gelu { approximate: false } => {
+                        return Err(NO_ERF.into());
+                    }
+                    Activation::Gelu { approximate: true } => {
+                        // x * (0.5 + 0.5 * tanh(k * (x + c * x^3))): Power,
+                        // Eltwise and TanH, every step a float op TF does too.
+                        use crate::ir::op::{GELU_CUBIC, SQRT_2_OVER_PI};
+                        let cube = self.power(&format!("{name}/cube"), &x.blob, 3.0, 1.0, 0.0);
+                        let poly = format!("{name}/poly");
+                        let l = self.layer(&poly, "Eltwise", &[&x.blob, &cube], &[&poly]);
+                        let e = l.eltwise_param.mut_or_insert_default();
+                        e.set_operation(EltwiseOp::SUM);
+                        e.coeff = vec![1.0, GELU_CUBIC];
+                        let arg = self.power(&format!("{name}/arg"), &poly, 1.0, SQRT_2_OVER_PI, 0.0);
+                        let th = format!("{name}/tanh");
+                        self.layer(&th, "TanH", &[&arg], &[&th]);
+                        let phi = self.power(&format!("{name}/half_one_plus"), &th, 1.0, 0.5, 0.5);
+                        let l = self.layer(&name, "Eltwise", &[&x.blob, &phi], &[&out_blob]);
+                        l.eltwise_param
+                            .mut_or_insert_default()
+                            .set_operation(EltwiseOp::PROD);
+                    }
                     Activation::LeakyRelu { alpha } => {
                         // max(x, 0) + slope * min(x, 0): alpha * x below 0, exact.
                         let l = self.layer(&name, "ReLU", &[&x.blob], &[&out_blob]);
@@ -641,6 +686,8 @@ impl<'g> Em<'g> {
                     UnaryOp::Square => (2.0, 1.0),
                     UnaryOp::Sqrt => (0.5, 1.0),
                     UnaryOp::Rsqrt => (-0.5, 1.0),
+                    UnaryOp::Pow { exponent } => (*exponent, 1.0),
+                    UnaryOp::Erf | UnaryOp::Erfc => return Err(NO_ERF.into()),
                     _ => (1.0, -1.0),
                 };
                 let l = self.layer(&name, "Power", &[&x.blob], &[&out_blob]);
@@ -1010,7 +1057,15 @@ impl<'g> Em<'g> {
         let (a, b) = (n.inputs[0], n.inputs[1]);
         let (ca, cb) = (self.g.const_of(a).is_some(), self.g.const_of(b).is_some());
         if !ca && !cb {
-            let (va, vb) = (self.val(a)?, self.val(b)?);
+            let (mut va, mut vb) = (self.val(a)?, self.val(b)?);
+            // A one-channel map against a C-channel one (a mean or norm over
+            // the channel axis, as in LayerNorm): copied to C channels by
+            // a 1x1 convolution of ones (exact), then elementwise.
+            if let Some(c) = channel_broadcast(&va, &vb) {
+                vb = self.expand_channels(&format!("{name}/broadcast_b"), &vb, vec![1.0; c], None);
+            } else if let Some(c) = channel_broadcast(&vb, &va) {
+                va = self.expand_channels(&format!("{name}/broadcast_a"), &va, vec![1.0; c], None);
+            }
             if va.shape != vb.shape || va.layout != vb.layout {
                 return self.broadcast_scale(n, op, va, vb, out_blob);
             }
@@ -1089,7 +1144,32 @@ impl<'g> Em<'g> {
         let v = self.val(x)?;
         let kt = self.g.const_of(k).ok_or("constant vanished")?;
         let kv = kt.as_f32().map_err(|e| e.to_string())?.into_owned();
+        let c_out = *n.outputs[0].shape.last().unwrap_or(&0);
         if self.g.fact(x).map_err(|e| e.to_string())?.shape != n.outputs[0].shape {
+            // A one-channel map and a per-channel constant (`rsqrt(var) *
+            // gamma` of a LayerNorm): a 1x1 convolution from one channel to
+            // C with the constant as weights (and bias), each output one
+            // float op as in TF.
+            let ks = kt.shape();
+            let per_channel = kv.len() == c_out
+                && ks.last() == Some(&c_out)
+                && ks.iter().rev().skip(1).all(|&d| d == 1);
+            let one_channel = (v.layout == BlobLayout::Nchw && v.shape.len() == 4)
+                || (v.layout == BlobLayout::Plain && v.shape.len() == 2);
+            if one_channel && v.shape[1] == 1 && per_channel {
+                let (scale, bias) = crate::formats::layout::per_channel_affine(
+                    op, k_first, kv, c_out,
+                )
+                .ok_or(
+                    "per-channel Max/Min and a constant divided by a value have no Caffe form here",
+                )?;
+                let mut e = self.expand_channels(&name, &v, scale, bias);
+                if e.blob != out_blob {
+                    let b = e.blob.clone();
+                    e.blob = self.power(&out_blob, &b, 1.0, 1.0, 0.0);
+                }
+                return Ok(Some(e));
+            }
             return Err("the constant broadcasts the value to a larger shape".into());
         }
         if kv.len() == 1 {
@@ -1160,6 +1240,47 @@ impl<'g> Em<'g> {
             blob: out_blob,
             ..v
         }))
+    }
+
+    /// A one-channel NCHW value spread to `scale.len()` channels by a 1x1
+    /// convolution: channel c is `scale[c] * x (+ bias[c])`.
+    fn expand_channels(
+        &mut self,
+        name: &str,
+        v: &Val,
+        scale: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> Val {
+        let c = scale.len();
+        let top = name.to_string();
+        let has_bias = bias.is_some();
+        let l = if v.shape.len() == 4 {
+            let l = self.layer(name, "Convolution", &[&v.blob], &[&top]);
+            let p = l.convolution_param.mut_or_insert_default();
+            p.set_num_output(c as u32);
+            p.kernel_size = vec![1];
+            p.set_bias_term(has_bias);
+            l.blobs.push(blob(&[c, 1, 1, 1], scale));
+            l
+        } else {
+            // (N, 1) -> (N, C)
+            let l = self.layer(name, "InnerProduct", &[&v.blob], &[&top]);
+            let p = l.inner_product_param.mut_or_insert_default();
+            p.set_num_output(c as u32);
+            p.set_bias_term(has_bias);
+            l.blobs.push(blob(&[c, 1], scale));
+            l
+        };
+        if let Some(b) = bias {
+            l.blobs.push(blob(&[c], b));
+        }
+        let mut shape = v.shape.clone();
+        shape[1] = c;
+        Val {
+            blob: top,
+            layout: v.layout.clone(),
+            shape,
+        }
     }
 
     /// x * y or x / y where y's Caffe shape is a prefix of x's followed by

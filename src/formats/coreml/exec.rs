@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::ir::Tensor;
 use crate::proto::coreml::{
     activation_params::NonlinearityType, convolution_layer_params::ConvolutionPaddingType,
-    feature_type, model, neural_network_layer::Layer, padding_layer_params::PaddingType,
-    pooling_layer_params, reduce_layer_params, unary_function_layer_params, BorderAmounts, Model,
-    NeuralNetworkLayer, WeightParams,
+    feature_type, gelu_layer_params, model, neural_network_layer::Layer,
+    padding_layer_params::PaddingType, pooling_layer_params, reduce_layer_params,
+    unary_function_layer_params, BorderAmounts, Model, NeuralNetworkLayer, WeightParams,
 };
 
 use crate::runtime::kernels;
@@ -214,6 +214,7 @@ pub fn kind(l: &NeuralNetworkLayer) -> &'static str {
         Some(Layer::Reshape(_)) => "reshape",
         Some(Layer::Flatten(_)) => "flatten",
         Some(Layer::Concat(_)) => "concat",
+        Some(Layer::Gelu(_)) => "gelu",
         None => "unknown",
     }
 }
@@ -442,6 +443,22 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
                 }),
                 None => return Err(bad("activation without a type")),
             }
+            Tensor::f32(x.shape().to_vec(), v)
+        }
+        Layer::Gelu(p) => {
+            use gelu_layer_params::GeluMode;
+            let x = x?;
+            let approximate = match p.mode.enum_value() {
+                Ok(GeluMode::EXACT) => false,
+                Ok(GeluMode::TANH_APPROXIMATION) => true,
+                Ok(GeluMode::SIGMOID_APPROXIMATION) | Err(_) => {
+                    return Err(bad(
+                        "gelu: only the EXACT and TANH_APPROXIMATION modes are run",
+                    ))
+                }
+            };
+            let mut v = x.as_f32()?.into_owned();
+            kernels::activation(crate::ir::Activation::Gelu { approximate }, &mut v);
             Tensor::f32(x.shape().to_vec(), v)
         }
         Layer::InnerProduct(p) => {

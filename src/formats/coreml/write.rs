@@ -1,5 +1,5 @@
 //! IR -> Core ML `Model` with a `neuralNetwork` (specification version 1,
-//! the lowest that has every layer used), with TensorFlow's semantics:
+//! the lowest that has every layer used; 4 when a GELU needs the gelu layer), with TensorFlow's semantics:
 //!
 //! - one sample per prediction (Core ML's rank-5 mapping; the TF batch axis
 //!   is the prediction API's): an NHWC value is a (C, H, W) blob, an (N, K)
@@ -30,15 +30,15 @@ use crate::ir::{
 };
 use crate::proto::coreml::{
     activation_params::NonlinearityType, array_feature_type::ArrayDataType,
-    border_amounts::EdgeSizes, feature_type, model, neural_network_layer::Layer,
+    border_amounts::EdgeSizes, feature_type, gelu_layer_params, model, neural_network_layer::Layer,
     padding_layer_params, pooling_layer_params, reduce_layer_params, unary_function_layer_params,
     ActivationELU, ActivationLeakyReLU, ActivationLinear, ActivationParams, ActivationReLU,
     ActivationSigmoid, ActivationTanh, AddLayerParams, ArrayFeatureType, BatchnormLayerParams,
     BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, FeatureDescription, FeatureType,
-    FlattenLayerParams, InnerProductLayerParams, L2NormalizeLayerParams, Metadata, Model,
-    ModelDescription, MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer, PaddingLayerParams,
-    PoolingLayerParams, ReduceLayerParams, ScaleLayerParams, SoftmaxLayerParams, StringEntry,
-    UnaryFunctionLayerParams, ValidPadding, WeightParams,
+    FlattenLayerParams, GeluLayerParams, InnerProductLayerParams, L2NormalizeLayerParams, Metadata,
+    Model, ModelDescription, MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer,
+    PaddingLayerParams, PoolingLayerParams, ReduceLayerParams, ScaleLayerParams,
+    SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams, ValidPadding, WeightParams,
 };
 
 /// How a Core ML blob holds an IR value (per sample).
@@ -118,6 +118,9 @@ struct Em<'g> {
     layers: Vec<NeuralNetworkLayer>,
     vals: HashMap<Wire, Val>,
     names: HashSet<String>,
+    /// The lowest specification version that has every layer written: 1,
+    /// or 4 once a gelu layer is.
+    spec_version: i32,
 }
 
 fn weights(v: &[f32], fp16: bool) -> WeightParams {
@@ -346,6 +349,19 @@ impl<'g> Em<'g> {
                             activation(NonlinearityType::ELU(e)),
                         )
                     }
+                    Activation::Gelu { approximate } => {
+                        use gelu_layer_params::GeluMode;
+                        let mut p = GeluLayerParams::new();
+                        p.mode = if *approximate {
+                            GeluMode::TANH_APPROXIMATION
+                        } else {
+                            GeluMode::EXACT
+                        }
+                        .into();
+                        // The gelu layer is specification version 4 (iOS 14).
+                        self.spec_version = self.spec_version.max(4);
+                        self.layer(&name, &[&x.blob], &out, Layer::Gelu(p))
+                    }
                     Activation::Relu6 => {
                         // min(r, 6) = 6 - relu(6 - r), r = relu(x)
                         let r = format!("{name}/relu");
@@ -463,18 +479,33 @@ impl<'g> Em<'g> {
                         &out,
                         Layer::Multiply(MultiplyLayerParams::new()),
                     ),
-                    UnaryOp::Neg => return Err("Neg has no Core ML form here".into()),
-                    UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Exp | UnaryOp::Log => {
+                    UnaryOp::Neg => self.layer(&name, &[&x.blob], &out, linear(-1.0, 0.0)),
+                    UnaryOp::Erf | UnaryOp::Erfc => {
+                        return Err(format!(
+                            "{} has no Core ML NeuralNetwork form (no erf layer; a GELU built of it is written as the gelu layer)",
+                            n.op.kind()
+                        ))
+                    }
+                    UnaryOp::Sqrt
+                    | UnaryOp::Rsqrt
+                    | UnaryOp::Exp
+                    | UnaryOp::Log
+                    | UnaryOp::Pow { .. } => {
                         use unary_function_layer_params::Operation;
                         let mut p = UnaryFunctionLayerParams::new();
                         p.type_ = match u {
                             UnaryOp::Sqrt => Operation::SQRT,
                             UnaryOp::Rsqrt => Operation::RSQRT,
                             UnaryOp::Exp => Operation::EXP,
+                            UnaryOp::Pow { .. } => Operation::POWER,
                             _ => Operation::LOG,
                         }
                         .into();
-                        p.alpha = 1.0;
+                        // alpha is POWER's exponent; the others ignore it.
+                        p.alpha = match u {
+                            UnaryOp::Pow { exponent } => *exponent,
+                            _ => 1.0,
+                        };
                         p.scale = 1.0;
                         if *u == UnaryOp::Log {
                             // LOG computes log(x + epsilon), and a runtime may
@@ -665,14 +696,27 @@ impl<'g> Em<'g> {
                     && small.chw[2] == 1
                     && (small.chw[0] == big.chw[0] || small.chw[0] == 1)
             };
+            // ... and a (1, H, W) map (a mean or norm over channels) over
+            // (C, H, W), for add and multiply alike.
+            let spatial = |big: &Val, small: &Val| {
+                big.layout == CoremlLayout::Chw
+                    && small.layout == CoremlLayout::Chw
+                    && small.chw[0] == 1
+                    && small.chw[1..] == big.chw[1..]
+            };
+            let any = same
+                || spatial(&va, &vb)
+                || spatial(&vb, &va)
+                || bcast(&va, &vb)
+                || bcast(&vb, &va);
             match op {
-                BinaryOp::Add if same => self.layer(
+                BinaryOp::Add if any => self.layer(
                     &name,
                     &[&va.blob, &vb.blob],
                     &out,
                     Layer::Add(AddLayerParams::new()),
                 ),
-                BinaryOp::Sub if same => {
+                BinaryOp::Sub if any => {
                     let neg = format!("{name}/negated");
                     self.layer(&neg, &[&vb.blob], &neg, linear(-1.0, 0.0));
                     self.layer(
@@ -682,13 +726,13 @@ impl<'g> Em<'g> {
                         Layer::Add(AddLayerParams::new()),
                     );
                 }
-                BinaryOp::Mul if same || bcast(&va, &vb) || bcast(&vb, &va) => self.layer(
+                BinaryOp::Mul if any => self.layer(
                     &name,
                     &[&va.blob, &vb.blob],
                     &out,
                     Layer::Multiply(MultiplyLayerParams::new()),
                 ),
-                BinaryOp::Div if same || bcast(&va, &vb) => {
+                BinaryOp::Div if same || bcast(&va, &vb) || spatial(&va, &vb) => {
                     let inv = format!("{name}/inverse");
                     let mut p = UnaryFunctionLayerParams::new();
                     p.type_ = unary_function_layer_params::Operation::INVERSE.into();
@@ -726,6 +770,45 @@ impl<'g> Em<'g> {
         let kt = self.g.const_of(k).ok_or("constant vanished")?;
         let kv = kt.as_f32().map_err(|e| e.to_string())?.into_owned();
         if self.g.fact(x).map_err(|e| e.to_string())?.shape != n.outputs[0].shape {
+            // A (1, H, W) map and a per-channel constant (`rsqrt(var) *
+            // gamma` of a LayerNorm): a 1x1 convolution from one channel
+            // to C with the constant as weights (and bias).
+            let c = *n.outputs[0].shape.last().unwrap_or(&0);
+            let ks = kt.shape();
+            let per_channel =
+                kv.len() == c && ks.last() == Some(&c) && ks.iter().rev().skip(1).all(|&d| d == 1);
+            let one_channel = v.chw[0] == 1
+                && (v.layout == CoremlLayout::Chw
+                    || (v.layout == CoremlLayout::Same && v.chw == [1, 1, 1]));
+            if one_channel && per_channel {
+                let (scale, bias) = crate::formats::layout::per_channel_affine(op, k_first, kv, c)
+                    .ok_or("per-channel Max/Min and a constant divided by a value have no Core ML form here")?;
+                let mut p = ConvolutionLayerParams::new();
+                p.outputChannels = c as u64;
+                p.kernelChannels = 1;
+                p.nGroups = 1;
+                p.kernelSize = vec![1, 1];
+                p.stride = vec![1, 1];
+                p.dilationFactor = vec![1, 1];
+                let mut vp = ValidPadding::new();
+                vp.paddingAmounts = Some(borders([[0, 0], [0, 0]])).into();
+                p.ConvolutionPaddingType = Some(
+                    crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(
+                        vp,
+                    ),
+                );
+                p.weights = Some(weights(&scale, self.fp16)).into();
+                if let Some(b) = bias {
+                    p.hasBias = true;
+                    p.bias = Some(weights(&b, self.fp16)).into();
+                }
+                self.layer(&name, &[&v.blob], &out, Layer::Convolution(p));
+                return Ok(Some(Val {
+                    blob: out,
+                    layout: v.layout,
+                    chw: [c, v.chw[1], v.chw[2]],
+                }));
+            }
             return Err("the constant broadcasts the value to a larger shape".into());
         }
         if kv.len() == 1 {
@@ -803,6 +886,7 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
         layers: vec![],
         vals: HashMap::new(),
         names: HashSet::new(),
+        spec_version: 1,
     };
     let mut blobs = vec![];
     crate::formats::walk_needed(g, "Core ML", |i| {
@@ -880,9 +964,10 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
     }
     desc.metadata = Some(meta).into();
     let mut nn = NeuralNetwork::new();
+    let spec_version = em.spec_version;
     nn.layers = em.layers;
     let mut model = Model::new();
-    model.specificationVersion = 1;
+    model.specificationVersion = spec_version;
     model.description = Some(desc).into();
     model.Type = Some(model::Type::NeuralNetwork(nn));
     Ok(CoremlModel { model, blobs })

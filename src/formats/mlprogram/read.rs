@@ -788,6 +788,27 @@ impl Reader {
             "square" => unary(self, Op::Unary(UnaryOp::Square))?,
             "sqrt" => unary(self, Op::Unary(UnaryOp::Sqrt))?,
             "exp" => unary(self, Op::Unary(UnaryOp::Exp))?,
+            "erf" => unary(self, Op::Unary(UnaryOp::Erf))?,
+            "gelu" => {
+                let approximate = match self.string(op, "mode")?.as_str() {
+                    "EXACT" => false,
+                    "TANH_APPROXIMATION" => true,
+                    m => return Err(format!("gelu mode {m} is not read by faceall")),
+                };
+                unary(self, Op::Activation(Activation::Gelu { approximate }))?
+            }
+            "pow" => {
+                let x = self.wire(op, "x")?;
+                let exponent =
+                    match self.floats(op, "y")?.as_slice() {
+                        [e] => *e,
+                        _ => return Err(
+                            "pow with an exponent that is not one constant is not read by faceall"
+                                .into(),
+                        ),
+                    };
+                self.push(&out, ty, Op::Unary(UnaryOp::Pow { exponent }), vec![x])?
+            }
             "log" => {
                 let eps = self.float_or(op, "epsilon", 1e-45)?;
                 if eps != 0.0 {

@@ -860,6 +860,21 @@ impl<'g> Em<'g> {
                             &label,
                         );
                     }
+                    Activation::Gelu { approximate } => {
+                        let mode = if *approximate {
+                            "TANH_APPROXIMATION"
+                        } else {
+                            "EXACT"
+                        };
+                        let mode = self.const_str(&format!("{out}_mode"), mode);
+                        self.op(
+                            "gelu",
+                            vec![("x", Arg::One(&v.var)), ("mode", Arg::One(&mode))],
+                            &out,
+                            &shape,
+                            &label,
+                        );
+                    }
                     Activation::Elu => {
                         let alpha = self.const_f(&format!("{out}_alpha"), &[], &[1.0]);
                         self.op(
@@ -944,6 +959,19 @@ impl<'g> Em<'g> {
                     UnaryOp::Square => self.unary("square", &v.var, &out, &shape, &label),
                     UnaryOp::Sqrt => self.unary("sqrt", &v.var, &out, &shape, &label),
                     UnaryOp::Exp => self.unary("exp", &v.var, &out, &shape, &label),
+                    UnaryOp::Erf => self.unary("erf", &v.var, &out, &shape, &label),
+                    UnaryOp::Erfc => {
+                        // MIL has no erfc: 1 - erf(x), exact to an absolute
+                        // 6e-8 (the far right tail rounds to 0).
+                        let e = format!("{out}_erf");
+                        self.unary("erf", &v.var, &e, &shape, &format!("{label}/erf"));
+                        let one = self.const_f(&format!("{out}_one"), &[], &[1.0]);
+                        self.binary_op("sub", &one, &e, &out, &shape, &label);
+                    }
+                    UnaryOp::Pow { exponent } => {
+                        let y = self.const_f(&format!("{out}_exponent"), &[], &[*exponent]);
+                        self.binary_op("pow", &v.var, &y, &out, &shape, &label);
+                    }
                     UnaryOp::Log => {
                         // MIL's log adds epsilon (default 1e-45); TF adds none.
                         let eps = self.const_f(&format!("{out}_epsilon"), &[], &[0.0]);

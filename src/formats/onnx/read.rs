@@ -738,15 +738,29 @@ impl Reader {
                     [] => return Err(format!("{op} of nothing")),
                 }
             }
-            "Sqrt" | "Neg" | "Exp" | "Log" => {
+            "Sqrt" | "Neg" | "Exp" | "Log" | "Erf" => {
                 let u = match op {
                     "Sqrt" => UnaryOp::Sqrt,
                     "Exp" => UnaryOp::Exp,
                     "Log" => UnaryOp::Log,
+                    "Erf" => UnaryOp::Erf,
                     _ => UnaryOp::Neg,
                 };
                 let x = self.input(n, 0)?;
                 self.push(&out, op, Op::Unary(u), vec![x])?
+            }
+            "Pow" => {
+                let x = self.input(n, 0)?;
+                let e = self.input(n, 1)?;
+                let exponent =
+                    match self.konst_f32(e)?.as_slice() {
+                        [v] => *v,
+                        _ => return Err(
+                            "Pow with an exponent that is not one constant is not read by faceall"
+                                .into(),
+                        ),
+                    };
+                self.push(&out, op, Op::Unary(UnaryOp::Pow { exponent }), vec![x])?
             }
             "Reciprocal" => {
                 let x = self.input(n, 0)?;

@@ -201,6 +201,46 @@ impl<'g> Em<'g> {
         self.init(base, DType::F32, shape, le_f32(v))
     }
 
+    /// GELU in opset 13 (ONNX's own Gelu is opset 20): exactly
+    /// `0.5 * x * (1 + erf(x / sqrt 2))`, or the tanh form written out.
+    fn gelu(&mut self, base: &str, x: &str, out: &str, approximate: bool) {
+        use crate::ir::op::{FRAC_1_SQRT_2, GELU_CUBIC, SQRT_2_OVER_PI};
+        let k =
+            |em: &mut Self, what: &str, v: f32| em.init_f32(&format!("{base}/{what}"), &[], &[v]);
+        let t = |em: &mut Self, what: &str| em.fresh(&format!("{base}/{what}"));
+        let one = k(self, "one", 1.0);
+        let half = k(self, "half", 0.5);
+        let inner = if approximate {
+            let sq = t(self, "square");
+            self.node("Mul", &[x, x], &sq, vec![]);
+            let cube = t(self, "cube");
+            self.node("Mul", &[&sq, x], &cube, vec![]);
+            let c = k(self, "cubic", GELU_CUBIC);
+            let cc = t(self, "cubic_term");
+            self.node("Mul", &[&cube, &c], &cc, vec![]);
+            let sum = t(self, "poly");
+            self.node("Add", &[x, &cc], &sum, vec![]);
+            let s = k(self, "sqrt_2_over_pi", SQRT_2_OVER_PI);
+            let arg = t(self, "arg");
+            self.node("Mul", &[&sum, &s], &arg, vec![]);
+            let th = t(self, "tanh");
+            self.node("Tanh", &[&arg], &th, vec![]);
+            th
+        } else {
+            let s = k(self, "frac_1_sqrt_2", FRAC_1_SQRT_2);
+            let arg = t(self, "arg");
+            self.node("Mul", &[x, &s], &arg, vec![]);
+            let e = t(self, "erf");
+            self.node("Erf", &[&arg], &e, vec![]);
+            e
+        };
+        let p1 = t(self, "one_plus");
+        self.node("Add", &[&inner, &one], &p1, vec![]);
+        let hx = t(self, "half_x");
+        self.node("Mul", &[x, &half], &hx, vec![]);
+        self.node("Mul", &[&hx, &p1], out, vec![]);
+    }
+
     fn init_i64(&mut self, base: &str, v: &[i64]) -> String {
         let raw = Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
         self.init(base, DType::I64, &[v.len()], raw)
@@ -533,6 +573,9 @@ impl<'g> Em<'g> {
                         &out,
                         vec![attr_float("alpha", *alpha)],
                     ),
+                    Activation::Gelu { approximate } => {
+                        self.gelu(&n.name, &v.name, &out, *approximate)
+                    }
                 }
                 Ok(Some(Val {
                     name: out,
@@ -591,6 +634,19 @@ impl<'g> Em<'g> {
                     UnaryOp::Neg => self.node("Neg", &[&v.name], &out, vec![]),
                     UnaryOp::Exp => self.node("Exp", &[&v.name], &out, vec![]),
                     UnaryOp::Log => self.node("Log", &[&v.name], &out, vec![]),
+                    UnaryOp::Erf => self.node("Erf", &[&v.name], &out, vec![]),
+                    UnaryOp::Erfc => {
+                        // Opset 13 has no Erfc: 1 - erf(x), exact to an
+                        // absolute 6e-8 (the far right tail rounds to 0).
+                        let e = self.fresh(&format!("{}/erf", n.name));
+                        self.node("Erf", &[&v.name], &e, vec![]);
+                        let one = self.init_f32(&format!("{}/one", n.name), &[], &[1.0]);
+                        self.node("Sub", &[&one, &e], &out, vec![]);
+                    }
+                    UnaryOp::Pow { exponent } => {
+                        let p = self.init_f32(&format!("{}/exponent", n.name), &[], &[*exponent]);
+                        self.node("Pow", &[&v.name, &p], &out, vec![]);
+                    }
                     UnaryOp::Rsqrt => {
                         let s = self.fresh(&format!("{}/sqrt", n.name));
                         self.node("Sqrt", &[&v.name], &s, vec![]);

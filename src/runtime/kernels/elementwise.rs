@@ -1,6 +1,7 @@
 //! Elementwise kernels: activations, unary math, broadcasting binary ops,
 //! per-channel bias and batch norm.
 
+use crate::ir::op::{FRAC_1_SQRT_2, GELU_CUBIC, SQRT_2_OVER_PI};
 use crate::ir::{Activation, BinaryOp, UnaryOp};
 
 pub fn activation(a: Activation, x: &mut [f32]) {
@@ -19,6 +20,19 @@ pub fn activation(a: Activation, x: &mut [f32]) {
                 *v *= alpha
             }
         }),
+        Activation::Gelu { approximate } => x.iter_mut().for_each(|v| *v = gelu(*v, approximate)),
+    }
+}
+
+/// GELU in the order TF evaluates it: `0.5 * x * erfc(-x / sqrt 2)`
+/// (erfc keeps the left tail accurate where `1 + erf` would cancel), or
+/// `0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))`.
+pub fn gelu(x: f32, approximate: bool) -> f32 {
+    if approximate {
+        let inner = SQRT_2_OVER_PI * (x + GELU_CUBIC * (x * x * x));
+        0.5 * x * (1.0 + inner.tanh())
+    } else {
+        0.5 * x * libm::erfcf(-x * FRAC_1_SQRT_2)
     }
 }
 
@@ -30,6 +44,9 @@ pub fn unary(u: UnaryOp, x: &mut [f32]) {
         UnaryOp::Neg => x.iter_mut().for_each(|v| *v = -*v),
         UnaryOp::Exp => x.iter_mut().for_each(|v| *v = v.exp()),
         UnaryOp::Log => x.iter_mut().for_each(|v| *v = v.ln()),
+        UnaryOp::Erf => x.iter_mut().for_each(|v| *v = libm::erff(*v)),
+        UnaryOp::Erfc => x.iter_mut().for_each(|v| *v = libm::erfcf(*v)),
+        UnaryOp::Pow { exponent } => x.iter_mut().for_each(|v| *v = v.powf(exponent)),
     }
 }
 

@@ -94,10 +94,34 @@ pub fn unary(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         "Neg" => UnaryOp::Neg,
         "Exp" => UnaryOp::Exp,
         "Log" => UnaryOp::Log,
+        "Erf" => UnaryOp::Erf,
+        "Erfc" => UnaryOp::Erfc,
         _ => UnaryOp::Rsqrt,
     };
     let ins = n.inputs.clone();
     n.push(Op::Unary(op), ins)
+}
+
+/// `Pow(x, e)` with `e` one constant (a scalar, or any shape of one
+/// element that broadcasts away): `x^e` elementwise.
+pub fn pow(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    if n.fact(0)?.dtype != DType::F32 {
+        return Err(n.err("only float32 is supported"));
+    }
+    let e = n.required_const(1, "exponent")?;
+    let rank_x = n.fact(0)?.shape.len();
+    let exponent = match (e.as_f32()?.as_ref(), e.shape().len() <= rank_x) {
+        ([v], true) => *v,
+        _ => {
+            return Err(n.err(format!(
+                "an exponent of shape {:?} (faceall reads Pow with one constant exponent)",
+                e.shape()
+            )))
+        }
+    };
+    let x = n.input(0)?;
+    n.push(Op::Unary(UnaryOp::Pow { exponent }), vec![x])
 }
 
 pub fn reduce(n: &mut NodeCtx) -> Result<Vec<Wire>> {

@@ -234,3 +234,100 @@ def _gelu(scope, operator, container):
 
 _reg._shape_calculator_pool["gelu"] = _gelu_shape
 _reg._converter_pool["gelu"] = _gelu
+
+
+# Shim 13: onnxmltools' `slice` converter gives the two axes it does not
+# slice the bounds 0..-1, which in ONNX drops their last element, and maps
+# Core ML's default endIndex -1 ("to the end") the same way. Here each
+# unsliced axis runs to the end and a negative endIndex counts from one
+# past the last element, as in Core ML.
+def _slice(scope, operator, container):
+    p = operator.raw_operator.slice
+    if p.stride != 1:
+        raise ValueError(f"slice stride {p.stride} has no shim")
+    # Channel, height, width are the last three axes, counted from the end
+    # (a rank-2 tensor of an ML Program's NeuralNetwork form is sliced on
+    # its last axis as WIDTH).
+    rank = len(operator.inputs[0].type.shape)
+    axis = rank - 3 + p.axis
+    if axis < 0:
+        raise ValueError(f"slice axis {p.axis} of a rank-{rank} tensor has no shim")
+    big = 2 ** 62
+    end = p.endIndex + 1 if p.endIndex < 0 else p.endIndex
+    end = big if end == 0 and p.endIndex < 0 else end
+    _slice_nodes(scope, container, operator.input_full_names[0], operator.output_full_names[0],
+                 [p.startIndex], [end], [axis], "slice")
+
+
+_reg._converter_pool["slice"] = _slice
+
+
+def _slice_nodes(scope, container, x, out, starts, ends, axes, tag):
+    """ONNX Slice (opset 10 form, bounds as inputs) of x."""
+    import onnx as _onnx
+
+    base = scope.get_unique_operator_name(tag)
+    names = []
+    for t, v in (("starts", starts), ("ends", ends), ("axes", axes)):
+        n = scope.get_unique_variable_name(f"{base}_{t}")
+        container.add_initializer(n, _onnx.TensorProto.INT64, [len(v)], [int(i) for i in v])
+        names.append(n)
+    container.add_node("Slice", [x] + names, [out], name=base, op_version=10)
+
+
+# Shim 14: the one-input `crop` layer goes through onnxconverter-common's
+# crop helper, which writes `DynamicSlice`, an op onnxruntime no longer has;
+# it is ONNX Slice over height and width.
+def _crop(scope, operator, container):
+    a = operator.raw_operator.crop.cropAmounts.borderAmounts
+    if len(operator.input_full_names) != 1 or len(a) != 2:
+        raise ValueError("crop: only the one-input form with two border amounts has a shim")
+    big = 2 ** 62
+    ends = [-a[0].endEdgeSize or big, -a[1].endEdgeSize or big]
+    _slice_nodes(scope, container, operator.input_full_names[0], operator.output_full_names[0],
+                 [a[0].startEdgeSize, a[1].startEdgeSize], ends, [-2, -1], "crop")
+
+
+_reg._converter_pool["crop"] = _crop
+
+
+# Shim 15: the rank-N `sliceStatic` layer (MIL's slice_by_index in the
+# NeuralNetwork translation of an ML Program) has no converter or shape
+# calculator; it is ONNX Slice with masked bounds taken whole.
+def _slice_static_bounds(operator):
+    p = operator.raw_operator.sliceStatic
+    if any(p.squeezeMasks) or any(s != 1 for s in p.strides):
+        raise ValueError("sliceStatic with squeeze masks or steps has no shim")
+    shape = list(operator.inputs[0].type.shape)
+    big = 2 ** 62
+    starts, ends = [], []
+    for i in range(len(p.beginIds)):
+        starts.append(0 if p.beginMasks[i] else p.beginIds[i])
+        ends.append(big if p.endMasks[i] else p.endIds[i])
+    return shape, starts, ends
+
+
+def _slice_static_shape(operator):
+    shape, starts, ends = _slice_static_bounds(operator)
+    out = []
+    for i, d in enumerate(shape):
+        if i >= len(starts) or not isinstance(d, int) or d <= 0:
+            out.append(d)
+            continue
+        b = starts[i] + d if starts[i] < 0 else starts[i]
+        e = ends[i] + d if ends[i] < 0 else min(ends[i], d)
+        out.append(max(0, e - b))
+    operator.outputs[0].type.shape = out
+
+
+def _slice_static(scope, operator, container):
+    _, starts, ends = _slice_static_bounds(operator)
+    _slice_nodes(scope, container, operator.input_full_names[0], operator.output_full_names[0],
+                 starts, ends, list(range(len(starts))), "slice_static")
+
+
+_reg._shape_calculator_pool["sliceStatic"] = _slice_static_shape
+_reg._converter_pool["sliceStatic"] = _slice_static
+
+
+_reg._converter_pool["slice"] = _slice

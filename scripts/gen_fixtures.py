@@ -393,6 +393,29 @@ def case_gelu_erf(seed):
     return build, ["conv1", "gelu/mul_2", "conv2", "output"], ["output"]
 
 
+def case_crop_slice(seed):
+    """Slices of activations: Keras' ZeroPadding2D + Cropping2D (NASNet's
+    StridedSlice with begin/end masks), tf.slice of channels (size -1),
+    negative bounds and omitted trailing axes, and a slice of a pooled
+    (N, K) vector."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 7, 7, 3], name="input")
+        y = tf.nn.conv2d(x, c(rng.normal(0, 0.5, [3, 3, 3, 6]), "w1"), [1, 1, 1, 1], "SAME", name="conv1")
+        y = tf.pad(y, [[0, 0], [0, 1], [0, 1], [0, 0]], name="pad")
+        y = tf.identity(y[:, 1:, 1:, :], name="crop")
+        y = tf.nn.avg_pool2d(y, 2, 2, "VALID", name="pool")
+        s = tf.slice(y, [0, 0, 1, 1], [-1, 2, -1, 4], name="channels")
+        row = tf.identity(s[:, 1:2, -2:], name="row")
+        r = tf.reduce_mean(row, axis=[1, 2], name="row_mean")
+        v = tf.reduce_mean(s, axis=[1, 2], name="pooled")
+        v = tf.identity(v[:, 1:3], name="part")
+        tf.add(v, tf.slice(r, [0, 2], [1, -1], name="row_part"), name="output")
+        return {"input": rng.normal(0, 1, [1, 7, 7, 3])}
+    return build, ["conv1", "crop", "pool", "channels", "row", "part", "output"], ["output"]
+
+
 def case_flatten_output(seed):
     """A declared output that is the flatten of a 2x2x16 map, which a
     channel-first format holds in (C, H, W) order unless it reorders it, and
@@ -453,6 +476,8 @@ CASES = {
     "layer_norm": (case_layer_norm(113), "LayerNorm over channels (moments + batch_normalization, and written "
                                          "out), tanh GELU, tensordot Dense, Pow, LayerNorm of a pooled vector"),
     "gelu_erf": (case_gelu_erf(114), "Exact GELU: TF's erfc form and the erf form of PyTorch exports"),
+    "crop_slice": (case_crop_slice(115), "Slices of activations: ZeroPadding2D + Cropping2D, tf.slice of "
+                                         "channels, negative bounds, a slice of a pooled vector"),
 }
 
 

@@ -322,6 +322,37 @@ mod bad_input {
     }
 
     #[test]
+    fn a_strided_slice_with_a_step_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        // x[:, ::2, :, :]: every other row has no IR form (step 1 only).
+        let model = write_graph(
+            d.path(),
+            vec![
+                build::placeholder("x", &[1, 4, 4, 2]),
+                build::constant("b", build::i32_tensor(&[4], &[0, 0, 0, 0])),
+                build::constant("e", build::i32_tensor(&[4], &[0, 0, 0, 0])),
+                build::constant("s", build::i32_tensor(&[4], &[1, 2, 1, 1])),
+                NodeBuilder::new("every_other", "StridedSlice", &["x", "b", "e", "s"])
+                    .attr_int("begin_mask", 15)
+                    .attr_int("end_mask", 15)
+                    .build(),
+            ],
+        );
+        fails(
+            &[
+                "convert-tf",
+                model.to_str().unwrap(),
+                "--to",
+                "caffe",
+                "--out-dir",
+                out.path().to_str().unwrap(),
+            ],
+            &["'every_other' (StridedSlice)", "a stride of 2"],
+        );
+    }
+
+    #[test]
     fn ops_without_caffe_form_are_all_listed() {
         let d = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();

@@ -73,7 +73,8 @@ fixture_tests!(
     leaky_relu,
     exp_log,
     layer_norm,
-    gelu_erf
+    gelu_erf,
+    crop_slice
 );
 
 #[test]

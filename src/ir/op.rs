@@ -243,6 +243,12 @@ pub enum Op {
         pads: Vec<[usize; 2]>,
         value: f32,
     },
+    /// `x[begin[0]..end[0], begin[1]..end[1], ...]`, step 1 (TF `Slice`,
+    /// and `StridedSlice` with unit strides: Keras Cropping2D).
+    Slice {
+        begin: Vec<usize>,
+        end: Vec<usize>,
+    },
     /// Output axis i is input axis perm[i].
     Transpose {
         perm: Vec<usize>,
@@ -360,6 +366,7 @@ impl Op {
             Op::Squeeze { .. } => "Squeeze",
             Op::ExpandDims { .. } => "ExpandDims",
             Op::Pad { .. } => "Pad",
+            Op::Slice { .. } => "Slice",
             Op::Transpose { .. } => "Transpose",
             Op::PRelu => "PRelu",
         }
@@ -641,6 +648,23 @@ impl Op {
                 Ok(vec![Fact {
                     dtype: inputs[0].dtype,
                     shape: out,
+                }])
+            }
+            Op::Slice { begin, end } => {
+                let x = &inputs[0].shape;
+                if begin.len() != x.len()
+                    || end.len() != x.len()
+                    || begin
+                        .iter()
+                        .zip(end)
+                        .zip(x)
+                        .any(|((b, e), d)| b > e || e > d)
+                {
+                    return Err(format!("slice {begin:?}..{end:?} does not fit {x:?}"));
+                }
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: begin.iter().zip(end).map(|(b, e)| e - b).collect(),
                 }])
             }
             Op::Pad { pads, .. } => {

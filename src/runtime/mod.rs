@@ -423,6 +423,10 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
             }
             f32_out(node, v)
         }
+        Op::Slice { begin, end } => {
+            let v = x0()?.as_f32()?;
+            f32_out(node, kernels::slice(&v, x0()?.shape(), begin, end))
+        }
         Op::Pad { pads, value } => {
             let v = x0()?.as_f32()?;
             f32_out(node, kernels::pad(&v, x0()?.shape(), pads, *value))

@@ -49,6 +49,7 @@ pub const FIXTURES: &[&str] = &[
     "exp_log",
     "layer_norm",
     "gelu_erf",
+    "crop_slice",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV

@@ -880,6 +880,64 @@ impl<'g> Em<'g> {
                 "a transpose has no Caffe form here (the fold_transpose pass removes one that only feeds a flatten + matmul)"
                     .into(),
             ),
+            Op::Slice { begin, end } => {
+                // One Slice layer per cut axis (Caffe's axis order); the
+                // parts outside the range go to a Silence layer. Copies only.
+                let x = self.val(n.inputs[0])?;
+                let caffe_axes: Vec<usize> = match (&x.layout, begin.len()) {
+                    (BlobLayout::Nchw, 4) => vec![0, 2, 3, 1],
+                    (BlobLayout::Plain, r) => (0..r).collect(),
+                    _ => return Err("slicing a flattened channel-first value has no Caffe form here".into()),
+                };
+                let mut v = x;
+                let cuts: Vec<usize> = (0..begin.len())
+                    .filter(|&i| begin[i] > 0 || end[i] < v.shape[caffe_axes[i]])
+                    .collect();
+                if cuts.is_empty() {
+                    let b = v.blob.clone();
+                    v.blob = self.power(&out_blob, &b, 1.0, 1.0, 0.0);
+                    return Ok(Some(v));
+                }
+                for (k, &i) in cuts.iter().enumerate() {
+                    let axis = caffe_axes[i];
+                    let d = v.shape[axis];
+                    // A runtime fetches a layer's first top by the layer's
+                    // name: the value's own layer must put it first, so a
+                    // kept part after a cut-off one is copied out under it.
+                    let last = k + 1 == cuts.len();
+                    let top = if last && begin[i] == 0 {
+                        out_blob.clone()
+                    } else {
+                        format!("{name}/axis{axis}")
+                    };
+                    let (before, after) = (format!("{top}/before"), format!("{top}/after"));
+                    let mut tops = vec![];
+                    let mut points = vec![];
+                    if begin[i] > 0 {
+                        tops.push(before.clone());
+                        points.push(begin[i] as u32);
+                    }
+                    tops.push(top.clone());
+                    if end[i] < d {
+                        tops.push(after.clone());
+                        points.push(end[i] as u32);
+                    }
+                    let refs: Vec<&str> = tops.iter().map(|t| t.as_str()).collect();
+                    let l = self.layer(&top, "Slice", &[&v.blob], &refs);
+                    let sp = l.slice_param.mut_or_insert_default();
+                    sp.set_axis(axis as i32);
+                    sp.slice_point = points;
+                    let unused: Vec<&str> = refs.iter().copied().filter(|t| *t != top).collect();
+                    self.layer(&format!("{top}/silence"), "Silence", &unused, &[]);
+                    v.blob = top;
+                    v.shape[axis] = end[i] - begin[i];
+                }
+                if v.blob != out_blob {
+                    let b = v.blob.clone();
+                    v.blob = self.power(&out_blob, &b, 1.0, 1.0, 0.0);
+                }
+                Ok(Some(v))
+            }
             Op::Pad { pads, value } => {
                 let x = self.val(n.inputs[0])?;
                 self.need_nchw(&x)?;

@@ -13,7 +13,8 @@ use crate::proto::coreml::{
     activation_params::NonlinearityType, convolution_layer_params::ConvolutionPaddingType,
     feature_type, gelu_layer_params, model, neural_network_layer::Layer,
     padding_layer_params::PaddingType, pooling_layer_params, reduce_layer_params,
-    unary_function_layer_params, BorderAmounts, Model, NeuralNetworkLayer, WeightParams,
+    slice_layer_params, unary_function_layer_params, BorderAmounts, Model, NeuralNetworkLayer,
+    WeightParams,
 };
 
 use crate::runtime::kernels;
@@ -215,6 +216,8 @@ pub fn kind(l: &NeuralNetworkLayer) -> &'static str {
         Some(Layer::Flatten(_)) => "flatten",
         Some(Layer::Concat(_)) => "concat",
         Some(Layer::Gelu(_)) => "gelu",
+        Some(Layer::Crop(_)) => "crop",
+        Some(Layer::Slice(_)) => "slice",
         None => "unknown",
     }
 }
@@ -547,6 +550,52 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
             let pads = p.paddingAmounts.as_ref().map(amounts).unwrap_or_default();
             let (v, s) = pad_chw(&x.as_f32()?, chw(x)?, pads, value);
             Tensor::f32(s.to_vec(), v)
+        }
+        Layer::Crop(p) => {
+            let x = x?;
+            if !p.offset.is_empty() {
+                return Err(bad("crop: only the one-input form (cropAmounts) is run"));
+            }
+            let [c, h, w] = chw(x)?;
+            let a = p.cropAmounts.as_ref().map(amounts).unwrap_or_default();
+            if a[0][0] + a[0][1] > h || a[1][0] + a[1][1] > w {
+                return Err(bad(format!("crop {a:?} of a {h}x{w} blob")));
+            }
+            let end = [c, h - a[0][1], w - a[1][1]];
+            let v = crate::runtime::kernels::slice(
+                &x.as_f32()?,
+                &[c, h, w],
+                &[0, a[0][0], a[1][0]],
+                &end,
+            );
+            Tensor::f32(vec![c, end[1] - a[0][0], end[2] - a[1][0]], v)
+        }
+        Layer::Slice(p) => {
+            use slice_layer_params::SliceAxis;
+            let x = x?;
+            let dims = chw(x)?;
+            let axis = match p.axis.enum_value() {
+                Ok(SliceAxis::CHANNEL_AXIS) => 0,
+                Ok(SliceAxis::HEIGHT_AXIS) => 1,
+                Ok(SliceAxis::WIDTH_AXIS) => 2,
+                Err(v) => return Err(bad(format!("slice: unknown axis {v}"))),
+            };
+            let d = dims[axis] as i64;
+            // Negative indices count from the end (endIndex -1: the end).
+            let at = |i: i64, end: bool| if i < 0 { d + i + end as i64 } else { i };
+            let (b, e) = (at(p.startIndex, false), at(p.endIndex, true));
+            if p.stride != 1 || b < 0 || e > d || b > e {
+                return Err(bad(format!(
+                    "slice {}..{} step {} of an axis of {d}",
+                    p.startIndex, p.endIndex, p.stride
+                )));
+            }
+            let (mut begin, mut end) = ([0; 3], dims);
+            begin[axis] = b as usize;
+            end[axis] = e as usize;
+            let v = crate::runtime::kernels::slice(&x.as_f32()?, &dims, &begin, &end);
+            let shape = (0..3).map(|i| end[i] - begin[i]).collect();
+            Tensor::f32(shape, v)
         }
         Layer::Unary(p) => {
             use unary_function_layer_params::Operation as O;

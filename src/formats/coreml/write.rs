@@ -31,14 +31,15 @@ use crate::ir::{
 use crate::proto::coreml::{
     activation_params::NonlinearityType, array_feature_type::ArrayDataType,
     border_amounts::EdgeSizes, feature_type, gelu_layer_params, model, neural_network_layer::Layer,
-    padding_layer_params, pooling_layer_params, reduce_layer_params, unary_function_layer_params,
-    ActivationELU, ActivationLeakyReLU, ActivationLinear, ActivationParams, ActivationReLU,
-    ActivationSigmoid, ActivationTanh, AddLayerParams, ArrayFeatureType, BatchnormLayerParams,
-    BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, FeatureDescription, FeatureType,
-    FlattenLayerParams, GeluLayerParams, InnerProductLayerParams, L2NormalizeLayerParams, Metadata,
-    Model, ModelDescription, MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer,
-    PaddingLayerParams, PoolingLayerParams, ReduceLayerParams, ScaleLayerParams,
-    SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams, ValidPadding, WeightParams,
+    padding_layer_params, pooling_layer_params, reduce_layer_params, slice_layer_params,
+    unary_function_layer_params, ActivationELU, ActivationLeakyReLU, ActivationLinear,
+    ActivationParams, ActivationReLU, ActivationSigmoid, ActivationTanh, AddLayerParams,
+    ArrayFeatureType, BatchnormLayerParams, BorderAmounts, ConcatLayerParams,
+    ConvolutionLayerParams, CropLayerParams, FeatureDescription, FeatureType, FlattenLayerParams,
+    GeluLayerParams, InnerProductLayerParams, L2NormalizeLayerParams, Metadata, Model,
+    ModelDescription, MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer, PaddingLayerParams,
+    PoolingLayerParams, ReduceLayerParams, ScaleLayerParams, SliceLayerParams, SoftmaxLayerParams,
+    StringEntry, UnaryFunctionLayerParams, ValidPadding, WeightParams,
 };
 
 /// How a Core ML blob holds an IR value (per sample).
@@ -632,6 +633,63 @@ impl<'g> Em<'g> {
                 "{} has no Core ML form here (Caffe only for now)",
                 n.op.kind()
             )),
+            Op::Slice { begin, end } => {
+                // Height and width: one crop layer; channels: a slice layer.
+                let x = self.val(n.inputs[0])?;
+                let vector =
+                    x.layout == CoremlLayout::Same && begin.len() == 2 && x.chw[1..] == [1, 1];
+                if vector {
+                    // (N, K) is a (K, 1, 1) blob: a channel slice.
+                    if begin[0] != 0 || end[0] != n.outputs[0].shape[0] {
+                        return Err("slicing the batch axis has no Core ML form".into());
+                    }
+                    self.layer(&name, &[&x.blob], &out, channel_slice(begin[1], end[1]));
+                    return Ok(Some(Val {
+                        blob: out,
+                        layout: CoremlLayout::Same,
+                        chw: [end[1] - begin[1], 1, 1],
+                    }));
+                }
+                if x.layout != CoremlLayout::Chw || begin.len() != 4 {
+                    return Err(
+                        "only slices of a 4-D map or an (N, K) matrix have a Core ML form here"
+                            .into(),
+                    );
+                }
+                let full = |i: usize, d: usize| begin[i] == 0 && end[i] == d;
+                if !full(0, n.outputs[0].shape[0]) {
+                    return Err("slicing the batch axis has no Core ML form".into());
+                }
+                let [c, h, w] = x.chw;
+                let mut v = x;
+                let spatial = !full(1, h) || !full(2, w);
+                let channel = !full(3, c);
+                if spatial {
+                    let top = if channel {
+                        format!("{name}/crop")
+                    } else {
+                        out.clone()
+                    };
+                    let mut p = CropLayerParams::new();
+                    p.cropAmounts =
+                        Some(borders([[begin[1], h - end[1]], [begin[2], w - end[2]]])).into();
+                    self.layer(&top, &[&v.blob], &top, Layer::Crop(p));
+                    v = Val {
+                        blob: top,
+                        layout: CoremlLayout::Chw,
+                        chw: [c, end[1] - begin[1], end[2] - begin[2]],
+                    };
+                }
+                if channel || !spatial {
+                    self.layer(&name, &[&v.blob], &out, channel_slice(begin[3], end[3]));
+                    v = Val {
+                        blob: out.clone(),
+                        layout: CoremlLayout::Chw,
+                        chw: [end[3] - begin[3], v.chw[1], v.chw[2]],
+                    };
+                }
+                Ok(Some(v))
+            }
             Op::Pad { pads, value } => {
                 let x = self.val(n.inputs[0])?;
                 Self::need_chw(&x)?;
@@ -854,6 +912,16 @@ impl<'g> Em<'g> {
         self.scale_layer(&name, &v, &out, scale, bias)?;
         Ok(Some(Val { blob: out, ..v }))
     }
+}
+
+/// Channels `begin..end` of a blob (a `slice` layer, step 1).
+fn channel_slice(begin: usize, end: usize) -> Layer {
+    let mut p = SliceLayerParams::new();
+    p.startIndex = begin as i64;
+    p.endIndex = end as i64;
+    p.stride = 1;
+    p.axis = slice_layer_params::SliceAxis::CHANNEL_AXIS.into();
+    Layer::Slice(p)
 }
 
 fn feature(

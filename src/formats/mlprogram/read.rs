@@ -1001,6 +1001,51 @@ impl Reader {
                 }
                 self.push(&out, ty, Op::Transpose { perm }, vec![x])?
             }
+            "slice_by_index" => {
+                let x = self.wire(op, "x")?;
+                let shape = self.shape(x)?;
+                let rank = shape.len();
+                let b = self.ints(op, "begin")?;
+                let e = self.ints(op, "end")?;
+                let masks = |k: &str| -> R<Vec<bool>> {
+                    if !self.has(op, k) {
+                        return Ok(vec![false; rank]);
+                    }
+                    match self.param(op, k)? {
+                        Param::Bools(v) if v.len() == rank => Ok(v.clone()),
+                        p => Err(format!("parameter '{k}' is {p:?}, not {rank} bools")),
+                    }
+                };
+                let (bm, em, sq) = (
+                    masks("begin_mask")?,
+                    masks("end_mask")?,
+                    masks("squeeze_mask")?,
+                );
+                if sq.iter().any(|&v| v) {
+                    return Err("slice_by_index with a squeeze_mask is not read by faceall".into());
+                }
+                if self.has(op, "stride") && self.ints(op, "stride")?.iter().any(|&v| v != 1) {
+                    return Err(
+                        "slice_by_index with strides other than 1 is not read by faceall".into(),
+                    );
+                }
+                if b.len() != rank || e.len() != rank {
+                    return Err(format!(
+                        "slice_by_index bounds {b:?}..{e:?} for rank {rank}"
+                    ));
+                }
+                let mut begin = vec![];
+                let mut end = vec![];
+                for i in 0..rank {
+                    let d = shape[i] as i64;
+                    let clamp = |v: i64| (if v < 0 { v + d } else { v }).clamp(0, d) as usize;
+                    let lo = if bm[i] { 0 } else { clamp(b[i]) };
+                    let hi = if em[i] { d as usize } else { clamp(e[i]) };
+                    begin.push(lo);
+                    end.push(hi.max(lo));
+                }
+                self.push(&out, ty, Op::Slice { begin, end }, vec![x])?
+            }
             "pad" => {
                 let x = self.wire(op, "x")?;
                 let rank = self.shape(x)?.len();

@@ -1390,6 +1390,35 @@ impl<'g> Em<'g> {
                 );
                 done(out, form)
             }
+            Op::Slice { begin, end } => {
+                // Sliced in the value's own order: a channel-first 4-D value
+                // with its bounds permuted to (N, C, H, W).
+                let xw = input(0)?;
+                let v = self.val(xw)?;
+                let (x, form, b, e) = if v.form == Form::Nchw && begin.len() == 4 {
+                    let p = |a: &[usize]| vec![a[0] as i64, a[3] as i64, a[1] as i64, a[2] as i64];
+                    (v.var.clone(), Form::Nchw, p(begin), p(end))
+                } else {
+                    let i = |a: &[usize]| a.iter().map(|&v| v as i64).collect::<Vec<_>>();
+                    (self.tf(xw)?, Form::Tf, i(begin), i(end))
+                };
+                let (out, label) = self.out_name(n, form);
+                let bc = self.const_ints(&format!("{out}_begin"), &b);
+                let ec = self.const_ints(&format!("{out}_end"), &e);
+                let shape = mil_shape(&out_shape, form);
+                self.op(
+                    "slice_by_index",
+                    vec![
+                        ("x", Arg::One(&x)),
+                        ("begin", Arg::One(&bc)),
+                        ("end", Arg::One(&ec)),
+                    ],
+                    &out,
+                    &shape,
+                    &label,
+                );
+                done(out, form)
+            }
             Op::Transpose { perm } => {
                 let xw = input(0)?;
                 let x = self.tf(xw)?;

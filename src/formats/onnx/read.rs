@@ -929,6 +929,41 @@ impl Reader {
                 let pads = (0..rank).map(|i| [p[i], p[i + rank]]).collect();
                 self.push(&out, op, Op::Pad { pads, value }, vec![x])?
             }
+            "Slice" => {
+                if self.opset < 10 {
+                    return Err("Slice before opset 10 (attributes) is not read by faceall".into());
+                }
+                let x = self.input(n, 0)?;
+                let shape = self.shape(x)?;
+                let rank = shape.len() as i64;
+                let starts = self.konst_i64(self.input(n, 1)?)?;
+                let ends = self.konst_i64(self.input(n, 2)?)?;
+                let axes = match self.opt_input(n, 3)? {
+                    Some(a) => self.konst_i64(a)?,
+                    None => (0..starts.len() as i64).collect(),
+                };
+                if let Some(st) = self.opt_input(n, 4)? {
+                    if self.konst_i64(st)?.iter().any(|&s| s != 1) {
+                        return Err("Slice with steps other than 1 is not read by faceall".into());
+                    }
+                }
+                if starts.len() != ends.len() || axes.len() != starts.len() {
+                    return Err("Slice: starts, ends and axes differ in length".into());
+                }
+                let mut begin = vec![0usize; shape.len()];
+                let mut end = shape.clone();
+                for ((&a, &b), &e) in axes.iter().zip(&starts).zip(&ends) {
+                    let a = if a < 0 { a + rank } else { a };
+                    if !(0..rank).contains(&a) {
+                        return Err(format!("Slice axis {a} of a rank-{rank} value"));
+                    }
+                    let d = shape[a as usize] as i64;
+                    let clamp = |v: i64| (if v < 0 { v + d } else { v }).clamp(0, d) as usize;
+                    begin[a as usize] = clamp(b);
+                    end[a as usize] = clamp(e).max(clamp(b));
+                }
+                self.push(&out, op, Op::Slice { begin, end }, vec![x])?
+            }
             "Transpose" => {
                 let x = self.input(n, 0)?;
                 let rank = self.shape(x)?.len();

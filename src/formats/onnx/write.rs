@@ -869,6 +869,28 @@ impl<'g> Em<'g> {
                 self.node("Pad", &[&x, &pn, &cv], &out, vec![]);
                 Ok(Some(Val { name: out, nchw }))
             }
+            Op::Slice { begin, end } => {
+                // Slice in the value's own order: a channel-first 4-D value
+                // is sliced with its bounds permuted to (N, C, H, W).
+                let xw = input(0)?;
+                let v = self.val(xw)?;
+                let nchw = v.nchw && begin.len() == 4;
+                let (x, b, e) = if nchw {
+                    let p = |a: &[usize]| vec![a[0], a[3], a[1], a[2]];
+                    (v.name.clone(), p(begin), p(end))
+                } else {
+                    (self.tf(xw)?, begin.clone(), end.clone())
+                };
+                let axes: Vec<i64> = (0..b.len() as i64).collect();
+                let bi: Vec<i64> = b.iter().map(|&v| v as i64).collect();
+                let ei: Vec<i64> = e.iter().map(|&v| v as i64).collect();
+                let starts = self.init_i64(&format!("{}/starts", n.name), &bi);
+                let ends = self.init_i64(&format!("{}/ends", n.name), &ei);
+                let ax = self.init_i64(&format!("{}/axes", n.name), &axes);
+                let out = self.out_name(n, nchw);
+                self.node("Slice", &[&x, &starts, &ends, &ax], &out, vec![]);
+                Ok(Some(Val { name: out, nchw }))
+            }
             Op::Transpose { perm } => {
                 let x = self.tf(input(0)?)?;
                 let out = self.out_name(n, false);

@@ -63,6 +63,10 @@ impl NodeBuilder {
         );
         self
     }
+    pub fn attr_int(mut self, k: &str, v: i64) -> Self {
+        self.0.attr.insert(k.into(), attr(attr_value::Value::I(v)));
+        self
+    }
     pub fn attr_ints(mut self, k: &str, v: &[i64]) -> Self {
         let mut l = crate::proto::graph::attr_value::ListValue::new();
         l.i = v.to_vec();

@@ -14,7 +14,7 @@ pub use elementwise::{
     activation, batch_norm, bias_add, binary, softmax_last, unary, weighted_sum_into,
 };
 pub use pool::{pool_nhwc, pool_nhwc_into};
-pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, transpose};
+pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, slice, transpose};
 
 /// Outputs (floats) from which row-wise kernels split rows across threads.
 const PARALLEL_FROM: usize = 1 << 15;

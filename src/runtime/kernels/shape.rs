@@ -55,6 +55,38 @@ pub fn pad(x: &[f32], shape: &[usize], pads: &[[usize; 2]], value: f32) -> Vec<f
     out
 }
 
+/// `x[begin..end]` on every axis (step 1); the bounds are checked by the
+/// IR's shape inference.
+pub fn slice(x: &[f32], shape: &[usize], begin: &[usize], end: &[usize]) -> Vec<f32> {
+    let rank = shape.len();
+    let out_shape: Vec<usize> = begin.iter().zip(end).map(|(b, e)| e - b).collect();
+    let n: usize = out_shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 || rank == 0 {
+        out.extend_from_slice(&x[..n.min(x.len())]);
+        return out;
+    }
+    let mut strides = vec![1; rank];
+    for d in (0..rank - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let last = out_shape[rank - 1];
+    let rows = n / last;
+    let mut idx = vec![0usize; rank];
+    for _ in 0..rows {
+        let at: usize = (0..rank).map(|d| (idx[d] + begin[d]) * strides[d]).sum();
+        out.extend_from_slice(&x[at..at + last]);
+        for d in (0..rank - 1).rev() {
+            idx[d] += 1;
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
 /// Sum or mean over `axes` (sorted); the output keeps the others in order.
 pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: ReduceOp) -> Vec<f32> {
     let rank = shape.len();

@@ -262,13 +262,120 @@ pub fn pack(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push_const(t)
 }
 
-/// StridedSlice of a constant (typically `tf.shape(x)[0]`).
+/// StridedSlice of an activation with unit strides (Keras Cropping2D,
+/// `x[:, 1:, 1:, :]`): one Slice, then a Squeeze for shrunk axes.
+fn strided_slice_value(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    let shape = n.fact(0)?.shape.clone();
+    let rank = shape.len();
+    let begin = n.required_const(1, "begin")?.to_i64_vec()?;
+    let end = n.required_const(2, "end")?.to_i64_vec()?;
+    let strides = n.required_const(3, "strides")?.to_i64_vec()?;
+    let mask = |name: &str| -> Result<i64> { Ok(attrs::opt_i(n.node, name)?.unwrap_or(0)) };
+    if mask("ellipsis_mask")? != 0 || mask("new_axis_mask")? != 0 {
+        return Err(n.err("ellipsis_mask and new_axis_mask are not supported on an activation"));
+    }
+    // Axes past the given entries are taken whole (`x[:, 1]` of a 4-D x).
+    let given = begin.len();
+    if given > rank || end.len() != given || strides.len() != given {
+        return Err(n.err(format!(
+            "begin, end and strides need the same number of entries, at most one per axis of the rank-{rank} input"
+        )));
+    }
+    if let Some(s) = strides.iter().find(|&&s| s != 1) {
+        return Err(n.err(format!(
+            "a stride of {s} over an activation has no IR form (faceall slices with step 1)"
+        )));
+    }
+    let (bm, em, sm) = (
+        mask("begin_mask")?,
+        mask("end_mask")?,
+        mask("shrink_axis_mask")?,
+    );
+    let (mut b, mut e, mut shrink) = (vec![], vec![], vec![]);
+    for (i, &d) in shape.iter().enumerate() {
+        if i >= given {
+            b.push(0);
+            e.push(d);
+            continue;
+        }
+        let len = d as i64;
+        let norm = |v: i64| if v < 0 { v + len } else { v };
+        let bit = 1i64 << i;
+        if sm & bit != 0 {
+            let at = norm(begin[i]);
+            if !(0..len).contains(&at) {
+                return Err(n.err(format!(
+                    "index {} out of range for axis {i} of {d}",
+                    begin[i]
+                )));
+            }
+            b.push(at as usize);
+            e.push(at as usize + 1);
+            shrink.push(i);
+            continue;
+        }
+        let lo = if bm & bit != 0 {
+            0
+        } else {
+            norm(begin[i]).clamp(0, len)
+        };
+        let hi = if em & bit != 0 {
+            len
+        } else {
+            norm(end[i]).clamp(0, len)
+        };
+        b.push(lo as usize);
+        e.push(hi.max(lo) as usize);
+    }
+    let x = n.input(0)?;
+    if shrink.is_empty() {
+        return n.push(Op::Slice { begin: b, end: e }, vec![x]);
+    }
+    let name = format!("{}/slice", n.node.name);
+    let s = n
+        .ctx
+        .graph
+        .push(&name, &n.node.op, Op::Slice { begin: b, end: e }, vec![x])?;
+    if let Some(node) = n.ctx.graph.nodes.get_mut(s) {
+        node.own_changed = true;
+    }
+    n.push(
+        Op::Squeeze { axes: shrink },
+        vec![Wire { node: s, slot: 0 }],
+    )
+}
+
+/// TF `Slice(x, begin, size)` of an activation (size -1: to the end).
+pub fn slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(3)?;
+    let shape = n.fact(0)?.shape.clone();
+    let begin = n.required_const(1, "begin")?.to_i64_vec()?;
+    let size = n.required_const(2, "size")?.to_i64_vec()?;
+    if begin.len() != shape.len() || size.len() != shape.len() {
+        return Err(n.err("begin and size need one entry per axis"));
+    }
+    let (mut b, mut e) = (vec![], vec![]);
+    for ((&d, &at), &sz) in shape.iter().zip(&begin).zip(&size) {
+        let stop = if sz < 0 { d as i64 } else { at + sz };
+        if at < 0 || stop < at || stop > d as i64 {
+            return Err(n.err(format!(
+                "begin {begin:?} size {size:?} do not fit {shape:?}"
+            )));
+        }
+        b.push(at as usize);
+        e.push(stop as usize);
+    }
+    let x = n.input(0)?;
+    n.push(Op::Slice { begin: b, end: e }, vec![x])
+}
+
+/// StridedSlice of a constant (typically `tf.shape(x)[0]`), or of an
+/// activation with unit strides.
 pub fn strided_slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.expect_inputs(4)?;
-    let x = n
-        .const_input(0)?
-        .ok_or_else(|| n.err("StridedSlice of a non-constant value is not supported"))?
-        .clone();
+    let Some(x) = n.const_input(0)?.cloned() else {
+        return strided_slice_value(n);
+    };
     if x.shape().len() != 1 {
         return Err(n.err("StridedSlice is supported on 1-D constants only"));
     }

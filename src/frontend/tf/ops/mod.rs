@@ -72,6 +72,7 @@ pub const OPS: &[(&str, Converter)] = &[
     ("PadV2", array::pad),
     ("Shape", array::shape),
     ("StridedSlice", array::strided_slice),
+    ("Slice", array::slice),
     ("Pack", array::pack),
     ("Cast", array::cast),
 ];

@@ -221,3 +221,39 @@ pub fn weighted_sum_into<'a>(out: &mut [f32], terms: impl IntoIterator<Item = (&
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_is_x_times_the_normal_cdf() {
+        // Phi(1) = 0.8413447460685429, Phi(-1) = 0.15865525393145707.
+        assert!((gelu(1.0, false) - 0.841_344_7).abs() < 2e-7);
+        assert!((gelu(-1.0, false) + 0.158_655_26).abs() < 1e-7);
+        assert_eq!(gelu(0.0, false), 0.0);
+        // The tails: x far right, a tiny negative far left (erfc keeps it).
+        assert_eq!(gelu(10.0, false), 10.0);
+        let left = gelu(-6.0, false);
+        assert!(left < 0.0 && left > -1e-8, "{left}");
+        // The tanh form stays within 1e-3 of the exact one.
+        for i in -60..=60 {
+            let x = i as f32 / 10.0;
+            assert!((gelu(x, true) - gelu(x, false)).abs() < 1e-3, "{x}");
+        }
+    }
+
+    #[test]
+    fn erf_erfc_and_pow() {
+        let mut v = vec![0.5f32, -2.0];
+        unary(UnaryOp::Erf, &mut v);
+        assert!((v[0] - 0.520_499_9).abs() < 1e-7 && (v[1] + 0.995_322_3).abs() < 1e-7);
+        let mut v = vec![4.0f32];
+        unary(UnaryOp::Erfc, &mut v);
+        // erfc(4) = 1.541725790028002e-8: no cancellation against 1.
+        assert!((v[0] / 1.541_725_8e-8 - 1.0).abs() < 1e-5, "{}", v[0]);
+        let mut v = vec![-2.0f32, 3.0];
+        unary(UnaryOp::Pow { exponent: 3.0 }, &mut v);
+        assert_eq!(v, vec![-8.0, 27.0]);
+    }
+}

@@ -170,3 +170,26 @@ pub fn transpose(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_takes_the_box_in_row_major_order() {
+        // A (2, 3, 4) ramp; take [1..2, 0..2, 1..4].
+        let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let got = slice(&x, &[2, 3, 4], &[1, 0, 1], &[2, 2, 4]);
+        assert_eq!(got, vec![13.0, 14.0, 15.0, 17.0, 18.0, 19.0]);
+        // The whole range is a copy; an empty range is empty.
+        assert_eq!(slice(&x, &[2, 3, 4], &[0, 0, 0], &[2, 3, 4]), x);
+        assert!(slice(&x, &[2, 3, 4], &[0, 1, 0], &[2, 1, 4]).is_empty());
+    }
+
+    #[test]
+    fn slice_undoes_pad() {
+        let x: Vec<f32> = (0..12).map(|v| v as f32 * 0.5).collect();
+        let p = pad(&x, &[1, 3, 4], &[[0, 0], [1, 2], [0, 3]], 9.0);
+        assert_eq!(slice(&p, &[1, 6, 7], &[0, 1, 0], &[1, 4, 4]), x);
+    }
+}

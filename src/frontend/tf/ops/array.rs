@@ -262,18 +262,45 @@ pub fn pack(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push_const(t)
 }
 
+/// What a StridedSlice asks for: its constant bounds and masks.
+struct SliceArgs {
+    begin: Vec<i64>,
+    end: Vec<i64>,
+    strides: Vec<i64>,
+    begin_mask: i64,
+    end_mask: i64,
+    shrink_mask: i64,
+}
+
+/// The bounds and masks of a StridedSlice; ellipsis and new axes are refused.
+fn slice_args(n: &NodeCtx) -> Result<SliceArgs> {
+    let mask = |name: &str| -> Result<i64> { Ok(attrs::opt_i(n.node, name)?.unwrap_or(0)) };
+    if mask("ellipsis_mask")? != 0 || mask("new_axis_mask")? != 0 {
+        return Err(n.err("ellipsis_mask and new_axis_mask are not supported"));
+    }
+    Ok(SliceArgs {
+        begin: n.required_const(1, "begin")?.to_i64_vec()?,
+        end: n.required_const(2, "end")?.to_i64_vec()?,
+        strides: n.required_const(3, "strides")?.to_i64_vec()?,
+        begin_mask: mask("begin_mask")?,
+        end_mask: mask("end_mask")?,
+        shrink_mask: mask("shrink_axis_mask")?,
+    })
+}
+
 /// StridedSlice of an activation with unit strides (Keras Cropping2D,
 /// `x[:, 1:, 1:, :]`): one Slice, then a Squeeze for shrunk axes.
 fn strided_slice_value(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     let shape = n.fact(0)?.shape.clone();
     let rank = shape.len();
-    let begin = n.required_const(1, "begin")?.to_i64_vec()?;
-    let end = n.required_const(2, "end")?.to_i64_vec()?;
-    let strides = n.required_const(3, "strides")?.to_i64_vec()?;
-    let mask = |name: &str| -> Result<i64> { Ok(attrs::opt_i(n.node, name)?.unwrap_or(0)) };
-    if mask("ellipsis_mask")? != 0 || mask("new_axis_mask")? != 0 {
-        return Err(n.err("ellipsis_mask and new_axis_mask are not supported on an activation"));
-    }
+    let SliceArgs {
+        begin,
+        end,
+        strides,
+        begin_mask: bm,
+        end_mask: em,
+        shrink_mask: sm,
+    } = slice_args(n)?;
     // Axes past the given entries are taken whole (`x[:, 1]` of a 4-D x).
     let given = begin.len();
     if given > rank || end.len() != given || strides.len() != given {
@@ -286,11 +313,6 @@ fn strided_slice_value(n: &mut NodeCtx) -> Result<Vec<Wire>> {
             "a stride of {s} over an activation has no IR form (faceall slices with step 1)"
         )));
     }
-    let (bm, em, sm) = (
-        mask("begin_mask")?,
-        mask("end_mask")?,
-        mask("shrink_axis_mask")?,
-    );
     let (mut b, mut e, mut shrink) = (vec![], vec![], vec![]);
     for (i, &d) in shape.iter().enumerate() {
         if i >= given {
@@ -379,18 +401,14 @@ pub fn strided_slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     if x.shape().len() != 1 {
         return Err(n.err("StridedSlice is supported on 1-D constants only"));
     }
-    let begin = n.required_const(1, "begin")?.to_i64_vec()?;
-    let end = n.required_const(2, "end")?.to_i64_vec()?;
-    let strides = n.required_const(3, "strides")?.to_i64_vec()?;
-    let mask = |name: &str| -> Result<i64> { Ok(attrs::opt_i(n.node, name)?.unwrap_or(0)) };
-    if mask("ellipsis_mask")? != 0 || mask("new_axis_mask")? != 0 {
-        return Err(n.err("ellipsis_mask and new_axis_mask are not supported"));
-    }
-    let (bm, em, sm) = (
-        mask("begin_mask")?,
-        mask("end_mask")?,
-        mask("shrink_axis_mask")?,
-    );
+    let SliceArgs {
+        begin,
+        end,
+        strides,
+        begin_mask: bm,
+        end_mask: em,
+        shrink_mask: sm,
+    } = slice_args(n)?;
     let (&[b], &[e], &[s]) = (begin.as_slice(), end.as_slice(), strides.as_slice()) else {
         return Err(n.err("begin, end and strides must have one entry for a 1-D input"));
     };

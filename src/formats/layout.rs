@@ -105,6 +105,12 @@ pub fn inner_product(
     out
 }
 
+/// Whether a constant of `shape` holds one value per channel of the last
+/// axis (`c` values, every other axis 1).
+pub fn is_per_channel(shape: &[usize], c: usize) -> bool {
+    shape.last() == Some(&c) && shape.iter().rev().skip(1).all(|&d| d == 1)
+}
+
 /// `x op k` (or `k op x` when `k_first`) with a per-channel constant `k`
 /// of `c` values as the affine `x * scale + bias` both channel-first
 /// formats' Scale layers take; `None` for Max/Min and `k / x`, which are

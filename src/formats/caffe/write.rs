@@ -1209,9 +1209,8 @@ impl<'g> Em<'g> {
             // C with the constant as weights (and bias), each output one
             // float op as in TF.
             let ks = kt.shape();
-            let per_channel = kv.len() == c_out
-                && ks.last() == Some(&c_out)
-                && ks.iter().rev().skip(1).all(|&d| d == 1);
+            let per_channel =
+                kv.len() == c_out && crate::formats::layout::is_per_channel(ks, c_out);
             let one_channel = (v.layout == BlobLayout::Nchw && v.shape.len() == 4)
                 || (v.layout == BlobLayout::Plain && v.shape.len() == 2);
             if one_channel && v.shape[1] == 1 && per_channel {
@@ -1271,8 +1270,7 @@ impl<'g> Em<'g> {
         // Per-channel constant on the channel axis -> Scale.
         let c = *n.outputs[0].shape.last().unwrap_or(&0);
         let ks = kt.shape();
-        let per_channel =
-            kv.len() == c && ks.last() == Some(&c) && ks.iter().rev().skip(1).all(|&d| d == 1);
+        let per_channel = kv.len() == c && crate::formats::layout::is_per_channel(ks, c);
         if !per_channel || matches!(v.layout, BlobLayout::FlatChw { .. }) {
             return Err(format!(
                 "constant of shape {ks:?} is neither a scalar nor per-channel"

@@ -833,8 +833,7 @@ impl<'g> Em<'g> {
             // to C with the constant as weights (and bias).
             let c = *n.outputs[0].shape.last().unwrap_or(&0);
             let ks = kt.shape();
-            let per_channel =
-                kv.len() == c && ks.last() == Some(&c) && ks.iter().rev().skip(1).all(|&d| d == 1);
+            let per_channel = kv.len() == c && crate::formats::layout::is_per_channel(ks, c);
             let one_channel = v.chw[0] == 1
                 && (v.layout == CoremlLayout::Chw
                     || (v.layout == CoremlLayout::Same && v.chw == [1, 1, 1]));
@@ -899,8 +898,7 @@ impl<'g> Em<'g> {
         }
         let c = *n.outputs[0].shape.last().unwrap_or(&0);
         let ks = kt.shape();
-        let per_channel =
-            kv.len() == c && ks.last() == Some(&c) && ks.iter().rev().skip(1).all(|&d| d == 1);
+        let per_channel = kv.len() == c && crate::formats::layout::is_per_channel(ks, c);
         if !per_channel {
             return Err(format!(
                 "constant of shape {ks:?} is neither a scalar nor per-channel"

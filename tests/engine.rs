@@ -110,6 +110,20 @@ fn check_engine(case: &ReferenceCase, e: &Engine, what: &str) {
     let refs: Vec<&[f32]> = xs.iter().map(|v| &v[..]).collect();
     let got = e.run(&refs, 1).unwrap();
     check_outputs(case, e, &got, &format!("{what}, batch 1"));
+    // On one thread, as the server runs a photo beside another
+    // (serve::lanes): every kernel unsplit, the same values.
+    let lane = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = lane.install(|| e.run(&refs, 1)).unwrap();
+    check_outputs(case, e, &one, &format!("{what}, batch 1, one thread"));
+    for (a, b) in one.iter().zip(&got) {
+        assert!(
+            a.as_f32().unwrap() == b.as_f32().unwrap(),
+            "{name} ({what}): one thread and every core differ"
+        );
+    }
 
     // A batch of 3: the reference sample, its negation and a scaled copy;
     // each row of the result must equal that sample run alone.

@@ -76,6 +76,13 @@ impl Drop for Turn {
 }
 
 impl Turn {
+    /// No other turn is held and nobody waits: this photo may use every
+    /// core (see `serve::lanes`).
+    pub fn alone(&self) -> bool {
+        let s = self.gate.lock();
+        s.free + 1 >= s.turns && s.ring.is_empty()
+    }
+
     /// Between two steps of work, on a blocking thread: when another
     /// address waits, hand the turn to the next address in the ring and
     /// wait for it to come round again; when nobody else waits, go on at

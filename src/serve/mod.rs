@@ -12,6 +12,7 @@ mod budget;
 mod error;
 pub(crate) mod fair;
 mod form;
+mod lanes;
 pub mod listen;
 pub mod log;
 mod metadata;
@@ -80,6 +81,8 @@ pub struct App {
     budget: budget::Budget,
     /// Turns for photo work, round-robin between client addresses.
     turns: Arc<fair::FairGate>,
+    /// One-core lanes for photos that run beside another (see `lanes`).
+    lanes: lanes::Lanes,
     /// Turns for the embedding endpoints (up to 10,000 faces or 1,000
     /// queries a call, all cores each), the same way.
     index_turns: Arc<fair::FairGate>,
@@ -278,6 +281,7 @@ pub fn serve(cfg: Config) -> Result<()> {
             budget::ADMISSION_WAIT,
             pipeline::release_memory,
         ),
+        lanes: lanes::Lanes::default(),
         index_turns: fair::FairGate::new(INDEX_CONCURRENCY, budget::ADMISSION_WAIT, || {}),
         max_faces: cfg.max_faces.max(1),
         keep_exif: cfg.keep_exif,

@@ -67,30 +67,33 @@ pub(crate) async fn detect_each(
         let (d, faces, p, e) = blocking(move || {
             let _room = room;
             let mut turn = turn;
-            let Photo {
-                name,
-                bytes,
-                ext,
-                img,
-            } = decode_photo(name, bytes)?;
-            let (faces, dropped) = a.detect_at_most(&img, &mut turn)?;
-            for f in &faces {
-                pending.push(a.pipe.face_input(&img, f).map_err(ApiError::internal)?);
-                if pending.len() == EMBED_BATCH {
+            let on = a.clone();
+            on.lanes.run(turn.alone(), move || {
+                let Photo {
+                    name,
+                    bytes,
+                    ext,
+                    img,
+                } = decode_photo(name, bytes)?;
+                let (faces, dropped) = a.detect_at_most(&img, &mut turn)?;
+                for f in &faces {
+                    pending.push(a.pipe.face_input(&img, f).map_err(ApiError::internal)?);
+                    if pending.len() == EMBED_BATCH {
+                        embeddings.extend(a.embed_inputs(std::mem::take(&mut pending), &mut turn)?);
+                    }
+                }
+                if last && !pending.is_empty() {
                     embeddings.extend(a.embed_inputs(std::mem::take(&mut pending), &mut turn)?);
                 }
-            }
-            if last && !pending.is_empty() {
-                embeddings.extend(a.embed_inputs(std::mem::take(&mut pending), &mut turn)?);
-            }
-            let d = Detected {
-                name,
-                bytes,
-                ext,
-                faces: vec![],
-                dropped,
-            };
-            Ok((d, faces, pending, embeddings))
+                let d = Detected {
+                    name,
+                    bytes,
+                    ext,
+                    faces: vec![],
+                    dropped,
+                };
+                Ok((d, faces, pending, embeddings))
+            })
         })
         .await?;
         done.push((d, faces));
@@ -160,9 +163,12 @@ pub(crate) async fn analyse_each<T: Send + 'static>(
             blocking(move || {
                 let _room = room;
                 let mut turn = turn;
-                let Photo { name, img, .. } = decode_photo(name, bytes)?;
-                let out = work(&a, &img, &mut turn)?;
-                Ok(Analysed { name, out })
+                let on = a.clone();
+                on.lanes.run(turn.alone(), move || {
+                    let Photo { name, img, .. } = decode_photo(name, bytes)?;
+                    let out = work(&a, &img, &mut turn)?;
+                    Ok(Analysed { name, out })
+                })
             })
             .await?,
         );

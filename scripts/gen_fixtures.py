@@ -416,6 +416,34 @@ def case_crop_slice(seed):
     return build, ["conv1", "crop", "pool", "channels", "row", "part", "output"], ["output"]
 
 
+def case_split(seed):
+    """tf.split into equal parts and SplitV with a -1 size: channel groups of
+    activations convolved apart and merged again (a grouped convolution
+    written out, as ResNeXt- and ShuffleNet-like graphs do), parts used out
+    of order, a middle part as a declared output, and halves of a pooled
+    vector."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 6, 4], name="input")
+        y = tf.nn.conv2d(x, c(rng.normal(0, 0.25, [3, 3, 4, 12]), "w1"), [1, 1, 1, 1], "SAME", name="conv1")
+        a, b, r = tf.split(y, 3, axis=3, name="split")
+        ca = tf.nn.conv2d(a, c(rng.normal(0, 0.5, [1, 1, 4, 5]), "wa"), [1, 1, 1, 1], "SAME", name="conv_a")
+        cb = tf.nn.conv2d(b, c(rng.normal(0, 0.25, [3, 3, 4, 5]), "wb"), [1, 1, 1, 1], "SAME", name="conv_b")
+        m = tf.concat([cb, tf.nn.relu(r, name="relu_c"), ca], axis=3, name="merged")
+        p, q, s = tf.split(m, [3, -1, 5], axis=-1, name="splitv")
+        tf.identity(q, name="middle")
+        o = tf.concat([s, p], axis=3, name="recombined")
+        v = tf.reduce_mean(o, axis=[1, 2], name="pooled")
+        h0, h1 = tf.split(v, 2, axis=1, name="halves")
+        tf.add(h0, h1, name="output")
+        return {"input": rng.normal(0, 1, [1, 6, 6, 4])}
+    # Parts other than the first (TF's `split:1`...) are faceall nodes of
+    # their own (`split/output_1`...): each is checked through its reader.
+    return build, ["conv1", "split", "conv_a", "conv_b", "relu_c", "merged", "splitv", "recombined",
+                   "pooled", "halves", "output"], ["middle", "output"]
+
+
 def case_flatten_output(seed):
     """A declared output that is the flatten of a 2x2x16 map, which a
     channel-first format holds in (C, H, W) order unless it reorders it, and
@@ -476,6 +504,8 @@ CASES = {
     "layer_norm": (case_layer_norm(113), "LayerNorm over channels (moments + batch_normalization, and written "
                                          "out), tanh GELU, tensordot Dense, Pow, LayerNorm of a pooled vector"),
     "gelu_erf": (case_gelu_erf(114), "Exact GELU: TF's erfc form and the erf form of PyTorch exports"),
+    "split": (case_split(116), "tf.split and SplitV of activations (channel groups convolved apart), "
+                               "parts out of order, a middle part as an output, halves of a vector"),
     "crop_slice": (case_crop_slice(115), "Slices of activations: ZeroPadding2D + Cropping2D, tf.slice of "
                                          "channels, negative bounds, a slice of a pooled vector"),
 }

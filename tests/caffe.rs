@@ -353,6 +353,43 @@ mod bad_input {
     }
 
     #[test]
+    fn splits_that_do_not_fit_their_axis_are_all_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        // 3 equal parts of 4 channels; sizes 2 + 3 of 4 channels.
+        let model = write_graph(
+            d.path(),
+            vec![
+                build::placeholder("x", &[1, 4, 4, 4]),
+                build::constant("axis", build::i32_tensor(&[], &[3])),
+                build::constant("sizes", build::i32_tensor(&[2], &[2, 3])),
+                NodeBuilder::new("thirds", "Split", &["axis", "x"])
+                    .attr_int("num_split", 3)
+                    .build(),
+                NodeBuilder::new("uneven", "SplitV", &["x", "sizes", "axis"])
+                    .attr_int("num_split", 2)
+                    .build(),
+            ],
+        );
+        fails(
+            &[
+                "convert-tf",
+                model.to_str().unwrap(),
+                "--to",
+                "caffe",
+                "--out-dir",
+                out.path().to_str().unwrap(),
+            ],
+            &[
+                "'thirds' (Split)",
+                "num_split must divide it",
+                "'uneven' (SplitV)",
+                "do not add up to the axis of 4",
+            ],
+        );
+    }
+
+    #[test]
     fn ops_without_caffe_form_are_all_listed() {
         let d = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();

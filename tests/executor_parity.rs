@@ -74,7 +74,8 @@ fixture_tests!(
     exp_log,
     layer_norm,
     gelu_erf,
-    crop_slice
+    crop_slice,
+    split
 );
 
 #[test]

@@ -50,6 +50,7 @@ pub const FIXTURES: &[&str] = &[
     "layer_norm",
     "gelu_erf",
     "crop_slice",
+    "split",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV

@@ -391,6 +391,98 @@ pub fn slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push(Op::Slice { begin: b, end: e }, vec![x])
 }
 
+/// Split: `num_split` equal parts of input 1 along the constant axis of
+/// input 0, one IR [`Op::Slice`] each (see [`parts`]).
+pub fn split(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let rank = n.fact(1)?.shape.len();
+    let ax = const_axis(n, 0, rank)?;
+    let dim = n.fact(1)?.shape.get(ax).copied().unwrap_or(0);
+    let num = num_split(n)?;
+    if dim % num != 0 {
+        return Err(n.err(format!(
+            "{num} equal parts of an axis of {dim} (num_split must divide it)"
+        )));
+    }
+    parts(n, 1, ax, &vec![dim / num; num])
+}
+
+/// SplitV: parts of input 0 of the sizes in constant input 1 (one of them
+/// may be -1: the rest of the axis) along the constant axis of input 2.
+pub fn split_v(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(3)?;
+    let rank = n.fact(0)?.shape.len();
+    let ax = const_axis(n, 2, rank)?;
+    let dim = n.fact(0)?.shape.get(ax).copied().unwrap_or(0);
+    let raw = n.required_const(1, "size_splits")?.to_i64_vec()?;
+    if raw.len() != num_split(n)? {
+        return Err(n.err(format!("size_splits {raw:?} has not num_split entries")));
+    }
+    let known: i64 = raw.iter().filter(|&&v| v >= 0).sum();
+    let unknown = raw.iter().filter(|&&v| v < 0).count();
+    let fill = dim as i64 - known;
+    let fits = match unknown {
+        0 => fill == 0,
+        1 => fill >= 0 && raw.iter().all(|&v| v >= -1),
+        _ => false,
+    };
+    if !fits {
+        return Err(n.err(format!(
+            "size_splits {raw:?} do not add up to the axis of {dim}"
+        )));
+    }
+    let sizes: Vec<usize> = raw
+        .iter()
+        .map(|&v| if v < 0 { fill as usize } else { v as usize })
+        .collect();
+    parts(n, 0, ax, &sizes)
+}
+
+/// The `num_split` attribute: at least 1.
+fn num_split(n: &NodeCtx) -> Result<usize> {
+    match attrs::opt_i(n.node, "num_split")? {
+        Some(v) if v >= 1 => Ok(v as usize),
+        v => Err(n.err(format!("num_split {v:?} (want at least 1)"))),
+    }
+}
+
+/// The scalar constant axis of input `i`, for a value of rank `rank`.
+fn const_axis(n: &NodeCtx, i: usize, rank: usize) -> Result<usize> {
+    let a = n.required_const(i, "axis")?.to_i64_vec()?;
+    let &[a] = a.as_slice() else {
+        return Err(n.err(format!("axis {a:?} is not a scalar")));
+    };
+    axis(n, a, rank)
+}
+
+/// Input `input` cut along axis `ax` into consecutive parts of `sizes`:
+/// one IR Slice per part. Part 0 is named as the TF node; part k is
+/// `NODE/output_k` (a name with `:` would read as an output slot, and
+/// `NODE_k` is what TF names the node's next namesake).
+fn parts(n: &mut NodeCtx, input: usize, ax: usize, sizes: &[usize]) -> Result<Vec<Wire>> {
+    let shape = n.fact(input)?.shape.clone();
+    let x = n.input(input)?;
+    let mut out = Vec::with_capacity(sizes.len());
+    let mut at = 0;
+    for (k, &size) in sizes.iter().enumerate() {
+        let (mut begin, mut end) = (vec![0; shape.len()], shape.clone());
+        if let (Some(b), Some(e)) = (begin.get_mut(ax), end.get_mut(ax)) {
+            (*b, *e) = (at, at + size);
+        }
+        at += size;
+        let name = match k {
+            0 => n.node.name.clone(),
+            _ => format!("{}/output_{k}", n.node.name),
+        };
+        let id = n
+            .ctx
+            .graph
+            .push(name, &n.node.op, Op::Slice { begin, end }, vec![x])?;
+        out.push(Wire { node: id, slot: 0 });
+    }
+    Ok(out)
+}
+
 /// StridedSlice of a constant (typically `tf.shape(x)[0]`), or of an
 /// activation with unit strides.
 pub fn strided_slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {

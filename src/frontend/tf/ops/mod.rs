@@ -73,6 +73,8 @@ pub const OPS: &[(&str, Converter)] = &[
     ("Shape", array::shape),
     ("StridedSlice", array::strided_slice),
     ("Slice", array::slice),
+    ("Split", array::split),
+    ("SplitV", array::split_v),
     ("Pack", array::pack),
     ("Cast", array::cast),
 ];

@@ -418,14 +418,19 @@ pub fn split_v(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     if raw.len() != num_split(n)? {
         return Err(n.err(format!("size_splits {raw:?} has not num_split entries")));
     }
-    let known: i64 = raw.iter().filter(|&&v| v >= 0).sum();
+    // Checked: the sizes come from the file.
+    let known = raw
+        .iter()
+        .filter(|&&v| v >= 0)
+        .try_fold(0i64, |a, &v| a.checked_add(v));
     let unknown = raw.iter().filter(|&&v| v < 0).count();
-    let fill = dim as i64 - known;
-    let fits = match unknown {
-        0 => fill == 0,
-        1 => fill >= 0 && raw.iter().all(|&v| v >= -1),
+    let fill = known.map(|k| dim as i64 - k);
+    let fits = match (unknown, fill) {
+        (0, Some(f)) => f == 0,
+        (1, Some(f)) => f >= 0 && raw.iter().all(|&v| v >= -1),
         _ => false,
     };
+    let fill = fill.unwrap_or(0);
     if !fits {
         return Err(n.err(format!(
             "size_splits {raw:?} do not add up to the axis of {dim}"

@@ -625,9 +625,9 @@ impl Engine {
             .map_err(|_| Error::Usage("engine workspace poisoned".into()))?
             .pop()
             .unwrap_or_default();
-        // On a pool thread, so each gemm's split is a work-stealing join with
-        // the other (warm) worker instead of a cross-thread wake-up.
-        let out = rayon::scope(|_| self.run_in(&mut ws, inputs, n));
+        // The pool's other workers spin for the length of the pass, so each
+        // kernel's split reaches them without a wake-up (kernels::team).
+        let out = crate::runtime::kernels::team::with_team(|| self.run_in(&mut ws, inputs, n));
         if let Ok(mut spare) = self.spare.lock() {
             spare.push(ws);
         }

@@ -2,7 +2,7 @@
 //! weights) packed once at load into panels of `NR` columns, A packed per
 //! block of rows while it is gathered (so im2col never materialises the whole
 //! patch matrix), and bias, residual add and ReLU applied in registers before
-//! the one store. Rows are split across rayon's threads.
+//! the one store. Rows are split across the threads (kernels::team).
 //!
 //! The microkernel is AVX-512 (12 x 32 tile, 24 accumulators) when the CPU
 //! has it, and a portable loop otherwise; both sum over k in the same order,
@@ -19,6 +19,8 @@ pub const MR: usize = 12;
 /// help either).
 const A_BLOCK_BYTES: usize = 128 * 1024;
 const MAX_BLOCK_ROWS: usize = 16 * MR;
+/// How many k steps ahead the AVX-512 kernel prefetches its B panel.
+const PREFETCH_STEPS: usize = 32;
 
 /// A 64-byte aligned f32 buffer (vector loads never straddle a cache line).
 #[derive(Clone, Default)]
@@ -367,8 +369,7 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
     if tasks == 1 || threads == 1 {
         (0..tasks).for_each(run);
     } else {
-        use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each(run);
+        super::team::par_for(tasks, &run);
     }
 }
 
@@ -581,6 +582,13 @@ unsafe fn kernel_avx512<const R: usize>(
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..k {
+        // B comes from memory at batch 1 (each layer's weights are read
+        // once per pass): asking for it a few steps early took FaceNet on
+        // one core from 50.7 to 43.8 ms (interleaved; 16 and 32 steps ahead
+        // measured alike, 8 less). A prefetch past the end never faults.
+        let ahead = b.wrapping_add((p + PREFETCH_STEPS) * NR) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(ahead);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
         let b0 = _mm512_load_ps(b.add(p * NR));
         let b1 = _mm512_load_ps(b.add(p * NR + 16));
         let ap = a.add(p * cs);

@@ -7,6 +7,7 @@ mod elementwise;
 pub mod gemm;
 mod pool;
 mod shape;
+pub mod team;
 pub mod winograd;
 
 pub use conv::{conv2d_nhwc, conv_nchw, depthwise_nhwc, matmul, ConvGeometry};

@@ -254,8 +254,7 @@ impl Winograd {
         if blocks == 1 || threads == 1 {
             (0..blocks).for_each(run);
         } else {
-            use rayon::prelude::*;
-            (0..blocks).into_par_iter().for_each(run);
+            super::team::par_for(blocks, &run);
         }
     }
 

@@ -214,15 +214,27 @@ impl ASource for Patches<'_> {
         // One filter row (kw pixels of c floats) at a time: a single copy
         // when its pixels are adjacent and inside the image.
         let seg = g.kw * g.c;
+        // The output pixel of row m0, then stepped row by row (a division
+        // per row cost PNet's first convolution a fifth of its time).
+        let pix = m0 % per_image;
+        let (mut b, mut oy, mut ox) = (m0 / per_image, pix / g.ow.max(1), pix % g.ow.max(1));
         for r in 0..MR {
             let d = &mut dst[r * k..][..k];
             if r >= rows {
                 d.fill(0.0);
                 continue;
             }
-            let m = m0 + r;
-            let pix = m % per_image;
-            let (b, oy, ox) = (m / per_image, pix / g.ow, pix % g.ow);
+            if r > 0 {
+                ox += 1;
+                if ox == g.ow {
+                    ox = 0;
+                    oy += 1;
+                    if oy == g.oh {
+                        oy = 0;
+                        b += 1;
+                    }
+                }
+            }
             let ix0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
             for ky in 0..g.kh {
                 let dk = &mut d[ky * seg..][..seg];
@@ -469,7 +481,12 @@ unsafe fn run_block(
                     _ => (ap[t * k * MR..].as_ptr(), k, 1),
                 };
                 // SAFETY: A covers MR rows x k at (rs, cs); B holds k * NR floats.
-                kernel[rows](k, aptr, rs, cs, bp.as_ptr(), &tile);
+                let table = if cols <= 16 {
+                    &kernel.narrow
+                } else {
+                    &kernel.wide
+                };
+                table[rows](k, aptr, rs, cs, bp.as_ptr(), &tile);
             }
         }
     });
@@ -477,32 +494,59 @@ unsafe fn run_block(
 
 type Kernel = unsafe fn(usize, *const f32, usize, usize, *const f32, &Tile);
 
-/// The microkernel for each row count 1..=MR (index 0 unused).
-type Kernels = [Kernel; MR + 1];
+/// The microkernels for each row count 1..=MR (index 0 unused): `wide`
+/// computes a whole panel, `narrow` only its first 16 columns, for panels
+/// with no more (PNet's 10- and 16-channel convolutions, its 2- and
+/// 4-channel heads, the last panel of n = 80): half the multiplies, and the
+/// same sums in the same order.
+struct Kernels {
+    wide: [Kernel; MR + 1],
+    narrow: [Kernel; MR + 1],
+}
 
 fn pick_kernel() -> &'static Kernels {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVX512: Kernels = [
-            kernel_avx512::<1>,
-            kernel_avx512::<1>,
-            kernel_avx512::<2>,
-            kernel_avx512::<3>,
-            kernel_avx512::<4>,
-            kernel_avx512::<5>,
-            kernel_avx512::<6>,
-            kernel_avx512::<7>,
-            kernel_avx512::<8>,
-            kernel_avx512::<9>,
-            kernel_avx512::<10>,
-            kernel_avx512::<11>,
-            kernel_avx512::<12>,
-        ];
+        static AVX512: Kernels = Kernels {
+            wide: [
+                kernel_avx512::<1, 2>,
+                kernel_avx512::<1, 2>,
+                kernel_avx512::<2, 2>,
+                kernel_avx512::<3, 2>,
+                kernel_avx512::<4, 2>,
+                kernel_avx512::<5, 2>,
+                kernel_avx512::<6, 2>,
+                kernel_avx512::<7, 2>,
+                kernel_avx512::<8, 2>,
+                kernel_avx512::<9, 2>,
+                kernel_avx512::<10, 2>,
+                kernel_avx512::<11, 2>,
+                kernel_avx512::<12, 2>,
+            ],
+            narrow: [
+                kernel_avx512::<1, 1>,
+                kernel_avx512::<1, 1>,
+                kernel_avx512::<2, 1>,
+                kernel_avx512::<3, 1>,
+                kernel_avx512::<4, 1>,
+                kernel_avx512::<5, 1>,
+                kernel_avx512::<6, 1>,
+                kernel_avx512::<7, 1>,
+                kernel_avx512::<8, 1>,
+                kernel_avx512::<9, 1>,
+                kernel_avx512::<10, 1>,
+                kernel_avx512::<11, 1>,
+                kernel_avx512::<12, 1>,
+            ],
+        };
         if avx512() {
             return &AVX512;
         }
     }
-    static PORTABLE: Kernels = [kernel_portable; MR + 1];
+    static PORTABLE: Kernels = Kernels {
+        wide: [kernel_portable; MR + 1],
+        narrow: [kernel_portable; MR + 1],
+    };
     &PORTABLE
 }
 
@@ -564,14 +608,15 @@ unsafe fn kernel_portable(k: usize, a: *const f32, rs: usize, cs: usize, b: *con
     }
 }
 
-/// R rows of the tile (R = t.rows <= MR; tails of m get their own R so
-/// no products are wasted on padding rows: 64 rows = 5 x 12 + 4).
+/// R rows and V vectors of 16 columns of the tile (R = t.rows <= MR, tails
+/// of m get their own R so no products are wasted on padding rows: 64 rows
+/// = 5 x 12 + 4; V = 1 when the panel has at most 16 columns).
 ///
 /// # Safety
 /// As `kernel_portable` for R rows, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const R: usize>(
+unsafe fn kernel_avx512<const R: usize, const V: usize>(
     k: usize,
     a: *const f32,
     rs: usize,
@@ -580,25 +625,26 @@ unsafe fn kernel_avx512<const R: usize>(
     t: &Tile,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     for p in 0..k {
         // B comes from memory at batch 1 (each layer's weights are read
         // once per pass): asking for it a few steps early took FaceNet on
         // one core from 50.7 to 43.8 ms (interleaved; 16 and 32 steps ahead
         // measured alike, 8 less). A prefetch past the end never faults.
         let ahead = b.wrapping_add((p + PREFETCH_STEPS) * NR) as *const i8;
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-        let b0 = _mm512_load_ps(b.add(p * NR));
-        let b1 = _mm512_load_ps(b.add(p * NR + 16));
+        for h in 0..V {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * h));
+        }
+        let bv: [__m512; V] = std::array::from_fn(|h| _mm512_load_ps(b.add(p * NR + 16 * h)));
         let ap = a.add(p * cs);
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*ap.add(r * rs));
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            for (x, &bh) in row.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(av, bh, *x);
+            }
         }
     }
-    let bias = [_mm512_loadu_ps(t.bias), _mm512_loadu_ps(t.bias.add(16))];
+    let bias: [__m512; V] = std::array::from_fn(|h| _mm512_loadu_ps(t.bias.add(16 * h)));
     let scale = _mm512_set1_ps(t.scale);
     let res_scale = _mm512_set1_ps(t.res_scale);
     let zero = _mm512_setzero_ps();
@@ -607,10 +653,10 @@ unsafe fn kernel_avx512<const R: usize>(
         mask_for(t.cols.min(16)),
         mask_for(t.cols.saturating_sub(16)),
     ];
-    let slope =
-        (!t.slope.is_null()).then(|| [_mm512_loadu_ps(t.slope), _mm512_loadu_ps(t.slope.add(16))]);
+    let slope: Option<[__m512; V]> =
+        (!t.slope.is_null()).then(|| std::array::from_fn(|h| _mm512_loadu_ps(t.slope.add(16 * h))));
     for (r, row) in acc.iter().enumerate().take(t.rows) {
-        for h in 0..2 {
+        for h in 0..V {
             if masks[h] == 0 {
                 continue;
             }

@@ -507,37 +507,29 @@ struct Kernels {
 fn pick_kernel() -> &'static Kernels {
     #[cfg(target_arch = "x86_64")]
     {
+        /// The AVX-512 kernel for each row count, V vectors wide.
+        macro_rules! by_rows {
+            ($v:literal) => {
+                [
+                    kernel_avx512::<1, $v>,
+                    kernel_avx512::<1, $v>,
+                    kernel_avx512::<2, $v>,
+                    kernel_avx512::<3, $v>,
+                    kernel_avx512::<4, $v>,
+                    kernel_avx512::<5, $v>,
+                    kernel_avx512::<6, $v>,
+                    kernel_avx512::<7, $v>,
+                    kernel_avx512::<8, $v>,
+                    kernel_avx512::<9, $v>,
+                    kernel_avx512::<10, $v>,
+                    kernel_avx512::<11, $v>,
+                    kernel_avx512::<12, $v>,
+                ]
+            };
+        }
         static AVX512: Kernels = Kernels {
-            wide: [
-                kernel_avx512::<1, 2>,
-                kernel_avx512::<1, 2>,
-                kernel_avx512::<2, 2>,
-                kernel_avx512::<3, 2>,
-                kernel_avx512::<4, 2>,
-                kernel_avx512::<5, 2>,
-                kernel_avx512::<6, 2>,
-                kernel_avx512::<7, 2>,
-                kernel_avx512::<8, 2>,
-                kernel_avx512::<9, 2>,
-                kernel_avx512::<10, 2>,
-                kernel_avx512::<11, 2>,
-                kernel_avx512::<12, 2>,
-            ],
-            narrow: [
-                kernel_avx512::<1, 1>,
-                kernel_avx512::<1, 1>,
-                kernel_avx512::<2, 1>,
-                kernel_avx512::<3, 1>,
-                kernel_avx512::<4, 1>,
-                kernel_avx512::<5, 1>,
-                kernel_avx512::<6, 1>,
-                kernel_avx512::<7, 1>,
-                kernel_avx512::<8, 1>,
-                kernel_avx512::<9, 1>,
-                kernel_avx512::<10, 1>,
-                kernel_avx512::<11, 1>,
-                kernel_avx512::<12, 1>,
-            ],
+            wide: by_rows!(2),
+            narrow: by_rows!(1),
         };
         if avx512() {
             return &AVX512;

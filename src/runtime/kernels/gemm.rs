@@ -378,11 +378,7 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
             )
         };
     };
-    if tasks == 1 || threads == 1 {
-        (0..tasks).for_each(run);
-    } else {
-        super::team::par_for(tasks, &run);
-    }
+    super::team::par_for(tasks, &run);
 }
 
 /// As `gemm`, all on the calling thread (for callers that parallelise

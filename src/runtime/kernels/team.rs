@@ -121,18 +121,12 @@ impl Board {
     /// A helper's loop: take part in each published job; in between, run
     /// pending rayon jobs or spin.
     fn help(&self) {
-        let mut seen = self.epoch.load(Ordering::Acquire);
-        // Join the job in flight when the helper starts late.
-        if let Ok(j) = self.job.lock() {
-            if let Some((e, job, n)) = *j {
-                drop(j);
-                self.work(e, job, n);
-            }
-        }
+        // None: a helper that starts late joins the job already in flight.
+        let mut seen = None;
         while !self.stop.load(Ordering::Acquire) {
             let e = self.epoch.load(Ordering::Acquire);
-            if e != seen {
-                seen = e;
+            if seen != Some(e) {
+                seen = Some(e);
                 let current = self.job.lock().ok().and_then(|j| *j);
                 if let Some((je, job, n)) = current {
                     if je == e {

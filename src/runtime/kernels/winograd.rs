@@ -251,11 +251,7 @@ impl Winograd {
             }
             SCRATCH.with(|s| *s.borrow_mut() = scratch);
         };
-        if blocks == 1 || threads == 1 {
-            (0..blocks).for_each(run);
-        } else {
-            super::team::par_for(blocks, &run);
-        }
+        super::team::par_for(blocks, &run);
     }
 
     /// # Safety

@@ -82,7 +82,9 @@ def main():
             print(json.dumps({"raw_output": o, "ok": False, "error": str(e).strip().splitlines()[-1]}))
             bad += 1
             continue
-        want = ref.transpose(0, 3, 1, 2) if ref.ndim == 4 else ref
+        # A 4-D output is channel-first (Caffe's convention) unless the
+        # report says the blob holds TF's own order (an NCHW output).
+        want = ref.transpose(0, 3, 1, 2) if ref.ndim == 4 and blobs[o]["layout"] == "nchw" else ref
         ok = raw.size == want.size
         err = float(np.abs(raw.reshape(-1) - want.reshape(-1)).max()) if ok else float("inf")
         ok = ok and err <= a.tolerance * (max(1.0, float(np.abs(ref).max())) if a.relative else 1.0)

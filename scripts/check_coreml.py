@@ -127,7 +127,13 @@ def main():
     for inp in man["inputs"]:
         x = np.load(os.path.join(a.case, inp["file"])).astype(np.float32)
         b = blobs[inp["name"]]
-        x = x.transpose(0, 3, 1, 2) if b["layout"] == "chw" else x.reshape(x.shape[0], -1, 1, 1)
+        if b["layout"] == "chw":
+            x = x.transpose(0, 3, 1, 2)
+        elif x.ndim == 4:
+            # A channel-first input, fed as it is.
+            x = x.reshape(x.shape[0], *b["chw"])
+        else:
+            x = x.reshape(x.shape[0], -1, 1, 1)
         oi = {i.name: i for i in sess.get_inputs()}[b["blob"]]
         if len(oi.shape) == 2:
             x = x.reshape(x.shape[0], -1)
@@ -171,7 +177,9 @@ def main():
     raw = sess.run([p[1] for p in pairs], feeds)
     for (o, name), got in zip(pairs, raw):
         ref = np.load(os.path.join(a.case, refs[o]["file"]))
-        want = ref.transpose(0, 3, 1, 2) if ref.ndim == 4 else ref
+        # A 4-D output is channel-first (Core ML's convention) unless the
+        # report says the blob holds TF's own order (an NCHW output).
+        want = ref.transpose(0, 3, 1, 2) if ref.ndim == 4 and blobs[o]["layout"] == "chw" else ref
         got = np.asarray(got)
         ok = got.size == want.size
         err = float(np.abs(got.reshape(-1) - want.reshape(-1)).max()) if ok else float("inf")

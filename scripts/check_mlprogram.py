@@ -179,8 +179,20 @@ def main():
             x = x.transpose(0, 3, 1, 2)
         feeds[name] = np.ascontiguousarray(x)
     out_names = [f.name for f in spec.description.output]
-    fetch = out_names + [c for _, c, _ in extra]
+    # onnxmltools renames a declared output that a layer also reads to
+    # NAME1 and drops it from the graph's outputs: fetch it under that name.
+    fetched = {}
+    for name in out_names:
+        if name not in known and name not in produced:
+            renamed = sorted(p for p in produced if re.fullmatch(re.escape(name) + r"\d+", p))
+            if renamed:
+                fetched[name] = renamed[0]
+                onx.graph.output.append(onnx.helper.make_tensor_value_info(renamed[0], onnx.TensorProto.FLOAT, None))
+    if fetched:
+        sess = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    fetch = [fetched.get(n, n) for n in out_names] + [c for _, c, _ in extra]
     got = dict(zip(fetch, sess.run(fetch, feeds)))
+    got.update({n: got[f] for n, f in fetched.items()})
     bad = 0
     tf_outputs = {re.sub(r"[^0-9A-Za-z_]", "_", o): o for o in man["outputs"]}
     for name in out_names:
@@ -191,7 +203,11 @@ def main():
             continue
         ref = np.load(os.path.join(a.case, refs[tf_name]["file"]))
         y = np.asarray(got[name])
-        y = y.transpose(0, 2, 3, 1) if ref.ndim == 4 else y.reshape(ref.shape)
+        # A 4-D output is channel-first unless its description says TF's
+        # own order (an NCHW output of the TF graph).
+        described = {f.name: f.shortDescription for f in spec.description.output}
+        nchw = ref.ndim == 4 and "channel-first" in described.get(name, "")
+        y = y.transpose(0, 2, 3, 1) if nchw else y.reshape(ref.shape)
         if a.normalised:
             def l2(v):
                 return v / np.linalg.norm(v.reshape(v.shape[0], -1), axis=1).reshape(-1, *[1] * (v.ndim - 1))

@@ -54,8 +54,12 @@ def main():
                 tb = n["op"]["params"]["transpose_b"]
                 w2 = w.T if not tb else w
                 src = nodes[base(n["inputs"][0])]
-                shp = nodes[base(src["inputs"][0])]["outputs"][0]["shape"] if src["op"]["op"] == "reshape" else None
-                if shp is not None and len(shp) == 4 and shp[1] * shp[2] > 1:
+                flat = nodes[base(src["inputs"][0])] if src["op"]["op"] == "reshape" else None
+                shp = flat["outputs"][0]["shape"] if flat else None
+                # A flatten of a channel-first value (an NHWC map transposed
+                # to NCHW) reads Caffe's blob order already: no reordering.
+                nchw = flat is not None and flat["op"]["op"] == "transpose" and flat["op"]["params"]["perm"] == [0, 3, 1, 2]
+                if shp is not None and not nchw and len(shp) == 4 and shp[1] * shp[2] > 1:
                     h, wd, c = shp[1:]
                     w2 = w2.reshape(-1, h, wd, c).transpose(0, 3, 1, 2).reshape(w2.shape[0], -1)
                 expect = w2

@@ -331,3 +331,19 @@ _reg._converter_pool["sliceStatic"] = _slice_static
 
 
 _reg._converter_pool["slice"] = _slice
+
+
+# Shim 16: the `copy` layer (MIL's identity, e.g. an NCHW transpose of a
+# map that is only a change of label) has no converter; it is ONNX's
+# Identity, and its shape is its input's.
+def _copy_shape(operator):
+    operator.outputs[0].type.shape = list(operator.inputs[0].type.shape)
+
+
+def _copy(scope, operator, container):
+    container.add_node("Identity", operator.input_full_names, operator.output_full_names,
+                       name=operator.full_name)
+
+
+_reg._shape_calculator_pool["copy"] = _copy_shape
+_reg._converter_pool["copy"] = _copy

@@ -463,6 +463,79 @@ def case_flatten_output(seed):
     return build, ["Conv2D", "Relu", "Reshape", "flat", "logits"], ["flat", "logits"]
 
 
+def nhwc(v, name):
+    """An NCHW value transposed to NHWC, as onnx-tf writes around a conv."""
+    return tf.transpose(v, [0, 2, 3, 1], name=name)
+
+
+def nchw(v, name):
+    """An NHWC value transposed to NCHW."""
+    return tf.transpose(v, [0, 3, 1, 2], name=name)
+
+
+def case_nchw_inside(seed):
+    """A graph as onnx-tf writes a PyTorch model: NHWC input transposed to
+    NCHW, normalisation, padding, bias, residual add, concat, a
+    squeeze-and-excitation mean and product all in NCHW, every convolution
+    and pool wrapped in Transposes to NHWC and back, a declared NCHW output,
+    a flatten in NCHW order feeding a Dense, and a transposed-back NHWC
+    output."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8, 8, 3], name="input")
+        t = nchw(x, "to_nchw")
+        n = tf.multiply(tf.subtract(t, c(rng.normal(0, 0.5, [1, 3, 1, 1]), "mean"), name="centred"),
+                        c(rng.uniform(0.5, 2.0, [1, 3, 1, 1]), "scale"), name="normalised")
+        p = tf.pad(n, [[0, 0], [0, 0], [1, 1], [1, 1]], name="padded")
+        y = tf.nn.conv2d(nhwc(p, "conv1/in"), c(rng.normal(0, 0.2, [3, 3, 3, 8]), "w1"), [1, 1, 1, 1], "VALID",
+                         name="conv1/conv")
+        y = tf.nn.bias_add(nchw(y, "conv1/out"), c(rng.normal(0, 0.5, 8), "b1"), data_format="NCHW",
+                           name="conv1")
+        r = tf.nn.relu(y, name="relu1")
+        z = tf.nn.conv2d(nhwc(r, "conv2/in"), c(rng.normal(0, 0.3, [1, 1, 8, 8]), "w2"), [1, 1, 1, 1], "SAME",
+                         name="conv2/conv")
+        res = tf.add(r, nchw(z, "conv2/out"), name="residual")
+        cat = tf.concat([res, r], axis=1, name="cat")
+        se = tf.nn.sigmoid(tf.reduce_mean(cat, axis=[2, 3], keepdims=True, name="se/pool"), name="se/gate")
+        g = tf.multiply(cat, se, name="se")
+        m = nchw(tf.nn.max_pool2d(nhwc(g, "pool/in"), 2, 2, "VALID", name="pool/pool"), "pool")
+        tf.identity(m, name="nchw_out")
+        f = tf.reshape(m, [1, 256], name="flat")
+        tf.matmul(f, c(rng.normal(0, 0.1, [256, 5]), "fc_w"), name="fc")
+        v = tf.reduce_sum(m, axis=[2, 3], name="summed")
+        tf.add(v, c(rng.normal(0, 0.5, 16), "sum_b"), name="vector")
+        tf.nn.relu(nhwc(m, "back"), name="nhwc_out")
+        return {"input": rng.normal(0, 1, [1, 8, 8, 3])}
+    return build, ["normalised", "padded", "conv1", "relu1", "residual", "cat", "se", "pool", "nchw_out",
+                   "flat", "fc", "vector", "nhwc_out"], ["nchw_out", "fc", "vector", "nhwc_out"]
+
+
+def case_nchw_graph(seed):
+    """A channel-first graph end to end (PyTorch through ONNX and onnx-tf):
+    an NCHW input transposed to NHWC for each conv and back, batch norm and
+    bias in NCHW, an NCHW output, and a global pool."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 3, 9, 9], name="input")
+        y = nchw(tf.nn.conv2d(nhwc(x, "conv1/in"), c(rng.normal(0, 0.3, [3, 3, 3, 6]), "w1"), [1, 2, 2, 1],
+                              "SAME", name="conv1/conv"), "conv1")
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            y, c(rng.uniform(0.5, 1.5, 6), "gamma"), c(rng.normal(0, 0.3, 6), "beta"),
+            mean=c(rng.normal(0, 0.3, 6), "mean"), variance=c(rng.uniform(0.5, 1.5, 6), "variance"),
+            data_format="NCHW", is_training=False, name="bn1")
+        r = tf.nn.relu6(y, name="relu1")
+        d = tf.nn.depthwise_conv2d(nhwc(r, "dw/in"), c(rng.normal(0, 0.3, [3, 3, 6, 1]), "wd"), [1, 1, 1, 1],
+                                   "SAME", name="dw/conv")
+        d = tf.nn.bias_add(nchw(d, "dw/out"), c(rng.normal(0, 0.3, 6), "bd"), data_format="NCHW", name="dw")
+        s = tf.nn.sigmoid(d, name="gate")
+        tf.multiply(r, s, name="feature")
+        tf.reduce_mean(r * s, axis=[2, 3], name="pooled")
+        return {"input": rng.normal(0, 1, [1, 3, 9, 9])}
+    return build, ["conv1", "bn1", "relu1", "dw", "feature", "pooled"], ["feature", "pooled"]
+
+
 def case_keras_ops(seed):
     """What Keras graphs add around convolutions: Normalization's per-channel
     (x - mean) / std, swish behind IdentityN (Keras' custom gradient), and
@@ -508,6 +581,10 @@ CASES = {
                                "parts out of order, a middle part as an output, halves of a vector"),
     "crop_slice": (case_crop_slice(115), "Slices of activations: ZeroPadding2D + Cropping2D, tf.slice of "
                                          "channels, negative bounds, a slice of a pooled vector"),
+    "nchw_inside": (case_nchw_inside(117), "An onnx-tf style graph: NCHW between Transposes around every conv "
+                                           "and pool, NCHW and NHWC outputs, a flatten in NCHW order"),
+    "nchw_graph": (case_nchw_graph(118), "Channel-first end to end: an NCHW input, NCHW batch norm and bias "
+                                         "between Transposes around each conv, an NCHW output"),
 }
 
 

@@ -75,7 +75,9 @@ fixture_tests!(
     layer_norm,
     gelu_erf,
     crop_slice,
-    split
+    split,
+    nchw_inside,
+    nchw_graph
 );
 
 #[test]

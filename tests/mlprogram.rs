@@ -105,7 +105,15 @@ fn check_case(name: &str, case: &Path, model: &Path) -> (Value, Vec<Value>) {
             .iter()
             .map(|d| d.as_u64().unwrap())
             .collect();
-        let want = if s.len() == 4 {
+        // A 4-D input is fed channel-first, unless it is channel-first in
+        // TF already (read only through a transpose to NHWC): the
+        // metadata says which, and the values below check it.
+        let key = format!(
+            "faceall.input_layout.{}",
+            i["name"].as_str().unwrap_or_default()
+        );
+        let nchw = summary["metadata"]["user_defined"][key.as_str()] == "NCHW";
+        let want = if s.len() == 4 && nchw {
             vec![s[0], s[3], s[1], s[2]]
         } else {
             s

@@ -24,6 +24,8 @@ const CASES: &[&str] = &[
     "misc_ops",
     "layer_norm",
     "gelu_erf",
+    "nchw_inside",
+    "nchw_graph",
 ];
 
 fn case_dir(name: &str) -> PathBuf {
@@ -154,6 +156,43 @@ fn gelu_forms_and_tensordot_are_recognised() {
         count(&g, |o| matches!(o, Op::Activation(Activation::Tanh))),
         1
     );
+}
+
+#[test]
+fn channel_first_regions_lose_their_transposes() {
+    use faceall::ir::Layout;
+    let transposes = |g: &Graph| count(g, |o| matches!(o, Op::Transpose { .. }));
+    // onnx-tf style: 8 Transposes in TF. One stays: the NCHW value that is
+    // a declared output and is flattened (Caffe and Core ML hold it as
+    // is, a change of label).
+    let case = ReferenceCase::load(&case_dir("nchw_inside")).unwrap();
+    let (g, report) = converted(&case, &PassOptions::default());
+    assert_eq!(transposes(&g), 1, "{:?}", report.rewrites);
+    let t = g
+        .nodes
+        .iter()
+        .find(|n| matches!(n.op, Op::Transpose { .. }))
+        .unwrap();
+    assert_eq!(t.carries(), Some("nchw_out"));
+    // The NCHW bias folded into the conv before it, like an NHWC one.
+    assert_eq!(count(&g, |o| matches!(o, Op::BiasAdd { .. })), 0);
+    // An NCHW input, NCHW batch norm: the input's transpose and the
+    // output's stay, the batch norm folds, every conv is NHWC.
+    let case = ReferenceCase::load(&case_dir("nchw_graph")).unwrap();
+    let (g, report) = converted(&case, &PassOptions::default());
+    assert_eq!(transposes(&g), 2, "{:?}", report.rewrites);
+    assert_eq!(count(&g, |o| matches!(o, Op::BatchNorm(_))), 0);
+    assert_eq!(
+        count(
+            &g,
+            |o| matches!(o, Op::Conv2d(c) if c.layout == Layout::Nhwc)
+        ),
+        2
+    );
+    // Off, every transpose stays and the outputs are still TF's.
+    let (g, _) = converted(&case, &PassOptions::default().without("sink_transpose"));
+    assert_eq!(transposes(&g), 4);
+    check_outputs(&case, &g, "without sink_transpose");
 }
 
 #[test]

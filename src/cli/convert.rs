@@ -251,6 +251,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .iter()
                 .map(|(f, _, _)| {
                     let cf = shape.len() == 4
+                        && !formats::layout::is_nchw_transpose(&graph, *w)
                         && formats::by_name(f).is_some_and(|f| f.channel_first_outputs());
                     let how = if cf { "NCHW (channel-first)" } else { "as TF" };
                     (f.to_string(), how.to_string())

@@ -218,6 +218,28 @@ pub fn axis(a: i64, rank: usize) -> Result<usize, String> {
     Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }
 
+/// Whether graph input `idx` is a channel-first map (NCHW in TF already)
+/// that the graph reads only through a transpose to NHWC. The
+/// channel-first formats feed it as it is: their blob of the NHWC map it
+/// becomes is that very order (Caffe's NCHW, Core ML's (C, H, W)).
+pub fn channel_first_input(g: &crate::ir::Graph, idx: usize) -> bool {
+    let me = crate::ir::Wire { node: idx, slot: 0 };
+    let users = g.users(me);
+    g.nodes.get(idx).is_some_and(|n| n.outputs[0].shape.len() == 4)
+        && !users.is_empty()
+        && !g.outputs.contains(&me)
+        && users.iter().all(|&u| {
+            matches!(&g.nodes[u].op, crate::ir::Op::Transpose { perm } if perm == &[0, 2, 3, 1])
+        })
+}
+
+/// Whether `w` is an NHWC map transposed to NCHW: the channel-first formats
+/// hold it in TF's own order (so a declared output of it is not
+/// channel-first by their convention, it is TF's).
+pub fn is_nchw_transpose(g: &crate::ir::Graph, w: crate::ir::Wire) -> bool {
+    matches!(g.nodes.get(w.node).map(|n| &n.op), Some(crate::ir::Op::Transpose { perm }) if perm == &[0, 3, 1, 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

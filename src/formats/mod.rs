@@ -163,7 +163,9 @@ pub fn check_declared_inputs(
             )));
         };
         let want = to_format(tf);
-        if shape != &want {
+        // An input declared in TF's own shape (Caffe) or sample shape
+        // (Core ML) is channel-first in TF already and is fed as it is.
+        if shape != &want && shape != tf && Some(shape.as_slice()) != tf.get(1..) {
             let how = if &want == tf {
                 String::new()
             } else {

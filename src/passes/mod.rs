@@ -21,6 +21,7 @@ mod fuse_residual;
 mod remove_dead;
 mod remove_identity;
 mod resolve_switch;
+mod sink_transpose;
 
 use serde::Serialize;
 
@@ -76,6 +77,11 @@ pub const PASSES: &[Pass] = &[
         name: "fold_constants",
         what: "nodes whose inputs are all constant are evaluated once (the decomposed batch norm's `rsqrt(var + eps) * gamma`, shape arithmetic)",
         run: fold_constants::run,
+    },
+    Pass {
+        name: "sink_transpose",
+        what: "a Transpose moves below the ops that only care where an axis is (elementwise ops with constants re-indexed, bias, channel-first conv/pool/batch norm made channel-last, concat, reductions, pad, slice) until it meets its inverse and both go (onnx-tf and channel-first GPU graphs)",
+        run: sink_transpose::run,
     },
     Pass {
         name: "fold_tensordot",

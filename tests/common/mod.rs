@@ -51,6 +51,8 @@ pub const FIXTURES: &[&str] = &[
     "gelu_erf",
     "crop_slice",
     "split",
+    "nchw_inside",
+    "nchw_graph",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV

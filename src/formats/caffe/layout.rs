@@ -14,8 +14,13 @@ pub fn input_shape(tf: &[usize]) -> Vec<usize> {
     }
 }
 
-/// A TF input as Caffe is fed it.
-pub fn input_nchw(t: &Tensor) -> Result<Tensor> {
+/// A TF input as Caffe is fed it, into a blob declared as `declared`: one
+/// declared in TF's own shape is a channel-first input (NCHW in TF already,
+/// read only through a transpose to NHWC), fed as it is.
+pub fn input_nchw(t: &Tensor, declared: Option<&[usize]>) -> Result<Tensor> {
+    if declared == Some(t.shape()) {
+        return Ok(t.clone());
+    }
     let &[n, h, w, c] = t.shape() else {
         return Ok(t.clone());
     };
@@ -29,6 +34,11 @@ pub fn to_tf(got: &Tensor, want: &[usize], flat_of: Option<[usize; 3]>) -> Resul
     if let (&[n, c, h, w], 4) = (s, want.len()) {
         if [n, h, w, c] == [want[0], want[1], want[2], want[3]] {
             return Tensor::f32(want.to_vec(), nchw_to_nhwc(&got.as_f32()?, [n, c, h, w]));
+        }
+        // A TF value that is itself channel-first (an NHWC map transposed
+        // to NCHW) is held in TF's order.
+        if s == want {
+            return Ok(got.clone());
         }
         return Err(Error::Mismatch(format!(
             "shape {s:?} (NCHW) does not match TensorFlow's {want:?} (NHWC)"
@@ -59,11 +69,22 @@ mod tests {
     fn nchw_blob_reads_back_as_nhwc() {
         // (1, 2, 1, 3) NHWC: pixels p0, p1, p2 with channels (a, b).
         let nhwc = Tensor::f32(vec![1, 1, 3, 2], vec![0., 10., 1., 11., 2., 12.]).unwrap();
-        let nchw = input_nchw(&nhwc).unwrap();
+        let nchw = input_nchw(&nhwc, None).unwrap();
         assert_eq!(nchw.shape(), &[1, 2, 1, 3]);
         assert_eq!(&*nchw.as_f32().unwrap(), &[0., 1., 2., 10., 11., 12.]);
         let back = to_tf(&nchw, &[1, 1, 3, 2], None).unwrap();
         assert_eq!(&*back.as_f32().unwrap(), &*nhwc.as_f32().unwrap());
+    }
+
+    #[test]
+    fn a_channel_first_value_is_held_as_it_is() {
+        let v = Tensor::f32(vec![1, 3, 2, 2], (0..12).map(|i| i as f32).collect()).unwrap();
+        let same =
+            |t: Tensor| t.shape() == v.shape() && *t.as_f32().unwrap() == *v.as_f32().unwrap();
+        assert!(same(to_tf(&v, &[1, 3, 2, 2], None).unwrap()));
+        assert!(same(input_nchw(&v, Some(&[1, 3, 2, 2])).unwrap()));
+        // Not declared as it is: transposed to NCHW.
+        assert!(!same(input_nchw(&v, None).unwrap()));
     }
 
     #[test]

@@ -137,7 +137,15 @@ impl Executor for CaffeExecutor {
     ) -> Result<Run> {
         let feeds: HashMap<String, Tensor> = feeds
             .iter()
-            .map(|(k, t)| Ok((k.clone(), layout::input_nchw(t)?)))
+            .map(|(k, t)| {
+                let declared = self
+                    .net
+                    .inputs
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, s)| s.as_slice());
+                Ok((k.clone(), layout::input_nchw(t, declared)?))
+            })
             .collect::<Result<_>>()?;
         let (blobs, _, err) = self.net.forward_partial(&feeds)?;
         // A flatten's input shape: its output is in channel-first order.

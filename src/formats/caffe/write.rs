@@ -399,11 +399,22 @@ impl<'g> Em<'g> {
                 if out_fact.dtype != DType::F32 {
                     return Err("only float32 inputs".into());
                 }
+                // An NCHW input that is only read through a transpose to
+                // NHWC (a channel-first graph) is fed as it is.
+                let (layout, shape) = if crate::formats::layout::channel_first_input(g, idx) {
+                    (BlobLayout::Plain, out_fact.shape.clone())
+                } else {
+                    (lay4(&out_fact.shape), out_shape)
+                };
                 self.net.input.push(out_blob.clone());
                 self.net.input_shape.push(shape_proto(
-                    &out_shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                    &shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
                 ));
-                done(out_blob, out_shape)
+                Ok(Some(Val {
+                    blob: out_blob,
+                    layout,
+                    shape,
+                }))
             }
             Op::Identity => {
                 let x = self.val(n.inputs[0])?;
@@ -588,7 +599,8 @@ impl<'g> Em<'g> {
                         let e = l.eltwise_param.mut_or_insert_default();
                         e.set_operation(EltwiseOp::SUM);
                         e.coeff = vec![1.0, GELU_CUBIC];
-                        let arg = self.power(&format!("{name}/arg"), &poly, 1.0, SQRT_2_OVER_PI, 0.0);
+                        let arg =
+                            self.power(&format!("{name}/arg"), &poly, 1.0, SQRT_2_OVER_PI, 0.0);
                         let th = format!("{name}/tanh");
                         self.layer(&th, "TanH", &[&arg], &[&th]);
                         let phi = self.power(&format!("{name}/half_one_plus"), &th, 1.0, 0.5, 0.5);
@@ -600,7 +612,9 @@ impl<'g> Em<'g> {
                     Activation::LeakyRelu { alpha } => {
                         // max(x, 0) + slope * min(x, 0): alpha * x below 0, exact.
                         let l = self.layer(&name, "ReLU", &[&x.blob], &[&out_blob]);
-                        l.relu_param.mut_or_insert_default().set_negative_slope(*alpha);
+                        l.relu_param
+                            .mut_or_insert_default()
+                            .set_negative_slope(*alpha);
                     }
                     Activation::Relu6 => {
                         // min(relu(x), 6) = -max(-relu(x), -6), every step exact.
@@ -876,10 +890,28 @@ impl<'g> Em<'g> {
                     ..x
                 }))
             }
-            Op::Transpose { .. } => Err(
-                "a transpose has no Caffe form here (the fold_transpose pass removes one that only feeds a flatten + matmul)"
-                    .into(),
-            ),
+            // A Caffe blob of an NHWC map is already that map's NCHW
+            // transpose in TF's order, and the other way round: the two
+            // layout transposes are a change of label (copied, so the TF
+            // name has a layer of its own). Any other has no form in either
+            // dialect (BVLC Caffe has no Permute).
+            Op::Transpose { perm } => {
+                let x = self.val(n.inputs[0])?;
+                let layout = match (&x.layout, perm.as_slice()) {
+                    (BlobLayout::Nchw, [0, 3, 1, 2]) => BlobLayout::Plain,
+                    (BlobLayout::Plain, [0, 2, 3, 1]) if x.shape.len() == 4 => BlobLayout::Nchw,
+                    _ => return Err(
+                        "a transpose has no Caffe form here: only NHWC<->NCHW of a map is (sink_transpose cancels pairs; fold_transpose folds one that only feeds a flatten + matmul)"
+                            .into(),
+                    ),
+                };
+                let top = self.power(&out_blob, &x.blob, 1.0, 1.0, 0.0);
+                Ok(Some(Val {
+                    blob: top,
+                    layout,
+                    shape: x.shape,
+                }))
+            }
             Op::Slice { begin, end } => {
                 // One Slice layer per cut axis (Caffe's axis order); the
                 // parts outside the range go to a Silence layer. Copies only.
@@ -887,7 +919,11 @@ impl<'g> Em<'g> {
                 let caffe_axes: Vec<usize> = match (&x.layout, begin.len()) {
                     (BlobLayout::Nchw, 4) => vec![0, 2, 3, 1],
                     (BlobLayout::Plain, r) => (0..r).collect(),
-                    _ => return Err("slicing a flattened channel-first value has no Caffe form here".into()),
+                    _ => {
+                        return Err(
+                            "slicing a flattened channel-first value has no Caffe form here".into(),
+                        )
+                    }
                 };
                 let mut v = x;
                 let cuts: Vec<usize> = (0..begin.len())

@@ -25,7 +25,10 @@ pub fn input_sample(t: &Tensor, n: usize, shape: &[usize]) -> Result<Tensor> {
         .get(n * per..(n + 1) * per)
         .ok_or_else(|| Error::Usage(format!("no sample {n} in a batch of {batch}")))?
         .to_vec();
+    // An input declared as TF's own sample is channel-first already (read
+    // only through a transpose to NHWC) and is fed as it is.
     let v = match t.shape() {
+        [_, rest @ ..] if rest == shape => v,
         &[_, h, w, c] => nhwc_to_nchw(&v, [1, h, w, c]),
         _ => v,
     };
@@ -40,6 +43,11 @@ pub fn to_tf(b: &Tensor, want: &[usize], flat_in: Option<&[usize]>) -> Result<Te
     };
     let v = b.as_f32()?;
     if let &[_, th, tw, tc] = want {
+        // A channel-first TF value (an NHWC map transposed to NCHW) is
+        // held in TF's own order.
+        if [th, tw, tc] == [c, h, w] && [th, tw, tc] != [h, w, c] {
+            return b.reshaped(want.to_vec());
+        }
         if [th, tw, tc] != [h, w, c] && !(tc == 1 && [th, tw] == [h, w] && c == 1) {
             return Err(Error::Mismatch(format!(
                 "shape (C, H, W) {:?} does not match TensorFlow's {want:?}",

@@ -226,6 +226,17 @@ impl<'g> Em<'g> {
                 if n.outputs[0].dtype != DType::F32 {
                     return Err("only float32 inputs".into());
                 }
+                if let (true, &[_, c, h, w]) = (
+                    crate::formats::layout::channel_first_input(g, idx),
+                    n.outputs[0].shape.as_slice(),
+                ) {
+                    // Fed as it is: a TF (C, H, W) sample.
+                    return Ok(Some(Val {
+                        blob: out,
+                        layout: CoremlLayout::Same,
+                        chw: [c, h, w],
+                    }));
+                }
                 done(out)
             }
             Op::Identity => {
@@ -629,7 +640,30 @@ impl<'g> Em<'g> {
                     n.outputs[0].shape
                 ))
             }
-            Op::Transpose { .. } | Op::PRelu => Err(format!(
+            // The (C, H, W) blob of an NHWC map is its NCHW transpose in
+            // TF's own order, and the other way round: a change of label
+            // (copied, so the TF name has a layer). Any other transpose
+            // has no form here.
+            Op::Transpose { perm } => {
+                let x = self.val(n.inputs[0])?;
+                let rank = g.fact(n.inputs[0]).map_err(|e| e.to_string())?.shape.len();
+                let layout =
+                    match (&x.layout, perm.as_slice()) {
+                        (CoremlLayout::Chw, [0, 3, 1, 2]) => CoremlLayout::Same,
+                        (CoremlLayout::Same, [0, 2, 3, 1]) if rank == 4 => CoremlLayout::Chw,
+                        _ => return Err(
+                            "a transpose has no Core ML form here: only NHWC<->NCHW of a map is"
+                                .into(),
+                        ),
+                    };
+                self.layer(&name, &[&x.blob], &out, linear(1.0, 0.0));
+                Ok(Some(Val {
+                    blob: out,
+                    layout,
+                    chw: x.chw,
+                }))
+            }
+            Op::PRelu => Err(format!(
                 "{} has no Core ML form here (Caffe only for now)",
                 n.op.kind()
             )),
@@ -931,7 +965,9 @@ fn feature(
     let mut a = ArrayFeatureType::new();
     a.shape = match layout {
         CoremlLayout::Chw => chw.iter().map(|&d| d as i64).collect(),
-        _ if chw[0] == 1 && (chw[1] > 1 || chw[2] > 1) => chw.iter().map(|&d| d as i64).collect(),
+        // A map in TF's own order (TF (N, A, B), or a channel-first
+        // (N, C, H, W) value) keeps its three axes.
+        _ if chw[1] > 1 || chw[2] > 1 => chw.iter().map(|&d| d as i64).collect(),
         _ => vec![chw[0] as i64],
     };
     a.dataType = ArrayDataType::FLOAT32.into();

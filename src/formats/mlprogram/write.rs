@@ -1421,8 +1421,22 @@ impl<'g> Em<'g> {
             }
             Op::Transpose { perm } => {
                 let xw = input(0)?;
-                let x = self.tf(xw)?;
+                // An NHWC map held channel-first is its NCHW transpose
+                // already, and the other way round: an identity under the
+                // TF name, no transpose.
                 let xs = self.shape(xw)?;
+                let xv = self.val(xw)?;
+                let relabel = match (perm.as_slice(), xv.form) {
+                    ([0, 3, 1, 2], Form::Nchw) => Some((Form::Tf, mil_shape(&xs, Form::Nchw))),
+                    ([0, 2, 3, 1], Form::Tf) if xs.len() == 4 => Some((Form::Nchw, xs.clone())),
+                    _ => None,
+                };
+                if let Some((form, to)) = relabel {
+                    let (out, label) = self.out_name(n, form);
+                    self.unary("identity", &xv.var, &out, &to, &label);
+                    return done(out, form);
+                }
+                let x = self.tf(xw)?;
                 let (out, label) = self.out_name(n, Form::Tf);
                 let p = self.const_ints(
                     &format!("{out}_perm"),
@@ -1514,7 +1528,9 @@ pub fn emit(g: &Graph, copts: &CoremlOptions, opts: &MlProgramOptions) -> Result
                 reason: "no MIL form: only float32 inputs".into(),
             }]));
         }
-        let form = if f.shape.len() == 4 {
+        // A channel-first input (read only through a transpose to NHWC)
+        // is fed as it is.
+        let form = if f.shape.len() == 4 && !crate::formats::layout::channel_first_input(g, i) {
             Form::Nchw
         } else {
             Form::Tf
@@ -1595,7 +1611,8 @@ pub fn emit(g: &Graph, copts: &CoremlOptions, opts: &MlProgramOptions) -> Result
             .get(w)
             .cloned()
             .ok_or_else(|| fail("was not written".into()))?;
-        let form = if f.shape.len() == 4 {
+        // An NCHW transpose of a map is TF's own order already.
+        let form = if f.shape.len() == 4 && !crate::formats::layout::is_nchw_transpose(g, *w) {
             Form::Nchw
         } else {
             Form::Tf

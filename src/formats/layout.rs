@@ -27,25 +27,52 @@ pub fn conv_oihw(
     read_ihwo: bool,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; w.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ci {
-                for o in 0..co {
-                    let src = if read_ihwo {
-                        ((i * kh + y) * kw + x) * co + o
-                    } else {
-                        ((y * kw + x) * ci + i) * co + o
-                    };
-                    let dst = if depthwise {
-                        ((i * co + o) * kh + y) * kw + x
-                    } else {
-                        ((o * ci + i) * kh + y) * kw + x
-                    };
-                    out[dst] = w[src];
+    if depthwise || read_ihwo || w.len() != kh * kw * ci * co {
+        for y in 0..kh {
+            for x in 0..kw {
+                for i in 0..ci {
+                    for o in 0..co {
+                        let src = if read_ihwo {
+                            ((i * kh + y) * kw + x) * co + o
+                        } else {
+                            ((y * kw + x) * ci + i) * co + o
+                        };
+                        let dst = if depthwise {
+                            ((i * co + o) * kh + y) * kw + x
+                        } else {
+                            ((o * ci + i) * kh + y) * kw + x
+                        };
+                        if let (Some(d), Some(s)) = (out.get_mut(dst), w.get(src)) {
+                            *d = *s;
+                        }
+                    }
                 }
             }
         }
+        return out;
     }
+    // A transpose of (tap, i, o) to (o, i, tap): output channels in blocks
+    // (each block a contiguous part of the result, filled on its own
+    // thread), so the strided writes of a block stay in cache (VGG16's
+    // 3x3x512x512: 1.2 MB per block of 64).
+    use rayon::prelude::*;
+    const BLOCK: usize = 64;
+    let taps = kh * kw;
+    let per_o = ci * taps;
+    out.par_chunks_mut(BLOCK * per_o.max(1))
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let o0 = b * BLOCK;
+            let os = chunk.len() / per_o.max(1);
+            for tap in 0..taps {
+                for i in 0..ci {
+                    let row = &w[(tap * ci + i) * co + o0..][..os];
+                    for (j, &v) in row.iter().enumerate() {
+                        chunk[(j * ci + i) * taps + tap] = v;
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -85,23 +112,55 @@ pub fn inner_product(
     transpose_b: bool,
     flat_hwc: Option<[usize; 3]>,
 ) -> Vec<f32> {
-    let perm = |r: usize| -> usize {
-        match flat_hwc {
-            Some([h, wd, c]) => {
+    use rayon::prelude::*;
+    // Where row r of the weights goes in an output row.
+    let dest: Vec<usize> = (0..k)
+        .map(|r| match flat_hwc {
+            Some([h, wd, c]) if wd * c > 0 && c > 0 => {
                 let (hh, rest) = (r / (wd * c), r % (wd * c));
                 let (ww, cc) = (rest / c, rest % c);
                 (cc * h + hh) * wd + ww
             }
-            None => r,
-        }
-    };
+            _ => r,
+        })
+        .collect();
     let mut out = vec![0.0f32; k * n];
-    for r in 0..k {
-        for o in 0..n {
-            let src = if transpose_b { o * k + r } else { r * n + o };
-            out[o * k + perm(r)] = w[src];
-        }
+    // Shape inference has checked that the weights are `k x n` and the
+    // flattened map has `k` values; anything else would be a bug upstream,
+    // and gives zeros here rather than reading out of bounds.
+    if k == 0 || n == 0 || w.len() < k * n || dest.iter().any(|&d| d >= k) {
+        return out;
     }
+    if transpose_b {
+        // `[n, k]` already: each output row is its weight row, permuted.
+        out.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
+            let src = &w[o * k..][..k];
+            for (r, &v) in src.iter().enumerate() {
+                row[dest[r]] = v;
+            }
+        });
+        return out;
+    }
+    // A blocked transpose of `[k, n]`: output rows in blocks (contiguous,
+    // one thread each), weight rows in blocks, so reads and the strided
+    // writes of a block stay in cache (VGG16's 25088x4096 fc6 went from
+    // seconds to a fraction of one).
+    const BLOCK: usize = 64;
+    out.par_chunks_mut(BLOCK * k)
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let o0 = b * BLOCK;
+            let os = chunk.len() / k;
+            for r0 in (0..k).step_by(BLOCK) {
+                for r in r0..(r0 + BLOCK).min(k) {
+                    let src = &w[r * n + o0..][..os];
+                    let d = dest[r];
+                    for (j, &v) in src.iter().enumerate() {
+                        chunk[j * k + d] = v;
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -266,5 +325,39 @@ mod tests {
             vec![0.0, 2.0, 1.0, 3.0]
         );
         assert_eq!(inner_product(&w, 4, 1, false, None), w);
+    }
+
+    #[test]
+    fn blocked_transposes_match_the_definition() {
+        // Sizes that leave partial blocks of 64 on every axis.
+        let (kh, kw, ci, co) = (3, 2, 5, 131);
+        let w: Vec<f32> = (0..kh * kw * ci * co).map(|v| v as f32).collect();
+        let got = conv_oihw(&w, [kh, kw, ci, co], false, false);
+        for (y, x, i, o) in (0..kh).flat_map(|y| {
+            (0..kw).flat_map(move |x| (0..ci).flat_map(move |i| (0..co).map(move |o| (y, x, i, o))))
+        }) {
+            let src = ((y * kw + x) * ci + i) * co + o;
+            assert_eq!(got[((o * ci + i) * kh + y) * kw + x], w[src]);
+        }
+        let (h, wd, c, n) = (3, 5, 7, 70);
+        let k = h * wd * c;
+        let w: Vec<f32> = (0..k * n).map(|v| v as f32).collect();
+        for (tb, flat) in [
+            (false, None),
+            (false, Some([h, wd, c])),
+            (true, Some([h, wd, c])),
+        ] {
+            let got = inner_product(&w, k, n, tb, flat);
+            for r in 0..k {
+                let d = match flat {
+                    Some(_) => ((r % c) * h + r / (wd * c)) * wd + (r % (wd * c)) / c,
+                    None => r,
+                };
+                for o in 0..n {
+                    let src = if tb { o * k + r } else { r * n + o };
+                    assert_eq!(got[o * k + d], w[src], "tb {tb} r {r} o {o}");
+                }
+            }
+        }
     }
 }

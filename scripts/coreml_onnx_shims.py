@@ -347,3 +347,25 @@ def _copy(scope, operator, container):
 
 _reg._shape_calculator_pool["copy"] = _copy_shape
 _reg._converter_pool["copy"] = _copy
+
+
+# Shim 17: the rank-N `concatND` layer (MIL's concat on an axis other than
+# channels, e.g. MirrorPad's mirrored rows) has no converter; it is ONNX's
+# Concat on the layer's axis (negative counts from the end).
+def _concat_nd_shape(operator):
+    shapes = [list(i.type.shape) for i in operator.inputs]
+    axis = int(operator.raw_operator.concatND.axis)
+    axis = axis + len(shapes[0]) if axis < 0 else axis
+    out = list(shapes[0])
+    sizes = [s[axis] for s in shapes]
+    out[axis] = sum(sizes) if all(isinstance(d, int) and d > 0 for d in sizes) else "None"
+    operator.outputs[0].type.shape = out
+
+
+def _concat_nd(scope, operator, container):
+    container.add_node("Concat", operator.input_full_names, operator.output_full_names,
+                       name=operator.full_name, axis=int(operator.raw_operator.concatND.axis))
+
+
+_reg._shape_calculator_pool["concatND"] = _concat_nd_shape
+_reg._converter_pool["concatND"] = _concat_nd

@@ -533,7 +533,32 @@ def case_nchw_graph(seed):
         tf.multiply(r, s, name="feature")
         tf.reduce_mean(r * s, axis=[2, 3], name="pooled")
         return {"input": rng.normal(0, 1, [1, 3, 9, 9])}
-    return build, ["conv1", "bn1", "relu1", "dw", "feature", "pooled"], ["feature", "pooled"]
+    # conv1/in and dw/in are the NHWC values every format computes once the
+    # transposes cancel; the NCHW ones between them are compared through
+    # the outputs.
+    return build, ["conv1/in", "conv1", "bn1", "relu1", "dw/in", "dw", "feature", "pooled"], ["feature", "pooled"]
+
+
+def case_mirror_pad(seed):
+    """Reflection and symmetric padding around convolutions (CycleGAN- and
+    pix2pix-style generators), uneven per side, and tf.unstack of a vector
+    reshaped to rows."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 6, 7, 3], name="input")
+        p = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT", name="reflect")
+        y = tf.nn.relu(tf.nn.conv2d(p, c(rng.normal(0, 0.3, [3, 3, 3, 8]), "w1"), [1, 1, 1, 1], "VALID",
+                                    name="conv1"), name="relu1")
+        q = tf.pad(y, [[0, 0], [2, 1], [1, 3], [0, 0]], mode="SYMMETRIC", name="symmetric")
+        tf.identity(q, name="padded")
+        z = tf.nn.conv2d(q, c(rng.normal(0, 0.3, [3, 3, 8, 8]), "w2"), [1, 2, 2, 1], "VALID", name="conv2")
+        v = tf.reshape(tf.reduce_mean(z, axis=[1, 2], name="pooled"), [1, 2, 4], name="rows")
+        a, b = tf.unstack(v, axis=1, name="unstack")
+        tf.add(a, b, name="output")
+        return {"input": rng.normal(0, 1, [1, 6, 7, 3])}
+    return build, ["reflect", "conv1", "symmetric", "padded", "conv2", "pooled", "unstack", "output"], \
+        ["padded", "output"]
 
 
 def case_keras_ops(seed):
@@ -585,6 +610,8 @@ CASES = {
                                            "and pool, NCHW and NHWC outputs, a flatten in NCHW order"),
     "nchw_graph": (case_nchw_graph(118), "Channel-first end to end: an NCHW input, NCHW batch norm and bias "
                                          "between Transposes around each conv, an NCHW output"),
+    "mirror_pad": (case_mirror_pad(119), "MirrorPad REFLECT and SYMMETRIC around convolutions (uneven sides), "
+                                         "tf.unstack of a vector reshaped to rows"),
 }
 
 

@@ -155,35 +155,7 @@ fn fixtures_match_tensorflow_in_ours_and_opencv() {
 #[test]
 fn an_op_without_a_caffe_form_is_refused_for_caffe_only() {
     for (name, op) in NO_CAFFE_FORM {
-        let model = case_dir(name).join("model.pb");
-        let d = tempfile::tempdir().unwrap();
-        let o = faceall(&[
-            "convert-tf",
-            model.to_str().unwrap(),
-            "--to",
-            "caffe,onnx",
-            "--out-dir",
-            d.path().to_str().unwrap(),
-            "--quiet",
-        ]);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
-        let lines: Vec<&str> = err.lines().collect();
-        assert_eq!(lines.len(), 1, "{name}: {err}");
-        assert!(
-            lines[0].starts_with("error: --to caffe:")
-                && lines[0].contains(op)
-                && lines[0].contains("node '"),
-            "{name}: {err}"
-        );
-        assert!(
-            d.path().join("model.onnx").exists(),
-            "{name}: ONNX not written"
-        );
-        assert!(
-            !d.path().join("model.caffemodel").exists(),
-            "{name}: a caffemodel was written"
-        );
+        assert_refused_for_one_format(name, op, "caffe", "model.caffemodel");
     }
 }
 

@@ -160,6 +160,9 @@ fn check_tools(case_dir: &Path, c: &Converted) -> serde_json::Value {
 #[test]
 fn fixtures_match_tensorflow_in_ours_coremltools_and_onnxruntime() {
     for name in FIXTURES {
+        if NO_COREML_FORM.iter().any(|(n, _)| n == name) {
+            continue;
+        }
         let dir = case_dir(name);
         let case = ReferenceCase::load(&dir).unwrap();
         let c = convert(&case.model, &[]);
@@ -322,4 +325,13 @@ fn reader_rejects_what_is_not_a_model() {
         "{e}"
     );
     let _ = &d;
+}
+
+/// An op Core ML's NeuralNetwork cannot hold is refused for Core ML alone,
+/// naming the node and the op; the other targets of the run are written.
+#[test]
+fn an_op_without_a_coreml_form_is_refused_for_coreml_only() {
+    for (name, op) in NO_COREML_FORM {
+        assert_refused_for_one_format(name, &format!("({op})"), "coreml", "model.mlmodel");
+    }
 }

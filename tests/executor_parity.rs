@@ -77,7 +77,8 @@ fixture_tests!(
     crop_slice,
     split,
     nchw_inside,
-    nchw_graph
+    nchw_graph,
+    mirror_pad
 );
 
 #[test]

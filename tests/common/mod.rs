@@ -53,11 +53,16 @@ pub const FIXTURES: &[&str] = &[
     "split",
     "nchw_inside",
     "nchw_graph",
+    "mirror_pad",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV
 /// has erf): tests/caffe.rs checks that they are refused, naming the op.
 pub const NO_CAFFE_FORM: &[(&str, &str)] = &[("gelu_erf", "erf")];
+
+/// Fixtures with an op that has no form in Core ML's NeuralNetwork:
+/// tests/coreml.rs checks that they are refused, naming the op and why.
+pub const NO_COREML_FORM: &[(&str, &str)] = &[("mirror_pad", "MirrorPad")];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".
 pub fn case_dir(name: &str) -> PathBuf {
@@ -411,4 +416,40 @@ pub fn run_checker(script: &str, args: &[&std::ffi::OsStr], key: &str) -> (Value
         .filter(|v| v.get("tensor").is_some())
         .collect();
     (summary, tensors)
+}
+
+/// Convert fixture `name` to `format` and ONNX: the run must exit 1 with one
+/// line naming the format, the node and `op`, write the ONNX file and not
+/// `refused_file` (the format's main file).
+pub fn assert_refused_for_one_format(name: &str, op: &str, format: &str, refused_file: &str) {
+    let model = case_dir(name).join("model.pb");
+    let d = tempfile::tempdir().unwrap();
+    let to = format!("{format},onnx");
+    let o = faceall(&[
+        "convert-tf",
+        model.to_str().unwrap(),
+        "--to",
+        &to,
+        "--out-dir",
+        d.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{name}: {err}");
+    assert!(
+        lines[0].starts_with(&format!("error: --to {format}:"))
+            && lines[0].contains(op)
+            && lines[0].contains("node '"),
+        "{name}: {err}"
+    );
+    assert!(
+        d.path().join("model.onnx").exists(),
+        "{name}: ONNX not written"
+    );
+    assert!(
+        !d.path().join(refused_file).exists(),
+        "{name}: {refused_file} was written"
+    );
 }

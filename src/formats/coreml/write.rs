@@ -447,7 +447,7 @@ impl<'g> Em<'g> {
                         .iter()
                         .any(|v| matches!(v.layout, CoremlLayout::FlatChw { .. }))
                 {
-                    return Err("concatenation on the channel axis only".into());
+                    return Err("concatenation on the channel axis only (the NeuralNetwork concat layer's one axis): a concat of rows or columns, such as MirrorPad's mirrored rows, has no form here".into());
                 }
                 let refs: Vec<&str> = vs.iter().map(|v| v.blob.as_str()).collect();
                 self.layer(&name, &refs, &out, Layer::Concat(ConcatLayerParams::new()));

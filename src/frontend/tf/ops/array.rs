@@ -171,7 +171,8 @@ pub fn expand_dims(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.push(Op::ExpandDims { axis }, vec![x])
 }
 
-pub fn pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+/// A Pad's constant `[rank, 2]` paddings, non-negative.
+fn paddings(n: &NodeCtx) -> Result<Vec<[usize; 2]>> {
     let rank = n.fact(0)?.shape.len();
     let p = n.required_const(1, "paddings")?;
     if p.shape() != [rank, 2] {
@@ -184,10 +185,13 @@ pub fn pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     if v.iter().any(|&x| x < 0) {
         return Err(n.err("negative paddings are not supported"));
     }
-    let pads = v
-        .chunks_exact(2)
+    Ok(v.chunks_exact(2)
         .map(|c| [c[0] as usize, c[1] as usize])
-        .collect();
+        .collect())
+}
+
+pub fn pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    let pads = paddings(n)?;
     let value = if n.node.op == "PadV2" {
         n.expect_inputs(3)?;
         let c = n.required_const(2, "constant_values")?.as_f32()?;
@@ -559,4 +563,119 @@ pub fn strided_slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     let shape = if sm & 1 != 0 { vec![] } else { vec![out.len()] };
     let t = Tensor::from_f64(x.dtype(), shape, &out)?;
     n.push_const(t)
+}
+
+/// MirrorPad (REFLECT, or SYMMETRIC which repeats the edge row): on each
+/// padded axis, the mirrored rows as one-row Slices concatenated around the
+/// value. Copies only, so exact wherever Slice and Concat on that axis are
+/// (Caffe, ONNX, the bundle, ML Programs; Core ML NeuralNetwork
+/// concatenates channels only and refuses it by name).
+pub fn mirror_pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    let mut shape = n.fact(0)?.shape.clone();
+    let rank = shape.len();
+    let pads = paddings(n)?;
+    let reflect = match attrs::s(n.node, "mode")?.as_str() {
+        "REFLECT" => true,
+        "SYMMETRIC" => false,
+        other => return Err(n.err(format!("mode '{other}' (REFLECT or SYMMETRIC)"))),
+    };
+    let padded: Vec<(usize, usize, usize)> = pads
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c[0] > 0 || c[1] > 0)
+        .map(|(ax, c)| (ax, c[0], c[1]))
+        .collect();
+    let mut x = n.input(0)?;
+    if padded.is_empty() {
+        return n.push(Op::Identity, vec![x]);
+    }
+    let name = n.node.name.clone();
+    let op = n.node.op.clone();
+    for (k, &(ax, before, after)) in padded.iter().enumerate() {
+        let dim = shape[ax];
+        // TF's bounds: REFLECT mirrors about the edge row, SYMMETRIC
+        // repeats it.
+        let most = if reflect { dim.saturating_sub(1) } else { dim };
+        if before > most || after > most {
+            return Err(n.err(format!(
+                "{} padding of {before}/{after} on an axis of {dim} (at most {most})",
+                if reflect { "REFLECT" } else { "SYMMETRIC" }
+            )));
+        }
+        let rows: Vec<usize> = (0..before)
+            .map(|j| if reflect { before - j } else { before - 1 - j })
+            .chain(std::iter::once(usize::MAX))
+            .chain((0..after).map(|j| if reflect { dim - 2 - j } else { dim - 1 - j }))
+            .collect();
+        let mut parts = Vec::with_capacity(rows.len());
+        for (i, &r) in rows.iter().enumerate() {
+            if r == usize::MAX {
+                parts.push(x);
+                continue;
+            }
+            let (mut begin, mut end) = (vec![0; rank], shape.clone());
+            begin[ax] = r;
+            end[ax] = r + 1;
+            let id = n.ctx.graph.push(
+                format!("{name}/axis{ax}/row{i}"),
+                &op,
+                Op::Slice { begin, end },
+                vec![x],
+            )?;
+            parts.push(Wire { node: id, slot: 0 });
+        }
+        let cat = if k + 1 == padded.len() {
+            name.clone()
+        } else {
+            format!("{name}/axis{ax}")
+        };
+        let id = n.ctx.graph.push(cat, &op, Op::Concat { axis: ax }, parts)?;
+        x = Wire { node: id, slot: 0 };
+        shape[ax] += before + after;
+    }
+    Ok(vec![x])
+}
+
+/// Unpack (tf.unstack) of an activation: one Slice per index of the axis,
+/// the axis squeezed; output k is `NODE/output_k` (output 0 the node's name),
+/// as Split's parts.
+pub fn unpack(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    let shape = n.fact(0)?.shape.clone();
+    let a = attrs::opt_i(n.node, "axis")?.unwrap_or(0);
+    let ax = axis(n, a, shape.len())?;
+    let count = shape[ax];
+    if let Some(num) = attrs::opt_i(n.node, "num")? {
+        if num != count as i64 {
+            return Err(n.err(format!("num {num} for an axis of {count}")));
+        }
+    }
+    let x = n.input(0)?;
+    let name = n.node.name.clone();
+    let op = n.node.op.clone();
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let (mut begin, mut end) = (vec![0; shape.len()], shape.clone());
+        begin[ax] = k;
+        end[ax] = k + 1;
+        let part = match k {
+            0 => name.clone(),
+            _ => format!("{name}/output_{k}"),
+        };
+        let s = n.ctx.graph.push(
+            format!("{part}/slice"),
+            &op,
+            Op::Slice { begin, end },
+            vec![x],
+        )?;
+        let id = n.ctx.graph.push(
+            part,
+            &op,
+            Op::Squeeze { axes: vec![ax] },
+            vec![Wire { node: s, slot: 0 }],
+        )?;
+        out.push(Wire { node: id, slot: 0 });
+    }
+    Ok(out)
 }

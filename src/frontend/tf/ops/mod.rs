@@ -70,12 +70,14 @@ pub const OPS: &[(&str, Converter)] = &[
     ("ExpandDims", array::expand_dims),
     ("Pad", array::pad),
     ("PadV2", array::pad),
+    ("MirrorPad", array::mirror_pad),
     ("Shape", array::shape),
     ("StridedSlice", array::strided_slice),
     ("Slice", array::slice),
     ("Split", array::split),
     ("SplitV", array::split_v),
     ("Pack", array::pack),
+    ("Unpack", array::unpack),
     ("Cast", array::cast),
 ];
 

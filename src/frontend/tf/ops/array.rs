@@ -573,7 +573,6 @@ pub fn strided_slice(n: &mut NodeCtx) -> Result<Vec<Wire>> {
 pub fn mirror_pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     n.expect_inputs(2)?;
     let mut shape = n.fact(0)?.shape.clone();
-    let rank = shape.len();
     let pads = paddings(n)?;
     let reflect = match attrs::s(n.node, "mode")?.as_str() {
         "REFLECT" => true,
@@ -603,27 +602,18 @@ pub fn mirror_pad(n: &mut NodeCtx) -> Result<Vec<Wire>> {
                 if reflect { "REFLECT" } else { "SYMMETRIC" }
             )));
         }
-        let rows: Vec<usize> = (0..before)
-            .map(|j| if reflect { before - j } else { before - 1 - j })
-            .chain(std::iter::once(usize::MAX))
-            .chain((0..after).map(|j| if reflect { dim - 2 - j } else { dim - 1 - j }))
+        // The source row of each row of the result; None is the value itself.
+        let rows: Vec<Option<usize>> = (0..before)
+            .map(|j| Some(if reflect { before - j } else { before - 1 - j }))
+            .chain(std::iter::once(None))
+            .chain((0..after).map(|j| Some(if reflect { dim - 2 - j } else { dim - 1 - j })))
             .collect();
         let mut parts = Vec::with_capacity(rows.len());
         for (i, &r) in rows.iter().enumerate() {
-            if r == usize::MAX {
-                parts.push(x);
-                continue;
-            }
-            let (mut begin, mut end) = (vec![0; rank], shape.clone());
-            begin[ax] = r;
-            end[ax] = r + 1;
-            let id = n.ctx.graph.push(
-                format!("{name}/axis{ax}/row{i}"),
-                &op,
-                Op::Slice { begin, end },
-                vec![x],
-            )?;
-            parts.push(Wire { node: id, slot: 0 });
+            parts.push(match r {
+                None => x,
+                Some(r) => row_slice(n, format!("{name}/axis{ax}/row{i}"), x, &shape, ax, r)?,
+            });
         }
         let cat = if k + 1 == padded.len() {
             name.clone()
@@ -656,26 +646,37 @@ pub fn unpack(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     let op = n.node.op.clone();
     let mut out = Vec::with_capacity(count);
     for k in 0..count {
-        let (mut begin, mut end) = (vec![0; shape.len()], shape.clone());
-        begin[ax] = k;
-        end[ax] = k + 1;
         let part = match k {
             0 => name.clone(),
             _ => format!("{name}/output_{k}"),
         };
-        let s = n.ctx.graph.push(
-            format!("{part}/slice"),
-            &op,
-            Op::Slice { begin, end },
-            vec![x],
-        )?;
-        let id = n.ctx.graph.push(
-            part,
-            &op,
-            Op::Squeeze { axes: vec![ax] },
-            vec![Wire { node: s, slot: 0 }],
-        )?;
+        let s = row_slice(n, format!("{part}/slice"), x, &shape, ax, k)?;
+        let id = n
+            .ctx
+            .graph
+            .push(part, &op, Op::Squeeze { axes: vec![ax] }, vec![s])?;
         out.push(Wire { node: id, slot: 0 });
     }
     Ok(out)
+}
+
+/// Index `r` of axis `ax` of `x` (of `shape`), the axis kept: a Slice node
+/// called `name`, under the converted node's TF op.
+fn row_slice(
+    n: &mut NodeCtx,
+    name: String,
+    x: Wire,
+    shape: &[usize],
+    ax: usize,
+    r: usize,
+) -> Result<Wire> {
+    let (mut begin, mut end) = (vec![0; shape.len()], shape.to_vec());
+    begin[ax] = r;
+    end[ax] = r + 1;
+    let op = n.node.op.clone();
+    let id = n
+        .ctx
+        .graph
+        .push(name, &op, Op::Slice { begin, end }, vec![x])?;
+    Ok(Wire { node: id, slot: 0 })
 }

@@ -369,3 +369,84 @@ def _concat_nd(scope, operator, container):
 
 _reg._shape_calculator_pool["concatND"] = _concat_nd_shape
 _reg._converter_pool["concatND"] = _concat_nd
+
+
+# Shim 18: onnxmltools' `upsample` converter drops linearUpsampleMode (so
+# every bilinear upsample gets the asymmetric grid). Here it is ONNX's
+# Resize with the grid Core ML's specification gives each mode: NN repeats
+# each pixel, BILINEAR DEFAULT samples i * Xin / Xout, ALIGN_CORNERS_TRUE
+# i * (Xin - 1) / (Xout - 1), ALIGN_CORNERS_FALSE (i + 0.5) * Xin / Xout - 0.5,
+# all clamped to [0, Xin - 1].
+def _upsample(scope, operator, container):
+    import onnx as _onnx
+
+    p = operator.raw_operator.upsample
+    if len(p.fractionalScalingFactor):
+        raise ValueError("upsample with fractional scaling factors has no shim")
+    f = [int(v) for v in p.scalingFactor] or [1, 1]
+    rank = len(operator.inputs[0].type.shape)
+    base = scope.get_unique_operator_name("upsample")
+    scales = scope.get_unique_variable_name(f"{base}_scales")
+    container.add_initializer(scales, _onnx.TensorProto.FLOAT, [rank],
+                              [1.0] * (rank - 2) + [float(f[0]), float(f[1])])
+    if p.mode == 0:
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                 "nearest_mode": "floor"}
+    else:
+        grid = {0: "asymmetric", 1: "align_corners", 2: "half_pixel"}[p.linearUpsampleMode]
+        attrs = {"mode": "linear", "coordinate_transformation_mode": grid}
+    container.add_node("Resize", [operator.input_full_names[0], "", scales], operator.output_full_names,
+                       name=base, op_version=13, **attrs)
+
+
+_reg._converter_pool["upsample"] = _upsample
+
+
+# Shim 19: the `resizeBilinear` layer (specification 3) has no converter.
+# It is ONNX's Resize to the target size on the layer's grid:
+# UPSAMPLE_MODE is linspace(0, X - X/N) (ONNX's asymmetric),
+# STRICT_ALIGN_ENDPOINTS_MODE linspace(0, X - 1) (align_corners), and
+# ALIGN_ENDPOINTS_MODE the same unless N is 1.
+def _resize_bilinear_shape(operator):
+    s = list(operator.inputs[0].type.shape)
+    t = [int(v) for v in operator.raw_operator.resizeBilinear.targetSize] or [1, 1]
+    operator.outputs[0].type.shape = s[:-2] + t
+
+
+def _resize_bilinear(scope, operator, container):
+    import onnx as _onnx
+
+    p = operator.raw_operator.resizeBilinear
+    t = [int(v) for v in p.targetSize] or [1, 1]
+    method = p.mode.samplingMethod
+    if method == 0 or (method == 1 and min(t) > 1):
+        grid = "align_corners"
+    elif method == 2:
+        grid = "asymmetric"
+    else:
+        raise ValueError(f"resizeBilinear sampling mode {method} with target {t} has no shim")
+    # The sizes: the input's leading dimensions (the batch is unknown
+    # here), then the target.
+    x = operator.input_full_names[0]
+    base = scope.get_unique_operator_name("resize_bilinear")
+
+    def name(tag):
+        return scope.get_unique_variable_name(f"{base}_{tag}")
+
+    def ints(tag, v):
+        n = name(tag)
+        container.add_initializer(n, _onnx.TensorProto.INT64, [len(v)], v)
+        return n
+
+    shape, lead, sizes = name("shape"), name("lead"), name("sizes")
+    container.add_node("Shape", [x], [shape], name=f"{base}_shape", op_version=13)
+    container.add_node("Slice", [shape, ints("start", [0]), ints("end", [-2])], [lead],
+                       name=f"{base}_lead", op_version=13)
+    container.add_node("Concat", [lead, ints("target", t)], [sizes], name=f"{base}_sizes", axis=0,
+                       op_version=13)
+    container.add_node("Resize", [x, "", "", sizes], operator.output_full_names,
+                       name=base, op_version=13, mode="linear", coordinate_transformation_mode=grid)
+
+
+_reg._shape_calculator_pool["resizeBilinear"] = _resize_bilinear_shape
+_reg._converter_pool["resizeBilinear"] = _resize_bilinear

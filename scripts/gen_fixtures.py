@@ -581,6 +581,68 @@ def case_keras_ops(seed):
     return build, ["normalised", "BiasAdd", "swish", "IdentityN", "output"], ["output"]
 
 
+def case_upsample(seed):
+    """Decoder-style upsampling by whole factors, as the graphs write it:
+    Keras UpSampling2D (TF2 tf.image.resize: half-pixel nearest and bilinear),
+    TF1's tf.compat.v1.image.resize_* (legacy coordinates, a different
+    factor per axis), and a skip connection concatenated after it."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8, 6, 3], name="input")
+        e = tf.nn.relu(tf.nn.conv2d(x, c(rng.normal(0, 0.4, [3, 3, 3, 8]), "w1"), [1, 2, 2, 1], "SAME",
+                                    name="down"), name="relu1")
+        up = tf.raw_ops.ResizeNearestNeighbor(images=e, size=[8, 6], half_pixel_centers=True,
+                                              name="nearest_half_pixel")
+        y = tf.concat([up, x], axis=3, name="skip")
+        y = tf.nn.conv2d(y, c(rng.normal(0, 0.3, [3, 3, 11, 6]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
+        b = tf.raw_ops.ResizeBilinear(images=y, size=[16, 12], half_pixel_centers=True, name="bilinear_half_pixel")
+        legacy = tf.raw_ops.ResizeBilinear(images=e, size=[8, 9], name="bilinear_legacy")
+        near = tf.raw_ops.ResizeNearestNeighbor(images=legacy, size=[16, 9], name="nearest_legacy")
+        z = tf.nn.conv2d(b, c(rng.normal(0, 0.3, [3, 3, 6, 4]), "w3"), [1, 2, 2, 1], "SAME", name="conv3")
+        tf.identity(z, name="output")
+        tf.identity(near, name="legacy")
+        return {"input": rng.normal(0, 1, [1, 8, 6, 3])}
+    return build, ["down", "nearest_half_pixel", "conv2", "bilinear_half_pixel", "bilinear_legacy",
+                   "nearest_legacy", "output", "legacy"], ["output", "legacy"]
+
+
+def case_resize_any(seed):
+    """Resizes to sizes that are no whole multiple (DeepLab's bilinear with
+    align_corners to the input size, a shrink, nearest with align_corners)."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 9, 7, 3], name="input")
+        e = tf.nn.relu(tf.nn.conv2d(x, c(rng.normal(0, 0.4, [3, 3, 3, 5]), "w1"), [1, 2, 2, 1], "SAME",
+                                    name="down"), name="relu1")
+        a = tf.raw_ops.ResizeBilinear(images=e, size=[9, 7], align_corners=True, name="bilinear_corners")
+        s = tf.raw_ops.ResizeBilinear(images=a, size=[4, 5], half_pixel_centers=True, name="bilinear_shrink")
+        n = tf.raw_ops.ResizeNearestNeighbor(images=s, size=[7, 10], align_corners=True, name="nearest_corners")
+        m = tf.raw_ops.ResizeNearestNeighbor(images=n, size=[5, 4], half_pixel_centers=True, name="nearest_shrink")
+        tf.identity(m, name="output")
+        return {"input": rng.normal(0, 1, [1, 9, 7, 3])}
+    return build, ["down", "bilinear_corners", "bilinear_shrink", "nearest_corners", "nearest_shrink",
+                   "output"], ["output"]
+
+
+def case_space_depth(seed):
+    """SpaceToDepth (YOLOv2's reorg) and DepthToSpace (ESPCN's pixel shuffle)
+    around convolutions."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 8, 6, 3], name="input")
+        d = tf.nn.space_to_depth(x, 2, name="reorg")
+        y = tf.nn.relu(tf.nn.conv2d(d, c(rng.normal(0, 0.3, [3, 3, 12, 18]), "w1"), [1, 1, 1, 1], "SAME",
+                                    name="conv1"), name="relu1")
+        s = tf.nn.depth_to_space(y, 3, name="shuffle")
+        z = tf.nn.conv2d(s, c(rng.normal(0, 0.3, [3, 3, 2, 4]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
+        tf.identity(z, name="output")
+        return {"input": rng.normal(0, 1, [1, 8, 6, 3])}
+    return build, ["reorg", "conv1", "shuffle", "output"], ["output"]
+
+
 CASES = {
     "inception_resnet_v1_switch": (case_inception("switch", "FusedBatchNorm", 101),
                                    "Narrow InceptionResNetV1 (FaceNet topology), TF-slim unfolded FusedBatchNorm "
@@ -612,6 +674,12 @@ CASES = {
                                          "between Transposes around each conv, an NCHW output"),
     "mirror_pad": (case_mirror_pad(119), "MirrorPad REFLECT and SYMMETRIC around convolutions (uneven sides), "
                                          "tf.unstack of a vector reshaped to rows"),
+    "upsample": (case_upsample(120), "Upsampling by whole factors: half-pixel nearest and bilinear (Keras "
+                                     "UpSampling2D), TF1 legacy bilinear and nearest, a skip concat"),
+    "resize_any": (case_resize_any(121), "Resizes by no whole factor: bilinear with align_corners, a "
+                                         "half-pixel shrink, nearest with align_corners and a shrink"),
+    "space_depth": (case_space_depth(122), "SpaceToDepth (reorg) and DepthToSpace (pixel shuffle) around "
+                                           "convolutions"),
 }
 
 

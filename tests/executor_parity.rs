@@ -78,7 +78,10 @@ fixture_tests!(
     split,
     nchw_inside,
     nchw_graph,
-    mirror_pad
+    mirror_pad,
+    upsample,
+    resize_any,
+    space_depth
 );
 
 #[test]

@@ -138,8 +138,20 @@ fn check_case(name: &str, case: &Path, model: &Path) -> (Value, Vec<Value>) {
 #[test]
 fn fixtures_load_in_coremltools_and_match_tensorflow() {
     for name in FIXTURES {
+        if NO_MLPROGRAM_FORM.iter().any(|(n, _)| n == name) {
+            continue;
+        }
         let case = case_dir(name);
         check_case(name, &case, &case.join("model.pb"));
+    }
+}
+
+/// An op with no ML Program form is refused for mlprogram alone, naming
+/// the node and the op; the other targets of the run are written.
+#[test]
+fn an_op_without_an_mlprogram_form_is_refused_for_mlprogram_only() {
+    for (name, op) in NO_MLPROGRAM_FORM {
+        assert_refused_for_one_format(name, &format!("({op})"), "mlprogram", "model.mlpackage");
     }
 }
 

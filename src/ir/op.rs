@@ -107,6 +107,61 @@ pub struct Pool {
     pub layout: Layout,
 }
 
+/// How `Resize` picks or blends source pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResizeMode {
+    Nearest,
+    Bilinear,
+}
+
+/// TF `ResizeNearestNeighbor` / `ResizeBilinear` of an NHWC map to `size`
+/// ([height, width]). The two flags are TF's and select how an output
+/// coordinate maps to the source (TF refuses both at once):
+/// - neither: `src = dst * in / out` (TF1's default, Keras' legacy resize);
+/// - `align_corners`: `src = dst * (in - 1) / (out - 1)`, nearest rounds;
+/// - `half_pixel_centers`: `src = (dst + 0.5) * in / out`, minus 0.5 for
+///   bilinear (TF2's `tf.image.resize`, Keras `UpSampling2D`).
+///
+/// Nearest floors (rounds under `align_corners`) and clamps to the input;
+/// bilinear blends the two neighbours of `floor(src)`, clamped to the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    pub mode: ResizeMode,
+    pub size: [usize; 2],
+    pub align_corners: bool,
+    pub half_pixel_centers: bool,
+}
+
+impl Resize {
+    /// The whole factor `out / in` of each spatial axis when the output
+    /// repeats every input pixel `f` times in TF's own arithmetic (nearest
+    /// without `align_corners`, any whole factor; the unit factor always),
+    /// or blends as a fixed stencil (bilinear without `align_corners`).
+    pub fn whole_factors(&self, input: [usize; 2]) -> Option<[usize; 2]> {
+        let mut f = [0; 2];
+        for i in 0..2 {
+            let (a, b) = (input[i], self.size[i]);
+            if a == 0 || b % a != 0 {
+                return None;
+            }
+            f[i] = b / a;
+            if self.align_corners && f[i] != 1 {
+                return None;
+            }
+        }
+        Some(f)
+    }
+}
+
+/// TF `DepthToSpace` (`to_space`) or `SpaceToDepth` of an NHWC map, block
+/// `block`: depth index `(i * block + j) * C' + c` <-> pixel offset (i, j),
+/// channel c (ONNX's DCR order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceDepth {
+    pub block: usize,
+    pub to_space: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
     pub epsilon: f32,
@@ -256,6 +311,10 @@ pub enum Op {
     /// (x, alpha): max(x, 0) + alpha * min(x, 0), alpha one per channel of
     /// the last axis (Keras PReLU; `fuse_prelu` builds it).
     PRelu,
+    /// NHWC spatial resize; see `Resize`.
+    Resize(Resize),
+    /// NHWC DepthToSpace / SpaceToDepth; see `SpaceDepth`.
+    SpaceDepth(SpaceDepth),
 }
 
 fn ser_const<S: serde::Serializer>(t: &Tensor, s: S) -> Result<S::Ok, S::Error> {
@@ -369,6 +428,12 @@ impl Op {
             Op::Slice { .. } => "Slice",
             Op::Transpose { .. } => "Transpose",
             Op::PRelu => "PRelu",
+            Op::Resize(r) => match r.mode {
+                ResizeMode::Nearest => "ResizeNearestNeighbor",
+                ResizeMode::Bilinear => "ResizeBilinear",
+            },
+            Op::SpaceDepth(s) if s.to_space => "DepthToSpace",
+            Op::SpaceDepth(_) => "SpaceToDepth",
         }
     }
 
@@ -691,6 +756,40 @@ impl Op {
                 Ok(vec![Fact {
                     dtype: inputs[0].dtype,
                     shape: perm.iter().map(|&p| x[p]).collect(),
+                }])
+            }
+            Op::Resize(r) => {
+                let x = &inputs[0].shape;
+                rank4(x)?;
+                if r.size.contains(&0) || x[1] == 0 || x[2] == 0 {
+                    return Err(format!("cannot resize {x:?} to {:?}", r.size));
+                }
+                if r.align_corners && r.half_pixel_centers {
+                    return Err("align_corners and half_pixel_centers are exclusive".into());
+                }
+                f32s(vec![x[0], r.size[0], r.size[1], x[3]])
+            }
+            Op::SpaceDepth(s) => {
+                let x = &inputs[0].shape;
+                rank4(x)?;
+                let b = s.block;
+                if b < 2 {
+                    return Err(format!("block size {b} must be at least 2"));
+                }
+                let out = if s.to_space {
+                    if !x[3].is_multiple_of(b * b) {
+                        return Err(format!("depth of {x:?} is not a multiple of {}", b * b));
+                    }
+                    vec![x[0], x[1] * b, x[2] * b, x[3] / (b * b)]
+                } else {
+                    if !x[1].is_multiple_of(b) || !x[2].is_multiple_of(b) {
+                        return Err(format!("{x:?} is not a whole number of {b}x{b} blocks"));
+                    }
+                    vec![x[0], x[1] / b, x[2] / b, x[3] * b * b]
+                };
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: out,
                 }])
             }
             Op::PRelu => {

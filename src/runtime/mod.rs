@@ -431,6 +431,14 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
             let v = x0()?.as_f32()?;
             f32_out(node, kernels::pad(&v, x0()?.shape(), pads, *value))
         }
+        Op::Resize(r) => {
+            let (v, s) = to_nhwc(x0()?, Layout::Nhwc)?;
+            f32_out(node, kernels::resize_nhwc(&v, s, r))
+        }
+        Op::SpaceDepth(sd) => {
+            let (v, s) = to_nhwc(x0()?, Layout::Nhwc)?;
+            f32_out(node, kernels::space_depth_nhwc(&v, s, sd))
+        }
     }
 }
 

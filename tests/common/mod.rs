@@ -54,15 +54,25 @@ pub const FIXTURES: &[&str] = &[
     "nchw_inside",
     "nchw_graph",
     "mirror_pad",
+    "upsample",
+    "resize_any",
+    "space_depth",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV
 /// has erf): tests/caffe.rs checks that they are refused, naming the op.
-pub const NO_CAFFE_FORM: &[(&str, &str)] = &[("gelu_erf", "erf")];
+pub const NO_CAFFE_FORM: &[(&str, &str)] = &[("gelu_erf", "erf"), ("resize_any", "ResizeBilinear")];
 
 /// Fixtures with an op that has no form in Core ML's NeuralNetwork:
 /// tests/coreml.rs checks that they are refused, naming the op and why.
-pub const NO_COREML_FORM: &[(&str, &str)] = &[("mirror_pad", "MirrorPad")];
+pub const NO_COREML_FORM: &[(&str, &str)] = &[
+    ("mirror_pad", "MirrorPad"),
+    ("resize_any", "ResizeBilinear"),
+];
+
+/// Fixtures with an op that has no ML Program form faceall writes:
+/// tests/mlprogram.rs checks that they are refused, naming the op and why.
+pub const NO_MLPROGRAM_FORM: &[(&str, &str)] = &[("resize_any", "ResizeBilinear")];
 
 /// A fixture directory, or the real FaceNet reference for "facenet".
 pub fn case_dir(name: &str) -> PathBuf {

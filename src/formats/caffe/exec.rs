@@ -202,6 +202,36 @@ pub(super) fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
             );
             Ok(vec![Tensor::f32(vec![n, g.o, g.oh, g.ow], y)?])
         }
+        "Deconvolution" => {
+            let x = x?;
+            let s = x.shape();
+            let &[n, c, h, w] = s else {
+                return Err(Error::Usage(format!("needs a 4-D bottom, has {s:?}")));
+            };
+            let wt = blob(0)?;
+            let g = deconv_shape(&p.convolution_param, [c, h, w], wt.len())?;
+            let bias = if p.convolution_param.bias_term() {
+                let b = f32v(blob(1)?)?;
+                if b.len() != g.o {
+                    return Err(Error::Usage(format!(
+                        "{} biases for {} outputs",
+                        b.len(),
+                        g.o
+                    )));
+                }
+                Some(b)
+            } else {
+                None
+            };
+            let y = deconv_nchw(
+                &x.as_f32()?,
+                [n, c, h, w],
+                &wt.as_f32()?,
+                &g,
+                bias.as_deref(),
+            );
+            Ok(vec![Tensor::f32(vec![n, g.o, g.oh, g.ow], y)?])
+        }
         "Pooling" => {
             let x = x?;
             let s = x.shape();
@@ -699,6 +729,99 @@ pub(super) fn conv_shape(
         oh: (h + 2 * pad[0] - ek(0)) / st[0] + 1,
         ow: (w + 2 * pad[1] - ek(1)) / st[1] + 1,
     })
+}
+
+/// A Deconvolution's geometry: Caffe's convolution parameters read the
+/// other way round (weights [C, O / group, kh, kw]; output
+/// `stride * (in - 1) + dilated kernel - 2 * pad`).
+pub(super) fn deconv_shape(
+    cp: &crate::proto::caffe::ConvolutionParameter,
+    [c, h, w]: [usize; 3],
+    weights: usize,
+) -> Result<ConvShape> {
+    let k = hw(&cp.kernel_size, cp.kernel_h, cp.kernel_w, 1);
+    let st = hw(&cp.stride, cp.stride_h, cp.stride_w, 1);
+    let pad = if cp.pad_h.is_some() || cp.pad_w.is_some() {
+        [cp.pad_h() as usize, cp.pad_w() as usize]
+    } else {
+        hw(&cp.pad, None, None, 0)
+    };
+    let dil = hw(&cp.dilation, None, None, 1);
+    let group = cp.group().max(1) as usize;
+    let o = cp.num_output() as usize;
+    if st.contains(&0) || dil.contains(&0) || k.contains(&0) || h == 0 || w == 0 {
+        return Err(Error::Usage(
+            "kernel, stride, dilation and input must be > 0".into(),
+        ));
+    }
+    if c % group != 0 || !o.is_multiple_of(group) || weights != c * (o / group) * k[0] * k[1] {
+        return Err(Error::Usage(format!(
+            "{weights} weights do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}"
+        )));
+    }
+    let full = |i: usize, len: usize| st[i] * (len - 1) + (k[i] - 1) * dil[i] + 1;
+    let (fh, fw) = (full(0, h), full(1, w));
+    if fh <= 2 * pad[0] || fw <= 2 * pad[1] {
+        return Err(Error::Usage(format!(
+            "pad {pad:?} crops the whole {fh}x{fw} output"
+        )));
+    }
+    Ok(ConvShape {
+        k,
+        st,
+        pad,
+        dil,
+        group,
+        o,
+        oh: fh - 2 * pad[0],
+        ow: fw - 2 * pad[1],
+    })
+}
+
+/// Transposed convolution, NCHW: every input pixel scatters its kernel.
+fn deconv_nchw(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    wt: &[f32],
+    g: &ConvShape,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (og, cg) = (g.o / g.group, c / g.group);
+    let (oh, ow) = (g.oh, g.ow);
+    let mut out = vec![0.0f32; n * g.o * oh * ow];
+    for b in 0..n {
+        for ci in 0..c {
+            let grp = ci / cg;
+            for y in 0..h {
+                for xx in 0..w {
+                    let v = x[((b * c + ci) * h + y) * w + xx];
+                    for col in 0..og {
+                        let co = grp * og + col;
+                        for ky in 0..g.k[0] {
+                            let oy = (y * g.st[0] + ky * g.dil[0]).checked_sub(g.pad[0]);
+                            let Some(oy) = oy.filter(|&oy| oy < oh) else {
+                                continue;
+                            };
+                            for kx in 0..g.k[1] {
+                                let ox = (xx * g.st[1] + kx * g.dil[1]).checked_sub(g.pad[1]);
+                                let Some(ox) = ox.filter(|&ox| ox < ow) else {
+                                    continue;
+                                };
+                                let wv = wt[((ci * og + col) * g.k[0] + ky) * g.k[1] + kx];
+                                out[((b * g.o + co) * oh + oy) * ow + ox] += v * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += bias[(i / (oh * ow)) % g.o];
+        }
+    }
+    out
 }
 
 /// A pooling's geometry as Caffe computes it (ceil rounding unless FLOOR,

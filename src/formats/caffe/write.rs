@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::ir::{
     resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
-    UnaryOp, Wire,
+    ResizeMode, UnaryOp, Wire,
 };
 use crate::proto::caffe::{
     eltwise_parameter::EltwiseOp, pooling_parameter::PoolMethod, BlobProto, BlobShape,
@@ -128,6 +128,40 @@ struct Val {
 enum Fill {
     Const(f32),
     Edge,
+}
+
+const NO_RESIZE: &str = "a resize by no whole factor, or with align_corners, has no Caffe form: Caffe has no resize layer both OpenCV and BVLC Caffe read, and a Deconvolution repeats one stencil, which only whole factors have (ONNX, Core ML and the safetensors bundle carry it)";
+
+/// One axis of a resize by the whole factor `f` as a Deconvolution with
+/// stride `f`: (taps, pad, [edge rows before, after]). Nearest repeats each
+/// pixel `f` times (every TF rule without align_corners floors to
+/// `dst / f`). Bilinear's taps are `1 - |k - centre| / f`, over the input
+/// with its edge row repeated where TF clamps: half-pixel centres
+/// (`src = (dst + 0.5) / f - 0.5`) clamp at both ends, the legacy rule
+/// (`src = dst / f`) at the far end only. Pads crop the stencil's overhang
+/// so output `o` reads inputs `floor(src)` and `floor(src) + 1`.
+fn resize_taps(mode: ResizeMode, half_pixel: bool, f: usize) -> (Vec<f32>, usize, [usize; 2]) {
+    if f == 1 {
+        return (vec![1.0], 0, [0, 0]);
+    }
+    let ff = f as f32;
+    match (mode, half_pixel) {
+        (ResizeMode::Nearest, _) => (vec![1.0; f], 0, [0, 0]),
+        (ResizeMode::Bilinear, true) => {
+            let k = 2 * f - f % 2;
+            let centre = (k - 1) as f32 / 2.0;
+            let taps = (0..k)
+                .map(|i| 1.0 - (i as f32 - centre).abs() / ff)
+                .collect();
+            (taps, (3 * f - f % 2) / 2, [1, 1])
+        }
+        (ResizeMode::Bilinear, false) => {
+            let taps = (0..2 * f)
+                .map(|i| 1.0 - (i as f32 - ff).abs() / ff)
+                .collect();
+            (taps, f, [0, 1])
+        }
+    }
 }
 
 fn nchw(s: &[usize]) -> Vec<usize> {
@@ -332,6 +366,39 @@ impl<'g> Em<'g> {
             layout: v.layout,
             shape,
         }
+    }
+
+    /// A bias-free Deconvolution layer named `top`: `io` = [input, output]
+    /// channels, weights [input, output / group, kh, kw] (Caffe's order).
+    #[allow(clippy::too_many_arguments)]
+    fn deconv(
+        &mut self,
+        top: &str,
+        bottom: &str,
+        io: [usize; 2],
+        group: usize,
+        k: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+        weights: Vec<f32>,
+    ) {
+        let l = self.layer(top, "Deconvolution", &[bottom], &[top]);
+        let p = l.convolution_param.mut_or_insert_default();
+        p.set_num_output(io[1] as u32);
+        p.set_kernel_h(k[0] as u32);
+        p.set_kernel_w(k[1] as u32);
+        p.set_stride_h(stride[0] as u32);
+        p.set_stride_w(stride[1] as u32);
+        if pad != [0, 0] {
+            p.set_pad_h(pad[0] as u32);
+            p.set_pad_w(pad[1] as u32);
+        }
+        if group > 1 {
+            p.set_group(group as u32);
+        }
+        p.set_bias_term(false);
+        l.blobs
+            .push(blob(&[io[0], io[1] / group, k[0], k[1]], weights));
     }
 
     fn need_nchw(&self, v: &Val) -> R<()> {
@@ -973,6 +1040,87 @@ impl<'g> Em<'g> {
                     v.blob = self.power(&out_blob, &b, 1.0, 1.0, 0.0);
                 }
                 Ok(Some(v))
+            }
+            Op::Resize(r) => {
+                let x = self.val(n.inputs[0])?;
+                self.need_nchw(&x)?;
+                let c = x.shape[1];
+                let Some(f) = r.whole_factors([x.shape[2], x.shape[3]]) else {
+                    return Err(NO_RESIZE.into());
+                };
+                if f == [1, 1] {
+                    let top = self.power(&out_blob, &x.blob, 1.0, 1.0, 0.0);
+                    return Ok(Some(Val { blob: top, ..x }));
+                }
+                let (mut v, mut taps, mut pad) = (x, vec![], [0; 2]);
+                for (i, &fi) in f.iter().enumerate() {
+                    let (t, p, edge) = resize_taps(r.mode, r.half_pixel_centers, fi);
+                    // The stencil's clamp to the edge: one repeated edge row
+                    // before and/or after (a no-op for a unit factor).
+                    v = self.pad_axis(
+                        &format!("{name}/edge{}", i + 2),
+                        v,
+                        i + 2,
+                        edge[0],
+                        edge[1],
+                        Fill::Edge,
+                    );
+                    taps.push(t);
+                    pad[i] = p;
+                }
+                let k = [taps[0].len(), taps[1].len()];
+                let kernel: Vec<f32> = taps[0]
+                    .iter()
+                    .flat_map(|a| taps[1].iter().map(move |b| a * b))
+                    .collect();
+                let weights: Vec<f32> = (0..c).flat_map(|_| kernel.iter().copied()).collect();
+                self.deconv(&out_blob, &v.blob, [c, c], c, k, f, pad, weights);
+                done(out_blob, out_shape)
+            }
+            Op::SpaceDepth(sd) => {
+                // A one-hot (de)convolution with stride = kernel = block:
+                // each output is one input times 1 plus zeros, exact.
+                let x = self.val(n.inputs[0])?;
+                self.need_nchw(&x)?;
+                let b = sd.block;
+                let (deep, wide) = if sd.to_space {
+                    (x.shape[1], x.shape[1] / (b * b))
+                } else {
+                    (x.shape[1] * b * b, x.shape[1])
+                };
+                // weights[deep slot][wide channel][i][j], slot = (i*b+j)*wide + c
+                let mut w = vec![0.0f32; deep * wide * b * b];
+                for i in 0..b {
+                    for j in 0..b {
+                        for c in 0..wide {
+                            let slot = (i * b + j) * wide + c;
+                            w[((slot * wide + c) * b + i) * b + j] = 1.0;
+                        }
+                    }
+                }
+                if sd.to_space {
+                    self.deconv(
+                        &out_blob,
+                        &x.blob,
+                        [deep, wide],
+                        1,
+                        [b, b],
+                        [b, b],
+                        [0, 0],
+                        w,
+                    );
+                } else {
+                    let l = self.layer(&name, "Convolution", &[&x.blob], &[&out_blob]);
+                    let p = l.convolution_param.mut_or_insert_default();
+                    p.set_num_output(deep as u32);
+                    p.set_kernel_h(b as u32);
+                    p.set_kernel_w(b as u32);
+                    p.set_stride_h(b as u32);
+                    p.set_stride_w(b as u32);
+                    p.set_bias_term(false);
+                    l.blobs.push(blob(&[deep, wide, b, b], w));
+                }
+                done(out_blob, out_shape)
             }
             Op::Pad { pads, value } => {
                 let x = self.val(n.inputs[0])?;

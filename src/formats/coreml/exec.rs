@@ -52,6 +52,15 @@ pub fn weight_values(w: &WeightParams) -> Result<Vec<f32>> {
     Ok(vec![])
 }
 
+/// Resize a (C, H, W) blob: each channel plane is an NHWC map of depth 1.
+fn planar_resize(x: &Tensor, [c, h, w]: [usize; 3], r: &crate::ir::Resize) -> Result<Tensor> {
+    if h == 0 || w == 0 {
+        return Err(bad("resizing an empty blob"));
+    }
+    let y = kernels::resize_nhwc(&x.as_f32()?, [c, h, w, 1], r);
+    Tensor::f32(vec![c, r.size[0], r.size[1]], y)
+}
+
 fn chw(t: &Tensor) -> Result<[usize; 3]> {
     match t.shape() {
         [c, h, w] => Ok([*c, *h, *w]),
@@ -218,6 +227,9 @@ pub fn kind(l: &NeuralNetworkLayer) -> &'static str {
         Some(Layer::Gelu(_)) => "gelu",
         Some(Layer::Crop(_)) => "crop",
         Some(Layer::Slice(_)) => "slice",
+        Some(Layer::Upsample(_)) => "upsample",
+        Some(Layer::ResizeBilinear(_)) => "resizeBilinear",
+        Some(Layer::ReorganizeData(_)) => "reorganizeData",
         None => "unknown",
     }
 }
@@ -540,6 +552,87 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
                 }
             }
             Tensor::f32(vec![c, h, w], v)
+        }
+        Layer::Upsample(p) => {
+            use crate::proto::coreml::upsample_layer_params::{
+                InterpolationMode, LinearUpsampleMode,
+            };
+            let x = x?;
+            let [c, h, w] = chw(x)?;
+            if !p.fractionalScalingFactor.is_empty() {
+                return Err(bad("fractional scaling factors are not read"));
+            }
+            let f = match p.scalingFactor.as_slice() {
+                [] => [1, 1],
+                [a, b] if *a > 0 && *b > 0 => [*a as usize, *b as usize],
+                s => return Err(bad(format!("scalingFactor {s:?}"))),
+            };
+            let bilinear = p.mode.enum_value() == Ok(InterpolationMode::BILINEAR);
+            let grid = p.linearUpsampleMode.enum_value();
+            let r = crate::ir::Resize {
+                mode: if bilinear {
+                    crate::ir::ResizeMode::Bilinear
+                } else {
+                    crate::ir::ResizeMode::Nearest
+                },
+                size: [h * f[0], w * f[1]],
+                align_corners: bilinear && grid == Ok(LinearUpsampleMode::ALIGN_CORNERS_TRUE),
+                half_pixel_centers: bilinear && grid == Ok(LinearUpsampleMode::ALIGN_CORNERS_FALSE),
+            };
+            planar_resize(x, [c, h, w], &r)
+        }
+        Layer::ResizeBilinear(p) => {
+            use crate::proto::coreml::sampling_mode::Method;
+            let x = x?;
+            let [c, h, w] = chw(x)?;
+            let size = match p.targetSize.as_slice() {
+                [] => [1, 1],
+                [a, b] if *a > 0 && *b > 0 => [*a as usize, *b as usize],
+                s => return Err(bad(format!("targetSize {s:?}"))),
+            };
+            // The two grids of TF's: linspace(0, X - X/N) and, for
+            // STRICT_ALIGN_ENDPOINTS_MODE, linspace(0, X - 1).
+            let method = p.mode.as_ref().map(|m| m.samplingMethod.enum_value());
+            let align = match method.unwrap_or(Ok(Method::STRICT_ALIGN_ENDPOINTS_MODE)) {
+                Ok(Method::STRICT_ALIGN_ENDPOINTS_MODE) => true,
+                Ok(Method::UPSAMPLE_MODE) => false,
+                m => return Err(bad(format!("sampling mode {m:?} is not read"))),
+            };
+            let r = crate::ir::Resize {
+                mode: crate::ir::ResizeMode::Bilinear,
+                size,
+                align_corners: align,
+                half_pixel_centers: false,
+            };
+            planar_resize(x, [c, h, w], &r)
+        }
+        Layer::ReorganizeData(p) => {
+            use crate::proto::coreml::reorganize_data_layer_params::ReorganizationType;
+            let x = x?;
+            let [c, h, w] = chw(x)?;
+            let to_space = match p.mode.enum_value() {
+                Ok(ReorganizationType::DEPTH_TO_SPACE) => true,
+                Ok(ReorganizationType::SPACE_TO_DEPTH) => false,
+                m => return Err(bad(format!("reorganization {m:?} is not read"))),
+            };
+            let sd = crate::ir::SpaceDepth {
+                block: p.blockSize as usize,
+                to_space,
+            };
+            let fact = crate::ir::Fact::f32(vec![1, h, w, c]);
+            let out = crate::ir::Op::SpaceDepth(sd.clone())
+                .infer(&[&fact])
+                .map_err(bad)?;
+            let o = &out[0].shape;
+            let y = kernels::space_depth_nhwc(
+                &kernels::nchw_to_nhwc(&x.as_f32()?, [1, c, h, w]),
+                [1, h, w, c],
+                &sd,
+            );
+            Tensor::f32(
+                vec![o[3], o[1], o[2]],
+                kernels::nhwc_to_nchw(&y, [1, o[1], o[2], o[3]]),
+            )
         }
         Layer::Padding(p) => {
             let x = x?;

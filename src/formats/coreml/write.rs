@@ -26,20 +26,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::ir::{
     resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
-    UnaryOp, Wire,
+    ResizeMode, UnaryOp, Wire,
 };
 use crate::proto::coreml::{
     activation_params::NonlinearityType, array_feature_type::ArrayDataType,
     border_amounts::EdgeSizes, feature_type, gelu_layer_params, model, neural_network_layer::Layer,
-    padding_layer_params, pooling_layer_params, reduce_layer_params, slice_layer_params,
-    unary_function_layer_params, ActivationELU, ActivationLeakyReLU, ActivationLinear,
-    ActivationParams, ActivationReLU, ActivationSigmoid, ActivationTanh, AddLayerParams,
-    ArrayFeatureType, BatchnormLayerParams, BorderAmounts, ConcatLayerParams,
-    ConvolutionLayerParams, CropLayerParams, FeatureDescription, FeatureType, FlattenLayerParams,
-    GeluLayerParams, InnerProductLayerParams, L2NormalizeLayerParams, Metadata, Model,
-    ModelDescription, MultiplyLayerParams, NeuralNetwork, NeuralNetworkLayer, PaddingLayerParams,
-    PoolingLayerParams, ReduceLayerParams, ScaleLayerParams, SliceLayerParams, SoftmaxLayerParams,
-    StringEntry, UnaryFunctionLayerParams, ValidPadding, WeightParams,
+    padding_layer_params, pooling_layer_params, reduce_layer_params, reorganize_data_layer_params,
+    sampling_mode, slice_layer_params, unary_function_layer_params, upsample_layer_params,
+    ActivationELU, ActivationLeakyReLU, ActivationLinear, ActivationParams, ActivationReLU,
+    ActivationSigmoid, ActivationTanh, AddLayerParams, ArrayFeatureType, BatchnormLayerParams,
+    BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, CropLayerParams, FeatureDescription,
+    FeatureType, FlattenLayerParams, GeluLayerParams, InnerProductLayerParams,
+    L2NormalizeLayerParams, Metadata, Model, ModelDescription, MultiplyLayerParams, NeuralNetwork,
+    NeuralNetworkLayer, PaddingLayerParams, PoolingLayerParams, ReduceLayerParams,
+    ReorganizeDataLayerParams, ResizeBilinearLayerParams, SamplingMode, ScaleLayerParams,
+    SliceLayerParams, SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams,
+    UpsampleLayerParams, ValidPadding, WeightParams,
 };
 
 /// How a Core ML blob holds an IR value (per sample).
@@ -736,6 +738,74 @@ impl<'g> Em<'g> {
                 p.PaddingType = Some(padding_layer_params::PaddingType::Constant(c));
                 p.paddingAmounts = Some(borders([pads[1], pads[2]])).into();
                 self.layer(&name, &[&x.blob], &out, Layer::Padding(p));
+                done(out)
+            }
+            Op::Resize(r) => {
+                // upsample repeats (NN) or blends (BILINEAR) by whole
+                // factors; resizeBilinear reaches any size on TF's legacy
+                // grid (UPSAMPLE_MODE) or its align_corners grid
+                // (STRICT_ALIGN_ENDPOINTS_MODE: linspace(0, X - 1, N),
+                // which is TF's even for one output pixel).
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                let whole = r.whole_factors([x.chw[1], x.chw[2]]);
+                let layer = match (r.mode, whole, r.align_corners, r.half_pixel_centers) {
+                    (ResizeMode::Nearest, Some(f), _, _) => {
+                        let mut p = UpsampleLayerParams::new();
+                        p.scalingFactor = vec![f[0] as u64, f[1] as u64];
+                        p.mode = upsample_layer_params::InterpolationMode::NN.into();
+                        Layer::Upsample(p)
+                    }
+                    (ResizeMode::Bilinear, Some(f), false, true) => {
+                        // ALIGN_CORNERS_FALSE: src = (dst + 0.5) * in / out - 0.5.
+                        let mut p = UpsampleLayerParams::new();
+                        p.scalingFactor = vec![f[0] as u64, f[1] as u64];
+                        p.mode = upsample_layer_params::InterpolationMode::BILINEAR.into();
+                        p.linearUpsampleMode =
+                            upsample_layer_params::LinearUpsampleMode::ALIGN_CORNERS_FALSE.into();
+                        self.spec_version = self.spec_version.max(4);
+                        Layer::Upsample(p)
+                    }
+                    (ResizeMode::Bilinear, _, align, false) => {
+                        let mut m = SamplingMode::new();
+                        m.samplingMethod = if align {
+                            sampling_mode::Method::STRICT_ALIGN_ENDPOINTS_MODE
+                        } else {
+                            sampling_mode::Method::UPSAMPLE_MODE
+                        }
+                        .into();
+                        let mut p = ResizeBilinearLayerParams::new();
+                        p.targetSize = vec![r.size[0] as u64, r.size[1] as u64];
+                        p.mode = Some(m).into();
+                        self.spec_version = self.spec_version.max(3);
+                        Layer::ResizeBilinear(p)
+                    }
+                    (ResizeMode::Bilinear, _, _, true) => return Err(
+                        "a half-pixel bilinear resize by no whole factor has no exact Core ML NeuralNetwork form: resizeBilinear's ROI_ALIGN_MODE grid is not TF's, and upsample's fractional factors fix the output size by rounding (ONNX and the safetensors bundle carry it)"
+                            .into(),
+                    ),
+                    (ResizeMode::Nearest, None, _, _) => return Err(
+                        "a nearest resize by no whole factor, or with align_corners, has no Core ML NeuralNetwork form: upsample repeats pixels by whole factors only (ONNX and the safetensors bundle carry it)"
+                            .into(),
+                    ),
+                };
+                self.layer(&name, &[&x.blob], &out, layer);
+                done(out)
+            }
+            Op::SpaceDepth(sd) => {
+                // Core ML's SPACE_TO_DEPTH / DEPTH_TO_SPACE use TF's depth
+                // order (PIXEL_SHUFFLE is PyTorch's).
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                let mut p = ReorganizeDataLayerParams::new();
+                p.mode = if sd.to_space {
+                    reorganize_data_layer_params::ReorganizationType::DEPTH_TO_SPACE
+                } else {
+                    reorganize_data_layer_params::ReorganizationType::SPACE_TO_DEPTH
+                }
+                .into();
+                p.blockSize = sd.block as u64;
+                self.layer(&name, &[&x.blob], &out, Layer::ReorganizeData(p));
                 done(out)
             }
             Op::L2Normalize { axis, epsilon } => {

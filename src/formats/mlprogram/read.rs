@@ -28,7 +28,7 @@ use crate::formats::layout::{
 };
 use crate::ir::{
     Activation, BatchNorm, BinaryOp, Conv2d, DType, Fact, Graph, Layout, Op, Padding, Pool,
-    PoolKind, ReduceOp, Tensor, UnaryOp, Wire,
+    PoolKind, ReduceOp, Resize, ResizeMode, SpaceDepth, Tensor, UnaryOp, Wire,
 };
 use crate::proto::coreml::{model, Model};
 use crate::proto::mil::{
@@ -343,6 +343,30 @@ impl Reader {
             e => e.to_string(),
         })?;
         Ok(Wire { node: i, slot: 0 })
+    }
+
+    /// An IR op that works on NHWC maps, between the two layout transposes
+    /// of MIL's channel-first value (`sink_transpose` cancels the pairs).
+    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire) -> R<Wire> {
+        let t = self.g.fresh_name(&format!("{name}/nhwc"));
+        let to = self.push(
+            &t,
+            "transpose",
+            Op::Transpose {
+                perm: vec![0, 2, 3, 1],
+            },
+            vec![x],
+        )?;
+        let y = self.g.fresh_name(&format!("{name}/{source}"));
+        let y = self.push(&y, source, op, vec![to])?;
+        self.push(
+            name,
+            "transpose",
+            Op::Transpose {
+                perm: vec![0, 3, 1, 2],
+            },
+            vec![y],
+        )
     }
 
     fn konst(&mut self, base: &str, t: Tensor) -> Wire {
@@ -1045,6 +1069,75 @@ impl Reader {
                     end.push(hi.max(lo));
                 }
                 self.push(&out, ty, Op::Slice { begin, end }, vec![x])?
+            }
+            "upsample_nearest_neighbor" | "upsample_bilinear" | "resize_bilinear" => {
+                let x = self.wire(op, "x")?;
+                let xs = self.shape(x)?;
+                if xs.len() != 4 {
+                    return Err(format!("{ty} of shape {xs:?} (faceall reads 4-D maps)"));
+                }
+                let whole = |r: &Self, k: &str| -> R<usize> {
+                    if !r.has(op, k) {
+                        return Ok(1);
+                    }
+                    match r.ints(op, k)?.as_slice() {
+                        [v] if *v > 0 => Ok(*v as usize),
+                        v => Err(format!("{k} {v:?} (faceall reads whole factors)")),
+                    }
+                };
+                let (mode, size, align_corners, half_pixel_centers) = match ty {
+                    "resize_bilinear" => {
+                        let size = [
+                            whole(self, "target_size_height")?,
+                            whole(self, "target_size_width")?,
+                        ];
+                        let (a, h) = match self.string(op, "sampling_mode")?.as_str() {
+                            "DEFAULT" => (false, false),
+                            "STRICT_ALIGN_CORNERS" => (true, false),
+                            "UNALIGN_CORNERS" => (false, true),
+                            m => return Err(format!("resize_bilinear sampling_mode '{m}' (faceall reads TF's grids: DEFAULT, STRICT_ALIGN_CORNERS, UNALIGN_CORNERS)")),
+                        };
+                        (ResizeMode::Bilinear, size, a, h)
+                    }
+                    _ => {
+                        let f = [
+                            whole(self, "scale_factor_height")?,
+                            whole(self, "scale_factor_width")?,
+                        ];
+                        let size = [xs[2] * f[0], xs[3] * f[1]];
+                        if ty == "upsample_nearest_neighbor" {
+                            (ResizeMode::Nearest, size, false, false)
+                        } else {
+                            // iOS 16's half_pixel_centers defaults to
+                            // !align_corners; both false is TF's legacy grid.
+                            let a = self.bool_or(op, "align_corners", true)?;
+                            let h = self.bool_or(op, "half_pixel_centers", !a)?;
+                            if a && h {
+                                return Err("upsample_bilinear with both align_corners and half_pixel_centers".into());
+                            }
+                            (ResizeMode::Bilinear, size, a, h)
+                        }
+                    }
+                };
+                let r = Resize {
+                    mode,
+                    size,
+                    align_corners,
+                    half_pixel_centers,
+                };
+                self.nhwc_op(&out, ty, Op::Resize(r), x)?
+            }
+            "depth_to_space" | "space_to_depth" => {
+                let x = self.wire(op, "x")?;
+                let block = match self.ints(op, "block_size")?.as_slice() {
+                    [v] if *v > 1 => *v as usize,
+                    v => return Err(format!("block_size {v:?}")),
+                };
+                let sd = SpaceDepth {
+                    block,
+                    to_space: ty == "depth_to_space",
+                };
+                self.nhwc_op(&out, ty, Op::SpaceDepth(sd), x)?
             }
             "pad" => {
                 let x = self.wire(op, "x")?;

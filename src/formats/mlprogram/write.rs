@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::formats::coreml::write::CoremlOptions;
 use crate::ir::{
     resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
-    UnaryOp, Wire,
+    ResizeMode, UnaryOp, Wire,
 };
 use crate::proto::coreml::{
     array_feature_type::ArrayDataType, feature_type, model, ArrayFeatureType, FeatureDescription,
@@ -1345,6 +1345,102 @@ impl<'g> Em<'g> {
                     &label,
                 );
                 done(out, Form::Tf)
+            }
+            Op::Resize(r) => {
+                // On the channel-first form (MIL resizes the last two axes).
+                let xw = input(0)?;
+                let xs = self.shape(xw)?;
+                let x = self.nchw(xw)?;
+                let (out, label) = self.out_name(n, Form::Nchw);
+                let shape = mil_shape(&out_shape, Form::Nchw);
+                let whole = r.whole_factors([xs[1], xs[2]]);
+                match (r.mode, whole, r.align_corners, r.half_pixel_centers) {
+                    (ResizeMode::Nearest, Some(f), _, _) => {
+                        let fh = self.const_int(&format!("{out}_scale_factor_height"), f[0] as i64);
+                        let fw = self.const_int(&format!("{out}_scale_factor_width"), f[1] as i64);
+                        self.op(
+                            "upsample_nearest_neighbor",
+                            vec![
+                                ("x", Arg::One(&x)),
+                                ("scale_factor_height", Arg::One(&fh)),
+                                ("scale_factor_width", Arg::One(&fw)),
+                            ],
+                            &out,
+                            &shape,
+                            &label,
+                        );
+                    }
+                    (ResizeMode::Bilinear, Some(f), false, true) => {
+                        // align_corners false: TF's half-pixel grid.
+                        let fh = self.const_int(&format!("{out}_scale_factor_height"), f[0] as i64);
+                        let fw = self.const_int(&format!("{out}_scale_factor_width"), f[1] as i64);
+                        let ac = self.const_bool(&format!("{out}_align_corners"), false);
+                        self.op(
+                            "upsample_bilinear",
+                            vec![
+                                ("x", Arg::One(&x)),
+                                ("scale_factor_height", Arg::One(&fh)),
+                                ("scale_factor_width", Arg::One(&fw)),
+                                ("align_corners", Arg::One(&ac)),
+                            ],
+                            &out,
+                            &shape,
+                            &label,
+                        );
+                    }
+                    (ResizeMode::Bilinear, _, align, false) => {
+                        // DEFAULT is TF's legacy grid; STRICT_ALIGN_CORNERS
+                        // its align_corners grid, one output pixel included.
+                        let th = self.const_int(&format!("{out}_target_size_height"), r.size[0] as i64);
+                        let tw = self.const_int(&format!("{out}_target_size_width"), r.size[1] as i64);
+                        let mode = self.const_str(
+                            &format!("{out}_sampling_mode"),
+                            if align { "STRICT_ALIGN_CORNERS" } else { "DEFAULT" },
+                        );
+                        self.op(
+                            "resize_bilinear",
+                            vec![
+                                ("x", Arg::One(&x)),
+                                ("target_size_height", Arg::One(&th)),
+                                ("target_size_width", Arg::One(&tw)),
+                                ("sampling_mode", Arg::One(&mode)),
+                            ],
+                            &out,
+                            &shape,
+                            &label,
+                        );
+                    }
+                    (ResizeMode::Bilinear, _, _, true) => return Err(
+                        "a half-pixel bilinear resize by no whole factor has no ML Program form faceall writes: upsample_bilinear fixes the output size by rounding a fractional factor, and resize_bilinear's UNALIGN_CORNERS (iOS 16) has no NeuralNetwork form to check it by"
+                            .into(),
+                    ),
+                    (ResizeMode::Nearest, None, _, _) => return Err(
+                        "a nearest resize by no whole factor, or with align_corners, has no ML Program form faceall writes: resize_nearest_neighbor does not state TF's rounding rules"
+                            .into(),
+                    ),
+                }
+                done(out, Form::Nchw)
+            }
+            Op::SpaceDepth(sd) => {
+                // MIL's depth_to_space / space_to_depth use TF's depth order
+                // (pixel_shuffle is PyTorch's).
+                let x = self.nchw(input(0)?)?;
+                let (out, label) = self.out_name(n, Form::Nchw);
+                let shape = mil_shape(&out_shape, Form::Nchw);
+                let b = self.const_int(&format!("{out}_block_size"), sd.block as i64);
+                let ty = if sd.to_space {
+                    "depth_to_space"
+                } else {
+                    "space_to_depth"
+                };
+                self.op(
+                    ty,
+                    vec![("x", Arg::One(&x)), ("block_size", Arg::One(&b))],
+                    &out,
+                    &shape,
+                    &label,
+                );
+                done(out, Form::Nchw)
             }
             Op::Pad { pads, value } => {
                 let xw = input(0)?;

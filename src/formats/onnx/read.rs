@@ -17,7 +17,7 @@ use protobuf::Message;
 use crate::error::{Error, Result, Unsupported};
 use crate::ir::{
     Activation, BatchNorm, BinaryOp, Conv2d, DType, Fact, Graph, Layout, Op, Padding, Pool,
-    PoolKind, ReduceOp, Tensor, UnaryOp, Wire,
+    PoolKind, ReduceOp, Resize, ResizeMode, SpaceDepth, Tensor, UnaryOp, Wire,
 };
 use crate::proto::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType,
@@ -440,6 +440,30 @@ impl Reader {
             e => e.to_string(),
         })?;
         Ok(Wire { node: i, slot: 0 })
+    }
+
+    /// An IR op that works on NHWC maps, between the two layout transposes
+    /// of ONNX's channel-first value (`sink_transpose` cancels the pairs).
+    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire) -> R<Wire> {
+        let t = self.g.fresh_name(&format!("{name}/nhwc"));
+        let to = self.push(
+            &t,
+            "Transpose",
+            Op::Transpose {
+                perm: vec![0, 2, 3, 1],
+            },
+            vec![x],
+        )?;
+        let y = self.g.fresh_name(&format!("{name}/{source}"));
+        let y = self.push(&y, source, op, vec![to])?;
+        self.push(
+            name,
+            "Transpose",
+            Op::Transpose {
+                perm: vec![0, 3, 1, 2],
+            },
+            vec![y],
+        )
     }
 
     fn scalar(&mut self, base: &str, v: f32) -> Wire {
@@ -963,6 +987,97 @@ impl Reader {
                     end[a as usize] = clamp(e).max(clamp(b));
                 }
                 self.push(&out, op, Op::Slice { begin, end }, vec![x])?
+            }
+            "Resize" | "Upsample" => {
+                let x = self.input(n, 0)?;
+                let xs = self.shape(x)?;
+                if xs.len() != 4 {
+                    return Err(format!(
+                        "a {op} of shape {xs:?} (faceall reads 2-D resizes)"
+                    ));
+                }
+                let mode = attr_s(n, "mode")?.unwrap_or_else(|| "nearest".into());
+                let coords = attr_s(n, "coordinate_transformation_mode")?
+                    .unwrap_or_else(|| "half_pixel".into());
+                // Before opset 11 there are only the asymmetric rules.
+                let coords = if op == "Upsample" || self.opset < 11 {
+                    "asymmetric".to_string()
+                } else {
+                    coords
+                };
+                let nearest = attr_s(n, "nearest_mode")?.unwrap_or_else(|| {
+                    if self.opset < 11 {
+                        "floor"
+                    } else {
+                        "round_prefer_floor"
+                    }
+                    .into()
+                });
+                let mode = match mode.as_str() {
+                    "nearest" => ResizeMode::Nearest,
+                    "linear" | "bilinear" => ResizeMode::Bilinear,
+                    m => {
+                        return Err(format!(
+                            "{op} mode '{m}' (faceall reads nearest and linear)"
+                        ))
+                    }
+                };
+                let rule = match (mode, coords.as_str(), nearest.as_str()) {
+                    (ResizeMode::Bilinear, "asymmetric", _)
+                    | (ResizeMode::Nearest, "asymmetric", "floor") => Some((false, false)),
+                    (ResizeMode::Bilinear, "half_pixel", _)
+                    | (ResizeMode::Nearest, "half_pixel", "round_prefer_ceil")
+                    | (ResizeMode::Nearest, "tf_half_pixel_for_nn", "floor") => Some((false, true)),
+                    (ResizeMode::Bilinear, "align_corners", _)
+                    | (ResizeMode::Nearest, "align_corners", "round_prefer_ceil") => {
+                        Some((true, false))
+                    }
+                    _ => None,
+                };
+                let Some((align_corners, half_pixel_centers)) = rule else {
+                    return Err(format!(
+                        "{op} with coordinate_transformation_mode '{coords}' and nearest_mode '{nearest}' (faceall reads TensorFlow's rules: asymmetric, half_pixel, align_corners)"
+                    ));
+                };
+                // Sizes (input 3) or scales (input 2 from opset 11, else 1).
+                let scales_at = if self.opset >= 11 { 2 } else { 1 };
+                let size = if let Some(s) = self.opt_input(n, 3)? {
+                    usizes(&self.konst_i64(s)?, "sizes")?
+                } else {
+                    let s = self
+                        .opt_input(n, scales_at)?
+                        .ok_or("a Resize with neither scales nor sizes")?;
+                    let f = self.konst_f32(s)?;
+                    if f.len() != 4 || f.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                        return Err(format!("Resize scales {f:?}"));
+                    }
+                    xs.iter()
+                        .zip(&f)
+                        .map(|(&d, &k)| (d as f32 * k).floor() as usize)
+                        .collect()
+                };
+                if size.len() != 4 || size[0] != xs[0] || size[1] != xs[1] {
+                    return Err(format!(
+                        "a Resize of {xs:?} to {size:?} (faceall resizes height and width)"
+                    ));
+                }
+                let r = Resize {
+                    mode,
+                    size: [size[2], size[3]],
+                    align_corners,
+                    half_pixel_centers,
+                };
+                self.nhwc_op(&out, op, Op::Resize(r), x)?
+            }
+            "DepthToSpace" | "SpaceToDepth" => {
+                let x = self.input(n, 0)?;
+                let block = usize::try_from(attr_i(n, "blocksize", 0)?)
+                    .map_err(|_| "blocksize < 0".to_string())?;
+                let to_space = op == "DepthToSpace";
+                if to_space && attr_s(n, "mode")?.is_some_and(|m| m != "DCR") {
+                    return Err("DepthToSpace in CRD mode (PixelShuffle; faceall reads DCR, TensorFlow's order)".into());
+                }
+                self.nhwc_op(&out, op, Op::SpaceDepth(SpaceDepth { block, to_space }), x)?
             }
             "Transpose" => {
                 let x = self.input(n, 0)?;

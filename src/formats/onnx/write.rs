@@ -20,8 +20,8 @@ use protobuf::{EnumOrUnknown, MessageField};
 
 use crate::error::{Error, Result};
 use crate::ir::{
-    resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp, Tensor,
-    UnaryOp, Wire,
+    resolve_axis, Activation, BinaryOp, DType, Graph, Layout, Node, Op, PoolKind, ReduceOp,
+    ResizeMode, Tensor, UnaryOp, Wire,
 };
 use crate::proto::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType,
@@ -106,6 +106,14 @@ fn attr_float(name: &str, v: f32) -> AttributeProto {
     a.name = name.into();
     a.type_ = EnumOrUnknown::new(AttributeType::FLOAT);
     a.f = v;
+    a
+}
+
+fn attr_str(name: &str, v: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = EnumOrUnknown::new(AttributeType::STRING);
+    a.s = Bytes::from(v.as_bytes().to_vec());
     a
 }
 
@@ -850,6 +858,54 @@ impl<'g> Em<'g> {
                 Ok(Some(Val {
                     name: out,
                     nchw: false,
+                }))
+            }
+            Op::Resize(r) => {
+                // Resize-13 on the channel-first form. TF's coordinate
+                // rules have ONNX names; half-pixel nearest is
+                // floor((dst + 0.5) * in / out), which is half_pixel's
+                // (dst + 0.5) * in / out - 0.5 rounded half up.
+                let x = self.nchw(input(0)?)?;
+                let s = self.shape(input(0)?)?;
+                let (coords, nearest) = match (r.align_corners, r.half_pixel_centers) {
+                    (true, _) => ("align_corners", "round_prefer_ceil"),
+                    (false, true) => ("half_pixel", "round_prefer_ceil"),
+                    (false, false) => ("asymmetric", "floor"),
+                };
+                let mut attrs = vec![attr_str("coordinate_transformation_mode", coords)];
+                match r.mode {
+                    ResizeMode::Nearest => {
+                        attrs.push(attr_str("mode", "nearest"));
+                        attrs.push(attr_str("nearest_mode", nearest));
+                    }
+                    ResizeMode::Bilinear => attrs.push(attr_str("mode", "linear")),
+                }
+                let sizes = self.init_i64(
+                    &format!("{}/sizes", n.name),
+                    &ints(&[s[0], s[3], r.size[0], r.size[1]]),
+                );
+                let out = self.out_name(n, true);
+                self.node("Resize", &[&x, "", "", &sizes], &out, attrs);
+                Ok(Some(Val {
+                    name: out,
+                    nchw: true,
+                }))
+            }
+            Op::SpaceDepth(sd) => {
+                // TF's depth order is ONNX's DCR (and SpaceToDepth's only).
+                let x = self.nchw(input(0)?)?;
+                let mut attrs = vec![attr_int("blocksize", sd.block as i64)];
+                let op = if sd.to_space {
+                    attrs.push(attr_str("mode", "DCR"));
+                    "DepthToSpace"
+                } else {
+                    "SpaceToDepth"
+                };
+                let out = self.out_name(n, true);
+                self.node(op, &[&x], &out, attrs);
+                Ok(Some(Val {
+                    name: out,
+                    nchw: true,
                 }))
             }
             Op::Pad { pads, value } => {

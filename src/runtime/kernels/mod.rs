@@ -6,6 +6,7 @@ mod conv;
 mod elementwise;
 pub mod gemm;
 mod pool;
+pub mod resize;
 mod shape;
 pub mod team;
 pub mod winograd;
@@ -15,6 +16,7 @@ pub use elementwise::{
     activation, batch_norm, bias_add, binary, softmax_last, unary, weighted_sum_into,
 };
 pub use pool::{pool_nhwc, pool_nhwc_into};
+pub use resize::{resize_nhwc, space_depth_nhwc};
 pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, slice, transpose};
 
 /// Outputs (floats) from which row-wise kernels split rows across threads.

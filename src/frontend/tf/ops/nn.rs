@@ -2,7 +2,10 @@
 
 use crate::error::Result;
 use crate::frontend::tf::{attrs, NodeCtx};
-use crate::ir::{Activation, BatchNorm, Conv2d, Op, Padding, Pool, PoolKind, Wire};
+use crate::ir::{
+    Activation, BatchNorm, Conv2d, DType, Layout, Op, Padding, Pool, PoolKind, Resize, ResizeMode,
+    SpaceDepth, Wire,
+};
 
 /// TF-slim and tf.nn default for batch-norm epsilon when the attr is absent.
 pub const DEFAULT_BN_EPSILON: f32 = 0.0001;
@@ -155,4 +158,51 @@ pub fn pool(n: &mut NodeCtx) -> Result<Vec<Wire>> {
         }),
         ins,
     )
+}
+
+/// ResizeNearestNeighbor / ResizeBilinear (images, size): the size must be
+/// constant (Keras' UpSampling2D computes it from the static shape, which
+/// folds at import).
+pub fn resize(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    if n.fact(0)?.dtype != DType::F32 {
+        return Err(n.err("only float32 images are resized"));
+    }
+    let size = n.required_const(1, "size")?.to_f64_vec()?;
+    let &[h, w] = size.as_slice() else {
+        return Err(n.err(format!("size must hold 2 values, has {}", size.len())));
+    };
+    if h < 1.0 || w < 1.0 {
+        return Err(n.err(format!("size [{h}, {w}] must be positive")));
+    }
+    let mode = if n.node.op == "ResizeBilinear" {
+        ResizeMode::Bilinear
+    } else {
+        ResizeMode::Nearest
+    };
+    let r = Resize {
+        mode,
+        size: [h as usize, w as usize],
+        align_corners: attrs::opt_b(n.node, "align_corners")?.unwrap_or(false),
+        half_pixel_centers: attrs::opt_b(n.node, "half_pixel_centers")?.unwrap_or(false),
+    };
+    let x = n.input(0)?;
+    n.push(Op::Resize(r), vec![x])
+}
+
+/// DepthToSpace / SpaceToDepth in NHWC (TF runs the NCHW forms on GPUs only).
+pub fn space_depth(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(1)?;
+    if attrs::layout(n.node)? != Layout::Nhwc {
+        return Err(n.err("only NHWC DepthToSpace/SpaceToDepth are supported"));
+    }
+    let block = attrs::opt_i(n.node, "block_size")?
+        .ok_or_else(|| n.err("missing attribute 'block_size'"))?;
+    let block = usize::try_from(block).map_err(|_| n.err(format!("block_size {block}")))?;
+    let s = SpaceDepth {
+        block,
+        to_space: n.node.op == "DepthToSpace",
+    };
+    let x = n.input(0)?;
+    n.push(Op::SpaceDepth(s), vec![x])
 }

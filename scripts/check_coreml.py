@@ -49,6 +49,9 @@ def summary(spec, mlmodel_ok):
         },
         "layers": dict(Counter(l.WhichOneof("layer") for l in spec.neuralNetwork.layers)),
         "layer_count": len(spec.neuralNetwork.layers),
+        # linearUpsampleMode is specification 4; DEFAULT is the older meaning.
+        "linear_upsample_modes": sorted({l.upsample.linearUpsampleMode for l in spec.neuralNetwork.layers
+                                         if l.WhichOneof("layer") == "upsample" and l.upsample.linearUpsampleMode}),
         "mlmodel_loaded": mlmodel_ok,
     }
 

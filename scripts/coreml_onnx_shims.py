@@ -450,3 +450,51 @@ def _resize_bilinear(scope, operator, container):
 
 _reg._shape_calculator_pool["resizeBilinear"] = _resize_bilinear_shape
 _reg._converter_pool["resizeBilinear"] = _resize_bilinear
+
+
+# Shim 20: the channel `concat` shape calculator raises when the inputs'
+# other dimensions differ, but in the NeuralNetwork translation of an ML
+# Program onnxmltools only guesses them (an input (1, 3, 8, 6) becomes
+# [None, 1, 1, 1], a resized map [None, 8, 0, 0]). Guesses that disagree are
+# left unknown; onnxruntime checks the real shapes when it runs the Concat.
+def _concat_shape(operator):
+    shapes = [list(i.type.shape) for i in operator.inputs]
+    out = list(shapes[0])
+    for axis in range(len(out)):
+        if axis == 1:
+            dims = [s[1] for s in shapes]
+            out[1] = sum(dims) if all(isinstance(d, int) and d > 0 for d in dims) else "None"
+        elif any(s[axis] != out[axis] for s in shapes):
+            out[axis] = "None"
+    operator.outputs[0].type.shape = out
+
+
+_reg._shape_calculator_pool["concat"] = _concat_shape
+
+
+# Shim 21: the NeuralNetwork translation of an ML Program's conv_transpose
+# states both the output shape and valid padding amounts (MIL's pads, the
+# rows cropped from each edge of the full scatter). onnxmltools writes both
+# into ConvTranspose, where output_shape wins and onnxruntime places the odd
+# row at the start, away from where the pads put it. Given the amounts,
+# the output shape is theirs: it is dropped and the pads kept.
+_convolution = _reg._converter_pool["convolution"]
+
+
+def _convolution_pads_first(scope, operator, container):
+    import copy as _copy
+
+    layer = operator.raw_operator
+    p = layer.convolution
+    if p.isDeconvolution and len(p.outputShape) and p.WhichOneof("ConvolutionPaddingType") == "valid":
+        trimmed = _copy.deepcopy(layer)
+        trimmed.convolution.ClearField("outputShape")
+        operator.raw_operator = trimmed
+        try:
+            return _convolution(scope, operator, container)
+        finally:
+            operator.raw_operator = layer
+    return _convolution(scope, operator, container)
+
+
+_reg._converter_pool["convolution"] = _convolution_pads_first

@@ -643,6 +643,31 @@ def case_space_depth(seed):
     return build, ["reorg", "conv1", "shuffle", "output"], ["output"]
 
 
+def case_deconv(seed):
+    """Transposed convolutions as decoders write them: SAME stride 2 with an
+    odd row to crop (kernel 3) and an even one (kernel 4, Keras
+    Conv2DTranspose with its output size from tf.shape), VALID kernel 2
+    stride 2 (U-Net), VALID kernel 3 stride 2; a bias and a ReLU."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 5, 4, 6], name="input")
+        d1 = tf.nn.conv2d_transpose(x, c(rng.normal(0, 0.3, [3, 3, 4, 6]), "w1"), [1, 10, 8, 4], 2, "SAME",
+                                    name="up1")
+        d1 = tf.nn.relu(tf.nn.bias_add(d1, c(rng.normal(0, 0.3, 4), "b1"), name="bias1"), name="relu1")
+        s = tf.shape(d1)
+        size = tf.stack([s[0], s[1] * 2, s[2] * 2, 5], name="up2_size")
+        d2 = tf.nn.conv2d_transpose(d1, c(rng.normal(0, 0.3, [4, 4, 5, 4]), "w2"), size, 2, "SAME", name="up2")
+        d3 = tf.nn.conv2d_transpose(d2, c(rng.normal(0, 0.3, [2, 2, 3, 5]), "w3"), [1, 40, 32, 3], 2, "VALID",
+                                    name="up3")
+        tf.identity(d3, name="output")
+        d4 = tf.nn.conv2d_transpose(d1, c(rng.normal(0, 0.3, [3, 3, 2, 4]), "w4"), [1, 21, 17, 2], 2, "VALID",
+                                    name="up4")
+        tf.identity(d4, name="side")
+        return {"input": rng.normal(0, 1, [1, 5, 4, 6])}
+    return build, ["up1", "relu1", "up2", "up3", "up4", "output", "side"], ["output", "side"]
+
+
 CASES = {
     "inception_resnet_v1_switch": (case_inception("switch", "FusedBatchNorm", 101),
                                    "Narrow InceptionResNetV1 (FaceNet topology), TF-slim unfolded FusedBatchNorm "
@@ -678,6 +703,8 @@ CASES = {
                                      "UpSampling2D), TF1 legacy bilinear and nearest, a skip concat"),
     "resize_any": (case_resize_any(121), "Resizes by no whole factor: bilinear with align_corners, a "
                                          "half-pixel shrink, nearest with align_corners and a shrink"),
+    "deconv": (case_deconv(123), "Transposed convolutions: SAME stride 2 (kernel 3, an odd row cropped; "
+                                 "kernel 4, size from tf.shape), VALID kernel 2 and 3 stride 2, bias + ReLU"),
     "space_depth": (case_space_depth(122), "SpaceToDepth (reorg) and DepthToSpace (pixel shuffle) around "
                                            "convolutions"),
 }

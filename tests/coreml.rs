@@ -143,9 +143,16 @@ fn check_tools(case_dir: &Path, c: &Converted) -> serde_json::Value {
         .expect("coremltools summary");
     assert!(text.contains("\"output\": true"), "{text}");
     assert_eq!(summary["mlmodel_loaded"], true, "{summary}");
-    // The lowest version with every layer: 1, or 4 (iOS 14) with a gelu.
-    let want = if summary["layers"].get("gelu").is_some() {
+    // The lowest version with every layer: 1; 3 with a resizeBilinear; 4
+    // with a gelu or an upsample's linearUpsampleMode.
+    let layers = &summary["layers"];
+    let modes = summary["linear_upsample_modes"]
+        .as_array()
+        .map_or(0, |m| m.len());
+    let want = if layers.get("gelu").is_some() || modes > 0 {
         4
+    } else if layers.get("resizeBilinear").is_some() {
+        3
     } else {
         1
     };

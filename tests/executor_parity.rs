@@ -81,7 +81,8 @@ fixture_tests!(
     mirror_pad,
     upsample,
     resize_any,
-    space_depth
+    space_depth,
+    deconv
 );
 
 #[test]

@@ -107,6 +107,44 @@ pub struct Pool {
     pub layout: Layout,
 }
 
+/// TF `Conv2DBackpropInput` (`tf.nn.conv2d_transpose`, Keras
+/// `Conv2DTranspose`) on NHWC: (x, filter [kh, kw, out, in][, bias]). The
+/// transpose of a convolution with these strides, dilations and padding
+/// whose input is `size` ([height, width]): input pixel (i, j) adds
+/// `x * filter[ky, kx]` at `(i * stride + ky * dilation - pad_before, ...)`,
+/// pads as TF's forward rule gives them for an input of `size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deconv2d {
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    pub padding: Padding,
+    pub size: [usize; 2],
+}
+
+impl Deconv2d {
+    /// [[top, bottom], [left, right]] cropped from the full scatter, for a
+    /// `k` kernel on an `input` (height, width) map; None when the forward
+    /// convolution of `size` would not give `input`.
+    pub fn pads(&self, input: [usize; 2], k: [usize; 2]) -> Option<[[usize; 2]; 2]> {
+        let mut out = [[0; 2]; 2];
+        for i in 0..2 {
+            let (o, p) = resolve_axis(
+                &self.padding,
+                i,
+                self.size[i],
+                k[i],
+                self.strides[i],
+                self.dilations[i],
+            )?;
+            if o != input[i] {
+                return None;
+            }
+            out[i] = p;
+        }
+        Some(out)
+    }
+}
+
 /// How `Resize` picks or blends source pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResizeMode {
@@ -251,6 +289,8 @@ pub enum Op {
     Merge,
     /// (x, filter[, bias]); the bias appears once a pass folds one in.
     Conv2d(Conv2d),
+    /// (x, filter [kh, kw, out, in][, bias]); see `Deconv2d`.
+    Deconv2d(Deconv2d),
     /// (x, bias)
     BiasAdd {
         layout: Layout,
@@ -377,6 +417,7 @@ impl Op {
             Op::Merge => "Merge",
             Op::Conv2d(c) if c.depthwise => "DepthwiseConv2d",
             Op::Conv2d(_) => "Conv2d",
+            Op::Deconv2d(_) => "Conv2DBackpropInput",
             Op::BiasAdd { .. } => "BiasAdd",
             Op::BatchNorm(_) => "BatchNorm",
             Op::Activation(a) => match a {
@@ -442,7 +483,7 @@ impl Op {
         match self {
             Op::Input | Op::Const(_) => (0, 0),
             Op::Switch | Op::BiasAdd { .. } | Op::Binary(_) | Op::PRelu => (2, 2),
-            Op::Conv2d(_) | Op::MatMul { .. } => (2, 3),
+            Op::Conv2d(_) | Op::Deconv2d(_) | Op::MatMul { .. } => (2, 3),
             Op::WeightedSum { coeffs } => (coeffs.len(), coeffs.len()),
             Op::BatchNorm(_) => (5, 5),
             Op::Merge | Op::Concat { .. } => (1, usize::MAX),
@@ -539,6 +580,31 @@ impl Op {
                     }
                 }
                 f32s(out)
+            }
+            Op::Deconv2d(d) => {
+                let (x, w) = (&inputs[0].shape, &inputs[1].shape);
+                rank4(x)?;
+                if w.len() != 4 || w[3] != x[3] {
+                    return Err(format!(
+                        "filter {w:?} does not take the {} channels of {x:?}",
+                        x[3]
+                    ));
+                }
+                if d.pads([x[1], x[2]], [w[0], w[1]]).is_none() {
+                    return Err(format!(
+                        "a {}x{} map is not what a {:?} convolution of {:?} with stride {:?} gives",
+                        x[1], x[2], d.padding, d.size, d.strides
+                    ));
+                }
+                if let Some(b) = inputs.get(2) {
+                    if b.shape != [w[2]] {
+                        return Err(format!(
+                            "bias {:?} does not match {} outputs",
+                            b.shape, w[2]
+                        ));
+                    }
+                }
+                f32s(vec![x[0], d.size[0], d.size[1], w[2]])
             }
             Op::BiasAdd { layout } => {
                 let x = &inputs[0].shape;

@@ -277,6 +277,28 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
             }
             f32_out(node, from_nhwc(y, c.layout, [n, oh, ow, oc]))
         }
+        Op::Deconv2d(d) => {
+            let (xv, [n, h, w, ci]) = to_nhwc(&ins[0], Layout::Nhwc)?;
+            let ws = ins[1].shape();
+            let &[kh, kw, co, _] = ws else {
+                return Err(Error::Usage(format!("filter of shape {ws:?}")));
+            };
+            let pads = d
+                .pads([h, w], [kh, kw])
+                .ok_or_else(|| Error::Usage("the deconvolution does not fit its input".into()))?;
+            let g = kernels::DeconvGeometry {
+                k: [kh, kw],
+                stride: d.strides,
+                dilation: d.dilations,
+                crop: [pads[0][0], pads[1][0]],
+                out: d.size,
+            };
+            let mut y = kernels::deconv2d_nhwc(&xv, [n, h, w, ci], &ins[1].as_f32()?, co, &g);
+            if let Some(b) = ins.get(2) {
+                kernels::bias_add(&mut y, &b.as_f32()?, 1);
+            }
+            f32_out(node, y)
+        }
         Op::BiasAdd { layout } => {
             let mut v = owned(&ins[0])?;
             let s = ins[0].shape();

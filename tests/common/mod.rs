@@ -57,6 +57,7 @@ pub const FIXTURES: &[&str] = &[
     "upsample",
     "resize_any",
     "space_depth",
+    "deconv",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV

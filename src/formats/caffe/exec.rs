@@ -223,11 +223,20 @@ pub(super) fn run_layer(l: &Layer, ins: &[Tensor]) -> Result<Vec<Tensor>> {
             } else {
                 None
             };
-            let y = deconv_nchw(
+            let geo = kernels::DeconvGeometry {
+                k: g.k,
+                stride: g.st,
+                dilation: g.dil,
+                crop: g.pad,
+                out: [g.oh, g.ow],
+            };
+            let y = kernels::deconv_nchw(
                 &x.as_f32()?,
                 [n, c, h, w],
                 &wt.as_f32()?,
-                &g,
+                g.o,
+                g.group,
+                &geo,
                 bias.as_deref(),
             );
             Ok(vec![Tensor::f32(vec![n, g.o, g.oh, g.ow], y)?])
@@ -776,52 +785,6 @@ pub(super) fn deconv_shape(
         oh: fh - 2 * pad[0],
         ow: fw - 2 * pad[1],
     })
-}
-
-/// Transposed convolution, NCHW: every input pixel scatters its kernel.
-fn deconv_nchw(
-    x: &[f32],
-    [n, c, h, w]: [usize; 4],
-    wt: &[f32],
-    g: &ConvShape,
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
-    let (og, cg) = (g.o / g.group, c / g.group);
-    let (oh, ow) = (g.oh, g.ow);
-    let mut out = vec![0.0f32; n * g.o * oh * ow];
-    for b in 0..n {
-        for ci in 0..c {
-            let grp = ci / cg;
-            for y in 0..h {
-                for xx in 0..w {
-                    let v = x[((b * c + ci) * h + y) * w + xx];
-                    for col in 0..og {
-                        let co = grp * og + col;
-                        for ky in 0..g.k[0] {
-                            let oy = (y * g.st[0] + ky * g.dil[0]).checked_sub(g.pad[0]);
-                            let Some(oy) = oy.filter(|&oy| oy < oh) else {
-                                continue;
-                            };
-                            for kx in 0..g.k[1] {
-                                let ox = (xx * g.st[1] + kx * g.dil[1]).checked_sub(g.pad[1]);
-                                let Some(ox) = ox.filter(|&ox| ox < ow) else {
-                                    continue;
-                                };
-                                let wv = wt[((ci * og + col) * g.k[0] + ky) * g.k[1] + kx];
-                                out[((b * g.o + co) * oh + oy) * ow + ox] += v * wv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if let Some(bias) = bias {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o += bias[(i / (oh * ow)) % g.o];
-        }
-    }
-    out
 }
 
 /// A pooling's geometry as Caffe computes it (ceil rounding unless FLOOR,

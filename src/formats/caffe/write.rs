@@ -585,6 +585,80 @@ impl<'g> Em<'g> {
                 }
                 done(out_blob, out_shape)
             }
+            Op::Deconv2d(d) => {
+                // Caffe's Deconvolution crops `pad` from both sides of the
+                // full scatter; TF's SAME crops any odd row after, which a
+                // Slice then drops.
+                let x = self.val(n.inputs[0])?;
+                self.need_nchw(&x)?;
+                let ws = g
+                    .fact(n.inputs[1])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                let &[kh, kw, co, ci] = ws.as_slice() else {
+                    return Err(format!("filter of shape {ws:?}"));
+                };
+                let pads = d
+                    .pads([x.shape[2], x.shape[3]], [kh, kw])
+                    .ok_or("the deconvolution does not fit its input")?;
+                if pads.iter().any(|p| p[0] > p[1]) {
+                    return Err(
+                        "a transposed convolution that crops more before than after has no Caffe form (Deconvolution crops both sides alike)"
+                            .into(),
+                    );
+                }
+                let w = crate::formats::layout::conv_oihw(
+                    &self.konst(n.inputs[1])?,
+                    [kh, kw, co, ci],
+                    false,
+                    false,
+                );
+                let extra = [pads[0][1] - pads[0][0], pads[1][1] - pads[1][0]];
+                let full = if extra == [0, 0] {
+                    out_blob.clone()
+                } else {
+                    format!("{name}/uncropped")
+                };
+                self.deconv(
+                    &full,
+                    &x.blob,
+                    [ci, co],
+                    1,
+                    [kh, kw],
+                    d.strides,
+                    [pads[0][0], pads[1][0]],
+                    w,
+                );
+                if let Some(l) = self.net.layer.last_mut() {
+                    let p = l.convolution_param.mut_or_insert_default();
+                    if d.dilations != [1, 1] {
+                        p.dilation = vec![d.dilations[0] as u32, d.dilations[1] as u32];
+                    }
+                    if let Some(&b) = n.inputs.get(2) {
+                        p.set_bias_term(true);
+                        let b = self.konst(b)?.into_owned();
+                        if let Some(l) = self.net.layer.last_mut() {
+                            l.blobs.push(blob(&[co], b));
+                        }
+                    }
+                }
+                if extra == [0, 0] {
+                    return done(out_blob, out_shape);
+                }
+                let mut shape = out_shape.clone();
+                shape[2] += extra[0];
+                shape[3] += extra[1];
+                let v = Val {
+                    blob: full,
+                    layout: BlobLayout::Nchw,
+                    shape,
+                };
+                let v = self.crop_axis(&format!("{name}/crop_h"), v, 2, out_shape[2]);
+                let v = self.crop_axis(&format!("{name}/crop_w"), v, 3, out_shape[3]);
+                let top = self.power(&out_blob, &v.blob, 1.0, 1.0, 0.0);
+                Ok(Some(Val { blob: top, ..v }))
+            }
             Op::BiasAdd { .. } => {
                 let x = self.val(n.inputs[0])?;
                 let b = self.konst(n.inputs[1])?;

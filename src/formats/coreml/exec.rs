@@ -13,8 +13,8 @@ use crate::proto::coreml::{
     activation_params::NonlinearityType, convolution_layer_params::ConvolutionPaddingType,
     feature_type, gelu_layer_params, model, neural_network_layer::Layer,
     padding_layer_params::PaddingType, pooling_layer_params, reduce_layer_params,
-    slice_layer_params, unary_function_layer_params, BorderAmounts, Model, NeuralNetworkLayer,
-    WeightParams,
+    slice_layer_params, unary_function_layer_params, BorderAmounts, ConvolutionLayerParams, Model,
+    NeuralNetworkLayer, WeightParams,
 };
 
 use crate::runtime::kernels;
@@ -50,6 +50,87 @@ pub fn weight_values(w: &WeightParams) -> Result<Vec<f32>> {
         return Err(bad("raw (quantized) weights are not supported"));
     }
     Ok(vec![])
+}
+
+/// A deconvolution layer on a (C, H, W) blob: weights [C, O / groups, kh,
+/// kw]; valid padding amounts crop the full scatter edge by edge.
+fn deconvolution(p: &ConvolutionLayerParams, x: &Tensor, [c, h, w]: [usize; 3]) -> Result<Tensor> {
+    let two = |v: &[u64], d: u64| -> Result<[usize; 2]> {
+        match v {
+            [] => Ok([d as usize; 2]),
+            [a, b] if *a > 0 && *b > 0 => Ok([*a as usize, *b as usize]),
+            v => Err(bad(format!("{v:?} is not two positive sizes"))),
+        }
+    };
+    let (k, st) = (two(&p.kernelSize, 3)?, two(&p.stride, 1)?);
+    let groups = (p.nGroups as usize).max(1);
+    let o = p.outputChannels as usize;
+    if p.kernelChannels as usize != c || !o.is_multiple_of(groups) || !c.is_multiple_of(groups) {
+        return Err(bad(format!(
+            "{c} input channels do not match kernelChannels {} in {groups} groups",
+            p.kernelChannels
+        )));
+    }
+    let pads = match &p.ConvolutionPaddingType {
+        Some(ConvolutionPaddingType::Valid(v)) => {
+            v.paddingAmounts.as_ref().map(amounts).unwrap_or_default()
+        }
+        None => [[0; 2]; 2],
+        Some(ConvolutionPaddingType::Same(_)) => {
+            return Err(bad("a deconvolution with same padding is not read"))
+        }
+    };
+    if h == 0 || w == 0 {
+        return Err(bad("a deconvolution of an empty blob"));
+    }
+    let full = [st[0] * (h - 1) + k[0], st[1] * (w - 1) + k[1]];
+    let out = [
+        full[0].checked_sub(pads[0][0] + pads[0][1]),
+        full[1].checked_sub(pads[1][0] + pads[1][1]),
+    ];
+    let [Some(oh), Some(ow)] = out else {
+        return Err(bad("padding crops more than the deconvolution's output"));
+    };
+    if !p.outputShape.is_empty() && p.outputShape != [oh as u64, ow as u64] {
+        return Err(bad(format!(
+            "outputShape {:?} differs from the {oh}x{ow} the padding gives",
+            p.outputShape
+        )));
+    }
+    let wt = weight_values(p.weights.as_ref().ok_or_else(|| bad("no weights"))?)?;
+    if wt.len() != c * (o / groups) * k[0] * k[1] {
+        return Err(bad(format!(
+            "{} weights for {c}x{}x{k:?}",
+            wt.len(),
+            o / groups
+        )));
+    }
+    let bias = if p.hasBias {
+        let b = weight_values(p.bias.as_ref().ok_or_else(|| bad("hasBias without bias"))?)?;
+        if b.len() != o {
+            return Err(bad(format!("{} biases for {o} outputs", b.len())));
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let g = kernels::DeconvGeometry {
+        k,
+        stride: st,
+        dilation: [1, 1],
+        crop: [pads[0][0], pads[1][0]],
+        out: [oh, ow],
+    };
+    let y = kernels::deconv_nchw(
+        &x.as_f32()?,
+        [1, c, h, w],
+        &wt,
+        o,
+        groups,
+        &g,
+        bias.as_deref(),
+    );
+    Tensor::f32(vec![o, oh, ow], y)
 }
 
 /// Resize a (C, H, W) blob: each channel plane is an NHWC map of depth 1.
@@ -275,7 +356,7 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
             let x = x?;
             let [c, h, w] = chw(x)?;
             if p.isDeconvolution {
-                return Err(bad("deconvolution is not supported"));
+                return deconvolution(p, x, [c, h, w]);
             }
             let k = [
                 *p.kernelSize.first().unwrap_or(&3) as usize,

@@ -1,5 +1,7 @@
 //! IR -> Core ML `Model` with a `neuralNetwork` (specification version 1,
-//! the lowest that has every layer used; 4 when a GELU needs the gelu layer), with TensorFlow's semantics:
+//! the lowest that has every layer used; 3 with a resizeBilinear, 4 when a
+//! GELU needs the gelu layer or a bilinear upsample its half-pixel grid),
+//! with TensorFlow's semantics:
 //!
 //! - one sample per prediction (Core ML's rank-5 mapping; the TF batch axis
 //!   is the prediction API's): an NHWC value is a (C, H, W) blob, an (N, K)
@@ -284,6 +286,51 @@ impl<'g> Em<'g> {
                 p.dilationFactor = vec![c.dilations[0] as u64, c.dilations[1] as u64];
                 let mut v = ValidPadding::new();
                 v.paddingAmounts = Some(borders([ph, pw])).into();
+                p.ConvolutionPaddingType = Some(
+                    crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(
+                        v,
+                    ),
+                );
+                p.weights = Some(weights(&wc, self.fp16)).into();
+                if let Some(b) = n.inputs.get(2) {
+                    p.hasBias = true;
+                    p.bias = Some(weights(&self.konst(*b)?, self.fp16)).into();
+                }
+                self.layer(&name, &[&x.blob], &out, Layer::Convolution(p));
+                done(out)
+            }
+            Op::Deconv2d(d) => {
+                // A deconvolution crops its valid padding amounts from the
+                // full scatter, each edge on its own. No outputShape: the
+                // specification ignores the padding when one is set.
+                if d.dilations != [1, 1] {
+                    return Err("a dilated transposed convolution has no Core ML NeuralNetwork form (deconvolution ignores dilationFactor)".into());
+                }
+                let x = self.val(n.inputs[0])?;
+                Self::need_chw(&x)?;
+                let ws = g
+                    .fact(n.inputs[1])
+                    .map_err(|e| e.to_string())?
+                    .shape
+                    .clone();
+                let &[kh, kw, co, ci] = ws.as_slice() else {
+                    return Err(format!("filter of shape {ws:?}"));
+                };
+                let pads = d
+                    .pads([x.chw[1], x.chw[2]], [kh, kw])
+                    .ok_or("the deconvolution does not fit its input")?;
+                let w = self.konst(n.inputs[1])?;
+                let wc = crate::formats::layout::conv_oihw(&w, [kh, kw, co, ci], false, false);
+                let mut p = ConvolutionLayerParams::new();
+                p.outputChannels = co as u64;
+                p.kernelChannels = ci as u64;
+                p.nGroups = 1;
+                p.kernelSize = vec![kh as u64, kw as u64];
+                p.stride = vec![d.strides[0] as u64, d.strides[1] as u64];
+                p.dilationFactor = vec![1, 1];
+                p.isDeconvolution = true;
+                let mut v = ValidPadding::new();
+                v.paddingAmounts = Some(borders(pads)).into();
                 p.ConvolutionPaddingType = Some(
                     crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(
                         v,

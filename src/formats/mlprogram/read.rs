@@ -27,8 +27,8 @@ use crate::formats::layout::{
     axis, checked_numel, oihw_depthwise_to_hwcm, oihw_to_hwio, reshape_target,
 };
 use crate::ir::{
-    Activation, BatchNorm, BinaryOp, Conv2d, DType, Fact, Graph, Layout, Op, Padding, Pool,
-    PoolKind, ReduceOp, Resize, ResizeMode, SpaceDepth, Tensor, UnaryOp, Wire,
+    Activation, BatchNorm, BinaryOp, Conv2d, DType, Deconv2d, Fact, Graph, Layout, Op, Padding,
+    Pool, PoolKind, ReduceOp, Resize, ResizeMode, SpaceDepth, Tensor, UnaryOp, Wire,
 };
 use crate::proto::coreml::{model, Model};
 use crate::proto::mil::{
@@ -347,7 +347,7 @@ impl Reader {
 
     /// An IR op that works on NHWC maps, between the two layout transposes
     /// of MIL's channel-first value (`sink_transpose` cancels the pairs).
-    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire) -> R<Wire> {
+    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire, rest: Vec<Wire>) -> R<Wire> {
         let t = self.g.fresh_name(&format!("{name}/nhwc"));
         let to = self.push(
             &t,
@@ -358,7 +358,9 @@ impl Reader {
             vec![x],
         )?;
         let y = self.g.fresh_name(&format!("{name}/{source}"));
-        let y = self.push(&y, source, op, vec![to])?;
+        let mut ins = vec![to];
+        ins.extend(rest);
+        let y = self.push(&y, source, op, ins)?;
         self.push(
             name,
             "transpose",
@@ -1070,6 +1072,87 @@ impl Reader {
                 }
                 self.push(&out, ty, Op::Slice { begin, end }, vec![x])?
             }
+            "conv_transpose" => {
+                let x = self.wire(op, "x")?;
+                let xs = self.shape(x)?;
+                let wv = self.wire(op, "weight")?;
+                let ws = self.shape(wv)?;
+                let &[ci, co, kh, kw] = ws.as_slice() else {
+                    return Err(format!("a conv_transpose weight of shape {ws:?}"));
+                };
+                if xs.len() != 4 || xs[1] != ci {
+                    return Err(format!("a conv_transpose of {xs:?} with weight {ws:?}"));
+                }
+                if self.has(op, "groups") && self.int(op, "groups")? != 1 {
+                    return Err("a grouped conv_transpose (faceall reads groups 1)".into());
+                }
+                let two = |r: &Self, k: &str| -> R<[usize; 2]> {
+                    if r.has(op, k) {
+                        pair(&r.ints(op, k)?, k)
+                    } else {
+                        Ok([1, 1])
+                    }
+                };
+                let (strides, dilations) = (two(self, "strides")?, two(self, "dilations")?);
+                let pt = if self.has(op, "pad_type") {
+                    self.string(op, "pad_type")?
+                } else {
+                    "valid".into()
+                };
+                let p = if self.has(op, "pad") {
+                    self.ints(op, "pad")?
+                } else {
+                    vec![0; 4]
+                };
+                if pt != "custom" && pt != "valid" {
+                    return Err(format!(
+                        "conv_transpose pad_type '{pt}' (faceall reads custom and valid)"
+                    ));
+                }
+                let p = if pt == "valid" { vec![0; 4] } else { p };
+                let &[t, b, l, r] = p.as_slice() else {
+                    return Err(format!("pad {p:?} for a 2-D window"));
+                };
+                let mut size = [0; 2];
+                let mut pads = [[0; 2]; 2];
+                for (i, (before, after)) in [(t, b), (l, r)].into_iter().enumerate() {
+                    let (before, after) = (
+                        usize::try_from(before).map_err(|_| "a negative pad")?,
+                        usize::try_from(after).map_err(|_| "a negative pad")?,
+                    );
+                    let full = strides[i] * (xs[2 + i] - 1) + (ws[2 + i] - 1) * dilations[i] + 1;
+                    size[i] = full
+                        .checked_sub(before + after)
+                        .ok_or("conv_transpose pads crop more than its output")?;
+                    pads[i] = [before, after];
+                }
+                if self.has(op, "output_shape") {
+                    let want = self.ints(op, "output_shape")?;
+                    if want.len() < 2 || want[want.len() - 2..] != [size[0] as i64, size[1] as i64]
+                    {
+                        return Err(format!(
+                            "conv_transpose output_shape {want:?} differs from the pads' {size:?}"
+                        ));
+                    }
+                }
+                let w = self.floats(op, "weight")?;
+                let filter = oihw_to_hwio(&w, [ci, co, kh, kw]);
+                let f = self.konst(
+                    &helper("filter"),
+                    Tensor::f32(vec![kh, kw, co, ci], filter).map_err(|e| e.to_string())?,
+                );
+                let mut rest = vec![f];
+                if self.has(op, "bias") {
+                    rest.push(self.wire(op, "bias")?);
+                }
+                let d = Deconv2d {
+                    strides,
+                    dilations,
+                    padding: Padding::Explicit(pads),
+                    size,
+                };
+                self.nhwc_op(&out, ty, Op::Deconv2d(d), x, rest)?
+            }
             "upsample_nearest_neighbor" | "upsample_bilinear" | "resize_bilinear" => {
                 let x = self.wire(op, "x")?;
                 let xs = self.shape(x)?;
@@ -1125,7 +1208,7 @@ impl Reader {
                     align_corners,
                     half_pixel_centers,
                 };
-                self.nhwc_op(&out, ty, Op::Resize(r), x)?
+                self.nhwc_op(&out, ty, Op::Resize(r), x, vec![])?
             }
             "depth_to_space" | "space_to_depth" => {
                 let x = self.wire(op, "x")?;
@@ -1137,7 +1220,7 @@ impl Reader {
                     block,
                     to_space: ty == "depth_to_space",
                 };
-                self.nhwc_op(&out, ty, Op::SpaceDepth(sd), x)?
+                self.nhwc_op(&out, ty, Op::SpaceDepth(sd), x, vec![])?
             }
             "pad" => {
                 let x = self.wire(op, "x")?;

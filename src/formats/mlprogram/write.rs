@@ -739,6 +739,54 @@ impl<'g> Em<'g> {
                 self.op("conv", args, &out, &shape, &label);
                 done(out, form)
             }
+            Op::Deconv2d(d) => {
+                let xw = input(0)?;
+                let xs = self.shape(xw)?;
+                let x = self.nchw(xw)?;
+                let ws = self.shape(input(1)?)?;
+                let &[kh, kw, co, ci] = ws.as_slice() else {
+                    return Err(format!("filter of shape {ws:?}"));
+                };
+                let pads = d
+                    .pads([xs[1], xs[2]], [kh, kw])
+                    .ok_or("the deconvolution does not fit its input")?;
+                let w = self.konst(input(1)?)?;
+                let wc = crate::formats::layout::conv_oihw(&w, [kh, kw, co, ci], false, false);
+                let (out, label) = self.out_name(n, Form::Nchw);
+                let weight = self.const_f(&format!("{out}_weight"), &[ci, co, kh, kw], &wc);
+                let mut args = vec![("x", Arg::One(&x)), ("weight", Arg::One(&weight))];
+                let bias = match n.inputs.get(2) {
+                    Some(&b) => Some(self.const_bytes(&format!("{out}_bias"), &[co], b)?),
+                    None => None,
+                };
+                if let Some(b) = &bias {
+                    args.push(("bias", Arg::One(b)));
+                }
+                let ints = |v: [usize; 2]| [v[0] as i64, v[1] as i64];
+                let strides = self.const_ints(&format!("{out}_strides"), &ints(d.strides));
+                let dil = self.const_ints(&format!("{out}_dilations"), &ints(d.dilations));
+                let pad_type = self.const_str(&format!("{out}_pad_type"), "custom");
+                let pad = self.const_ints(
+                    &format!("{out}_pad"),
+                    &[
+                        pads[0][0] as i64,
+                        pads[0][1] as i64,
+                        pads[1][0] as i64,
+                        pads[1][1] as i64,
+                    ],
+                );
+                let groups = self.const_int(&format!("{out}_groups"), 1);
+                args.extend([
+                    ("strides", Arg::One(&strides)),
+                    ("pad_type", Arg::One(&pad_type)),
+                    ("pad", Arg::One(&pad)),
+                    ("dilations", Arg::One(&dil)),
+                    ("groups", Arg::One(&groups)),
+                ]);
+                let shape = mil_shape(&out_shape, Form::Nchw);
+                self.op("conv_transpose", args, &out, &shape, &label);
+                done(out, Form::Nchw)
+            }
             Op::Pool(p) => {
                 let xw = input(0)?;
                 let xs = self.shape(xw)?;

@@ -16,8 +16,8 @@ use protobuf::Message;
 
 use crate::error::{Error, Result, Unsupported};
 use crate::ir::{
-    Activation, BatchNorm, BinaryOp, Conv2d, DType, Fact, Graph, Layout, Op, Padding, Pool,
-    PoolKind, ReduceOp, Resize, ResizeMode, SpaceDepth, Tensor, UnaryOp, Wire,
+    Activation, BatchNorm, BinaryOp, Conv2d, DType, Deconv2d, Fact, Graph, Layout, Op, Padding,
+    Pool, PoolKind, ReduceOp, Resize, ResizeMode, SpaceDepth, Tensor, UnaryOp, Wire,
 };
 use crate::proto::onnx::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType,
@@ -444,7 +444,7 @@ impl Reader {
 
     /// An IR op that works on NHWC maps, between the two layout transposes
     /// of ONNX's channel-first value (`sink_transpose` cancels the pairs).
-    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire) -> R<Wire> {
+    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire, rest: Vec<Wire>) -> R<Wire> {
         let t = self.g.fresh_name(&format!("{name}/nhwc"));
         let to = self.push(
             &t,
@@ -455,7 +455,9 @@ impl Reader {
             vec![x],
         )?;
         let y = self.g.fresh_name(&format!("{name}/{source}"));
-        let y = self.push(&y, source, op, vec![to])?;
+        let mut ins = vec![to];
+        ins.extend(rest);
+        let y = self.push(&y, source, op, ins)?;
         self.push(
             name,
             "Transpose",
@@ -988,6 +990,78 @@ impl Reader {
                 }
                 self.push(&out, op, Op::Slice { begin, end }, vec![x])?
             }
+            "ConvTranspose" => {
+                let x = self.input(n, 0)?;
+                let xs = self.shape(x)?;
+                let wv = self.input(n, 1)?;
+                let ws = self.shape(wv)?;
+                let &[ci, co, kh, kw] = ws.as_slice() else {
+                    return Err(format!(
+                        "a ConvTranspose weight of shape {ws:?} (faceall reads 2-D ones)"
+                    ));
+                };
+                if xs.len() != 4 || xs[1] != ci {
+                    return Err(format!("a ConvTranspose of {xs:?} with weight {ws:?}"));
+                }
+                if attr_i(n, "group", 1)? != 1 {
+                    return Err("a grouped ConvTranspose (faceall reads group 1)".into());
+                }
+                let two = |k: &str, d: usize| -> R<[usize; 2]> {
+                    match attr_ints(n, k)? {
+                        None => Ok([d, d]),
+                        Some(v) => pair(&usizes(&v, k)?, k),
+                    }
+                };
+                let (strides, dilations) = (two("strides", 1)?, two("dilations", 1)?);
+                let extra = two("output_padding", 0)?;
+                if attr_ints(n, "output_shape")?.is_some()
+                    || attr_s(n, "auto_pad")?.is_some_and(|a| a != "NOTSET")
+                {
+                    return Err(
+                        "ConvTranspose with output_shape or auto_pad (faceall reads explicit pads)"
+                            .into(),
+                    );
+                }
+                let p = usizes(&attr_ints(n, "pads")?.unwrap_or(vec![0; 4]), "pads")?;
+                let &[t, l, b, r] = p.as_slice() else {
+                    return Err(format!("pads {p:?} for a 2-D window"));
+                };
+                // The forward convolution of the output with pads
+                // [before, after - output_padding] gives the input.
+                let mut size = [0; 2];
+                let mut pads = [[0; 2]; 2];
+                for (i, (before, after)) in [(t, b), (l, r)].into_iter().enumerate() {
+                    let full = strides[i] * (xs[2 + i] - 1) + (ws[2 + i] - 1) * dilations[i] + 1;
+                    let (Some(o), Some(a)) = (
+                        (full + extra[i]).checked_sub(before + after),
+                        after.checked_sub(extra[i]),
+                    ) else {
+                        return Err(format!(
+                            "ConvTranspose pads {p:?} and output_padding {extra:?} do not fit"
+                        ));
+                    };
+                    size[i] = o;
+                    pads[i] = [before, a];
+                }
+                let w = self.konst_f32(wv)?;
+                let filter = oihw_to_hwio(&w, [ci, co, kh, kw]);
+                let fname = self.g.fresh_name(&helper("filter"));
+                let fi = self.g.add_const(
+                    fname,
+                    Tensor::f32(vec![kh, kw, co, ci], filter).map_err(|e| e.to_string())?,
+                );
+                let mut rest = vec![Wire { node: fi, slot: 0 }];
+                if let Some(b) = self.opt_input(n, 2)? {
+                    rest.push(b);
+                }
+                let d = Deconv2d {
+                    strides,
+                    dilations,
+                    padding: Padding::Explicit(pads),
+                    size,
+                };
+                self.nhwc_op(&out, op, Op::Deconv2d(d), x, rest)?
+            }
             "Resize" | "Upsample" => {
                 let x = self.input(n, 0)?;
                 let xs = self.shape(x)?;
@@ -1067,7 +1141,7 @@ impl Reader {
                     align_corners,
                     half_pixel_centers,
                 };
-                self.nhwc_op(&out, op, Op::Resize(r), x)?
+                self.nhwc_op(&out, op, Op::Resize(r), x, vec![])?
             }
             "DepthToSpace" | "SpaceToDepth" => {
                 let x = self.input(n, 0)?;
@@ -1077,7 +1151,13 @@ impl Reader {
                 if to_space && attr_s(n, "mode")?.is_some_and(|m| m != "DCR") {
                     return Err("DepthToSpace in CRD mode (PixelShuffle; faceall reads DCR, TensorFlow's order)".into());
                 }
-                self.nhwc_op(&out, op, Op::SpaceDepth(SpaceDepth { block, to_space }), x)?
+                self.nhwc_op(
+                    &out,
+                    op,
+                    Op::SpaceDepth(SpaceDepth { block, to_space }),
+                    x,
+                    vec![],
+                )?
             }
             "Transpose" => {
                 let x = self.input(n, 0)?;

@@ -860,6 +860,42 @@ impl<'g> Em<'g> {
                     nchw: false,
                 }))
             }
+            Op::Deconv2d(d) => {
+                let xw = input(0)?;
+                let xs = self.shape(xw)?;
+                let x = self.nchw(xw)?;
+                let ws = self.shape(input(1)?)?;
+                let &[kh, kw, co, ci] = ws.as_slice() else {
+                    return Err(format!("filter of shape {ws:?}"));
+                };
+                let pads = d
+                    .pads([xs[1], xs[2]], [kh, kw])
+                    .ok_or("the deconvolution does not fit its input")?;
+                let w = self.konst(input(1)?)?;
+                let wc = crate::formats::layout::conv_oihw(&w, [kh, kw, co, ci], false, false);
+                let wname = self.init_f32(&format!("{}/weights", n.name), &[ci, co, kh, kw], &wc);
+                let mut ins = vec![x, wname];
+                if let Some(&b) = n.inputs.get(2) {
+                    let bias = self.konst(b)?;
+                    ins.push(self.init_f32(&format!("{}/bias", n.name), &[bias.len()], &bias));
+                }
+                let attrs = vec![
+                    attr_ints("kernel_shape", &ints(&[kh, kw])),
+                    attr_ints("strides", &ints(&d.strides)),
+                    attr_ints("dilations", &ints(&d.dilations)),
+                    attr_ints(
+                        "pads",
+                        &ints(&[pads[0][0], pads[1][0], pads[0][1], pads[1][1]]),
+                    ),
+                ];
+                let out = self.out_name(n, true);
+                let refs: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+                self.node("ConvTranspose", &refs, &out, attrs);
+                Ok(Some(Val {
+                    name: out,
+                    nchw: true,
+                }))
+            }
             Op::Resize(r) => {
                 // Resize-13 on the channel-first form. TF's coordinate
                 // rules have ONNX names; half-pixel nearest is

@@ -275,3 +275,100 @@ fn conv_nchw_fast(
     );
     super::nhwc_to_nchw(&y, [n, oh, ow, o])
 }
+
+/// Where a transposed convolution scatters, shared by its layouts: kernel,
+/// strides, dilations, the rows/columns cropped before the output starts,
+/// and the output size.
+#[derive(Debug, Clone, Copy)]
+pub struct DeconvGeometry {
+    pub k: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub crop: [usize; 2],
+    pub out: [usize; 2],
+}
+
+impl DeconvGeometry {
+    /// The output index input `i` with kernel tap `t` lands on, on `axis`.
+    fn at(&self, axis: usize, i: usize, t: usize) -> Option<usize> {
+        (i * self.stride[axis] + t * self.dilation[axis])
+            .checked_sub(self.crop[axis])
+            .filter(|&o| o < self.out[axis])
+    }
+}
+
+/// Transposed convolution on NHWC with TF's filter [kh, kw, out, in]
+/// (`Conv2DBackpropInput`): every input pixel scatters its kernel.
+pub fn deconv2d_nhwc(
+    x: &[f32],
+    [n, h, w, ci]: [usize; 4],
+    wt: &[f32],
+    co: usize,
+    g: &DeconvGeometry,
+) -> Vec<f32> {
+    let [oh, ow] = g.out;
+    let mut out = vec![0.0f32; n * oh * ow * co];
+    for b in 0..n {
+        for i in 0..h {
+            for j in 0..w {
+                let xin = &x[((b * h + i) * w + j) * ci..][..ci];
+                for ky in 0..g.k[0] {
+                    let Some(oy) = g.at(0, i, ky) else { continue };
+                    for kx in 0..g.k[1] {
+                        let Some(ox) = g.at(1, j, kx) else { continue };
+                        let o = &mut out[((b * oh + oy) * ow + ox) * co..][..co];
+                        let wk = &wt[(ky * g.k[1] + kx) * co * ci..][..co * ci];
+                        for (c, ov) in o.iter_mut().enumerate() {
+                            let row = &wk[c * ci..][..ci];
+                            *ov += row.iter().zip(xin).map(|(a, b)| a * b).sum::<f32>();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Transposed convolution on NCHW with weights [C, O / group, kh, kw]
+/// (Caffe's Deconvolution and Core ML's deconvolution), in groups.
+pub fn deconv_nchw(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    wt: &[f32],
+    o: usize,
+    group: usize,
+    g: &DeconvGeometry,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (og, cg) = (o / group.max(1), c / group.max(1));
+    let [oh, ow] = g.out;
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    for b in 0..n {
+        for ch in 0..c {
+            let grp = ch / cg.max(1);
+            for i in 0..h {
+                for j in 0..w {
+                    let v = x[((b * c + ch) * h + i) * w + j];
+                    for col in 0..og {
+                        let co = grp * og + col;
+                        for ky in 0..g.k[0] {
+                            let Some(oy) = g.at(0, i, ky) else { continue };
+                            for kx in 0..g.k[1] {
+                                let Some(ox) = g.at(1, j, kx) else { continue };
+                                let wv = wt[((ch * og + col) * g.k[0] + ky) * g.k[1] + kx];
+                                out[((b * o + co) * oh + oy) * ow + ox] += v * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v += bias[(i / (oh * ow)) % o];
+        }
+    }
+    out
+}

@@ -11,7 +11,10 @@ mod shape;
 pub mod team;
 pub mod winograd;
 
-pub use conv::{conv2d_nhwc, conv_nchw, depthwise_nhwc, matmul, ConvGeometry};
+pub use conv::{
+    conv2d_nhwc, conv_nchw, deconv2d_nhwc, deconv_nchw, depthwise_nhwc, matmul, ConvGeometry,
+    DeconvGeometry,
+};
 pub use elementwise::{
     activation, batch_norm, bias_add, binary, softmax_last, unary, weighted_sum_into,
 };

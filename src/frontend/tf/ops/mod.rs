@@ -29,6 +29,7 @@ pub const OPS: &[(&str, Converter)] = &[
     ("Merge", control::merge),
     ("Conv2D", |n| nn::conv2d(n, false)),
     ("DepthwiseConv2dNative", |n| nn::conv2d(n, true)),
+    ("Conv2DBackpropInput", nn::conv2d_backprop_input),
     ("BiasAdd", nn::bias_add),
     ("FusedBatchNorm", nn::fused_batch_norm),
     ("FusedBatchNormV2", nn::fused_batch_norm),

@@ -3,8 +3,8 @@
 use crate::error::Result;
 use crate::frontend::tf::{attrs, NodeCtx};
 use crate::ir::{
-    Activation, BatchNorm, Conv2d, DType, Layout, Op, Padding, Pool, PoolKind, Resize, ResizeMode,
-    SpaceDepth, Wire,
+    Activation, BatchNorm, Conv2d, DType, Deconv2d, Layout, Op, Padding, Pool, PoolKind, Resize,
+    ResizeMode, SpaceDepth, Wire,
 };
 
 /// TF-slim and tf.nn default for batch-norm epsilon when the attr is absent.
@@ -205,4 +205,36 @@ pub fn space_depth(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     };
     let x = n.input(0)?;
     n.push(Op::SpaceDepth(s), vec![x])
+}
+
+/// Conv2DBackpropInput (input_sizes, filter [kh, kw, out, in], x):
+/// `tf.nn.conv2d_transpose`, Keras `Conv2DTranspose`. The output size must
+/// be constant (Keras computes it from the static shape).
+pub fn conv2d_backprop_input(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(3)?;
+    let layout = attrs::layout(n.node)?;
+    if layout != Layout::Nhwc {
+        return Err(n.err("only NHWC Conv2DBackpropInput is supported (TF's CPU kernel)"));
+    }
+    let strides = attrs::spatial(n.node, "strides", layout, None)?;
+    let dilations = attrs::spatial(n.node, "dilations", layout, Some([1, 1]))?;
+    let padding = attrs::padding(n.node, layout)?;
+    let sizes = n.required_const(0, "input_sizes")?.to_f64_vec()?;
+    let &[_, h, w, _] = sizes.as_slice() else {
+        return Err(n.err(format!(
+            "input_sizes must hold 4 values, has {}",
+            sizes.len()
+        )));
+    };
+    if h < 1.0 || w < 1.0 {
+        return Err(n.err(format!("input_sizes {sizes:?} must be positive")));
+    }
+    let d = Deconv2d {
+        strides,
+        dilations,
+        padding,
+        size: [h as usize, w as usize],
+    };
+    let (x, f) = (n.input(2)?, n.input(1)?);
+    n.push(Op::Deconv2d(d), vec![x, f])
 }

@@ -498,3 +498,28 @@ def _convolution_pads_first(scope, operator, container):
 
 
 _reg._converter_pool["convolution"] = _convolution_pads_first
+
+
+# Shim 22: the `reorganizeData` shape calculator raises when height and
+# width are not multiples of the block, which the guessed shapes of the
+# NeuralNetwork translation of an ML Program are not (see shim 20). The
+# output shape follows from the known dimensions; the others stay unknown,
+# and onnxruntime checks the real ones when it runs DepthToSpace.
+def _reorganize_shape(operator):
+    p = operator.raw_operator.reorganizeData
+    b = int(p.blockSize)
+    s = list(operator.inputs[0].type.shape)
+    known = [isinstance(d, int) and d > 0 for d in s]
+    out = list(s)
+    if p.mode == 0:  # SPACE_TO_DEPTH
+        out[-3] = s[-3] * b * b if known[-3] else "None"
+        for axis in (-2, -1):
+            out[axis] = s[axis] // b if known[axis] and s[axis] % b == 0 else "None"
+    else:  # DEPTH_TO_SPACE, PIXEL_SHUFFLE
+        out[-3] = s[-3] // (b * b) if known[-3] and s[-3] % (b * b) == 0 else "None"
+        for axis in (-2, -1):
+            out[axis] = s[axis] * b if known[axis] else "None"
+    operator.outputs[0].type.shape = out
+
+
+_reg._shape_calculator_pool["reorganizeData"] = _reorganize_shape

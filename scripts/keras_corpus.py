@@ -56,17 +56,46 @@ MODELS = {
     "ResNet50V2": None,
     "VGG16": None,
     "Xception": None,
+    # Not an application: a U-Net style decoder of the layers segmentation
+    # and super-resolution models are made of (see unet_decoder).
+    "UNetDecoder": None,
 }
+
+
+def unet_decoder(keras, size):
+    """Keras' own upsampling layers as a decoder uses them: UpSampling2D
+    nearest (Keras 3 writes tf.repeat: ExpandDims, Tile, Reshape) and
+    bilinear (ResizeBilinear, half-pixel), Conv2DTranspose (SAME stride 2),
+    skip connections, batch norms."""
+    L = keras.layers
+    inp = keras.Input((size, size, 3))
+
+    def block(x, c):
+        x = L.Conv2D(c, 3, padding="same", use_bias=False)(x)
+        return L.ReLU()(L.BatchNormalization()(x))
+
+    e1 = block(inp, 16)
+    e2 = block(L.MaxPooling2D()(e1), 32)
+    e3 = block(L.MaxPooling2D()(e2), 64)
+    d2 = block(L.Concatenate()([L.UpSampling2D(2)(e3), e2]), 32)
+    t2 = L.Conv2DTranspose(16, 3, strides=2, padding="same")(d2)
+    b2 = L.UpSampling2D(2, interpolation="bilinear")(d2)
+    d1 = block(L.Concatenate()([t2, b2, e1]), 16)
+    out = L.Conv2D(5, 1)(d1)
+    return keras.Model(inp, out, name="unet_decoder")
 
 
 def build(name, size, seed):
     keras = tf.keras
     keras.utils.set_random_seed(seed)
-    ctor = getattr(keras.applications, name)
-    kwargs = dict(weights=None, input_shape=(size, size, 3), classifier_activation=None)
-    if name.startswith(("MobileNetV3", "EfficientNetV2", "ConvNeXt")):
-        kwargs["include_preprocessing"] = True
-    model = ctor(**kwargs)
+    if name == "UNetDecoder":
+        model = unet_decoder(keras, size)
+    else:
+        ctor = getattr(keras.applications, name)
+        kwargs = dict(weights=None, input_shape=(size, size, 3), classifier_activation=None)
+        if name.startswith(("MobileNetV3", "EfficientNetV2", "ConvNeXt")):
+            kwargs["include_preprocessing"] = True
+        model = ctor(**kwargs)
     rng = np.random.default_rng(seed)
     for v in model.weights:
         a = np.asarray(v.numpy())
@@ -152,7 +181,8 @@ def make(name, out_root, size, seed):
     ops = sorted({n.op for n in gd.node})
     man = {
         "case": name,
-        "description": f"keras.applications.{name}, random weights (seed {seed}), {size}x{size}, frozen",
+        "description": f"{'keras.applications.' if name in dir(tf.keras.applications) else 'Keras '}{name}, "
+                       f"random weights (seed {seed}), {size}x{size}, frozen",
         "inputs": [{"name": inp, "file": "input_0.npy", "shape": list(x.shape)}],
         "outputs": [outp],
         "tensors": [{"name": outp, "file": "tensor_00.npy", "shape": list(y.shape)}],

@@ -36,6 +36,7 @@ const CONVERTED: &[&str] = &[
     "ResNet50V2",
     "VGG16",
     "Xception",
+    "UNetDecoder",
 ];
 
 /// Converted to every other format; this one has no exact form of an op

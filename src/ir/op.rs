@@ -353,6 +353,12 @@ pub enum Op {
     PRelu,
     /// NHWC spatial resize; see `Resize`.
     Resize(Resize),
+    /// TF `Tile`: the value repeated `multiples[i]` times along axis i
+    /// (whole copies, as tf.tile; tf.repeat tiles an inserted unit axis,
+    /// which `fuse_repeat` turns into a nearest resize).
+    Tile {
+        multiples: Vec<usize>,
+    },
     /// NHWC DepthToSpace / SpaceToDepth; see `SpaceDepth`.
     SpaceDepth(SpaceDepth),
 }
@@ -473,6 +479,7 @@ impl Op {
                 ResizeMode::Nearest => "ResizeNearestNeighbor",
                 ResizeMode::Bilinear => "ResizeBilinear",
             },
+            Op::Tile { .. } => "Tile",
             Op::SpaceDepth(s) if s.to_space => "DepthToSpace",
             Op::SpaceDepth(_) => "SpaceToDepth",
         }
@@ -834,6 +841,16 @@ impl Op {
                     return Err("align_corners and half_pixel_centers are exclusive".into());
                 }
                 f32s(vec![x[0], r.size[0], r.size[1], x[3]])
+            }
+            Op::Tile { multiples } => {
+                let x = &inputs[0].shape;
+                if multiples.len() != x.len() || multiples.contains(&0) {
+                    return Err(format!("multiples {multiples:?} do not fit {x:?}"));
+                }
+                Ok(vec![Fact {
+                    dtype: inputs[0].dtype,
+                    shape: x.iter().zip(multiples).map(|(d, m)| d * m).collect(),
+                }])
             }
             Op::SpaceDepth(s) => {
                 let x = &inputs[0].shape;

@@ -17,6 +17,7 @@ mod fold_transpose;
 mod fuse_gelu;
 mod fuse_l2_normalize;
 mod fuse_prelu;
+mod fuse_repeat;
 mod fuse_residual;
 mod remove_dead;
 mod remove_identity;
@@ -112,6 +113,11 @@ pub const PASSES: &[Pass] = &[
         name: "fuse_prelu",
         what: "Keras' PReLU `relu(x) - alpha * relu(-x)` becomes one PRelu (Caffe PReLU)",
         run: fuse_prelu::run,
+    },
+    Pass {
+        name: "fuse_repeat",
+        what: "tf.repeat of an NHWC map's rows or columns (ExpandDims, Tile of the new axis, Reshape back; Keras 3's nearest UpSampling2D) becomes one nearest resize by that whole factor",
+        run: fuse_repeat::run,
     },
     Pass {
         name: "fuse_gelu",

@@ -453,6 +453,10 @@ fn eval_op(node: &Node, ins: &[Tensor], feeds: &HashMap<String, Tensor>) -> Resu
             let v = x0()?.as_f32()?;
             f32_out(node, kernels::pad(&v, x0()?.shape(), pads, *value))
         }
+        Op::Tile { multiples } => {
+            let v = x0()?.as_f32()?;
+            f32_out(node, kernels::tile(&v, x0()?.shape(), multiples))
+        }
         Op::Resize(r) => {
             let (v, s) = to_nhwc(x0()?, Layout::Nhwc)?;
             f32_out(node, kernels::resize_nhwc(&v, s, r))

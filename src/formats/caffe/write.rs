@@ -1151,6 +1151,10 @@ impl<'g> Em<'g> {
                 self.deconv(&out_blob, &v.blob, [c, c], c, k, f, pad, weights);
                 done(out_blob, out_shape)
             }
+            Op::Tile { .. } => Err(
+                "Tile has no Caffe form that BVLC Caffe and OpenCV both read (a tf.repeat of a map's rows or columns is a nearest resize: the fuse_repeat pass makes it one)"
+                    .into(),
+            ),
             Op::SpaceDepth(sd) => {
                 // A one-hot (de)convolution with stride = kernel = block:
                 // each output is one input times 1 plus zeros, exact.
@@ -1950,6 +1954,32 @@ impl BlobLayout {
 mod tests {
     use super::*;
     use protobuf::Message;
+
+    /// The bilinear stencils reproduce TF's weights: half-pixel factor 2
+    /// blends 0.25/0.75 around each pixel, legacy factor 3 reads 1, 2/3,
+    /// 1/3 of a pixel; the pads crop the stencil's overhang so the output
+    /// keeps `f` times the input's length.
+    #[test]
+    fn bilinear_stencils_are_tfs_weights() {
+        let (t, p, edge) = resize_taps(ResizeMode::Bilinear, true, 2);
+        assert_eq!((t, p, edge), (vec![0.25, 0.75, 0.75, 0.25], 3, [1, 1]));
+        let (t, p, edge) = resize_taps(ResizeMode::Bilinear, false, 3);
+        let want = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 2.0 / 3.0, 1.0 / 3.0];
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-7),
+            "{t:?}"
+        );
+        assert_eq!((p, edge), (3, [0, 1]));
+        for f in 1..6 {
+            for half in [false, true] {
+                let (t, p, e) = resize_taps(ResizeMode::Bilinear, half, f);
+                let n = 4;
+                // Caffe's Deconvolution length, on the edge-padded input.
+                let full = f * (n + e[0] + e[1] - 1) + t.len();
+                assert_eq!(full - 2 * p, f * n, "f {f} half {half}");
+            }
+        }
+    }
 
     /// Streaming the caffemodel a layer at a time gives the bytes of
     /// encoding the whole net at once, with every deferred blob filled.

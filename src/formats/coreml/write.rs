@@ -839,6 +839,10 @@ impl<'g> Em<'g> {
                 self.layer(&name, &[&x.blob], &out, layer);
                 done(out)
             }
+            Op::Tile { .. } => Err(
+                "Tile has no Core ML NeuralNetwork form faceall writes (a tf.repeat of a map's rows or columns is a nearest resize: the fuse_repeat pass makes it one)"
+                    .into(),
+            ),
             Op::SpaceDepth(sd) => {
                 // Core ML's SPACE_TO_DEPTH / DEPTH_TO_SPACE use TF's depth
                 // order (PIXEL_SHUFFLE is PyTorch's).

@@ -1210,6 +1210,16 @@ impl Reader {
                 };
                 self.nhwc_op(&out, ty, Op::Resize(r), x, vec![])?
             }
+            "tile" => {
+                let x = self.wire(op, "x")?;
+                let reps = self.ints(op, "reps")?;
+                let multiples = reps
+                    .iter()
+                    .map(|&v| usize::try_from(v).ok())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("tile reps {reps:?}"))?;
+                self.push(&out, ty, Op::Tile { multiples }, vec![x])?
+            }
             "depth_to_space" | "space_to_depth" => {
                 let x = self.wire(op, "x")?;
                 let block = match self.ints(op, "block_size")?.as_slice() {

@@ -1469,6 +1469,21 @@ impl<'g> Em<'g> {
                 }
                 done(out, Form::Nchw)
             }
+            Op::Tile { multiples } => {
+                let x = self.tf(input(0)?)?;
+                let (out, label) = self.out_name(n, Form::Tf);
+                let reps: Vec<i64> = multiples.iter().map(|&m| m as i64).collect();
+                let reps = self.const_ints(&format!("{out}_reps"), &reps);
+                let shape = mil_shape(&out_shape, Form::Tf);
+                self.op(
+                    "tile",
+                    vec![("x", Arg::One(&x)), ("reps", Arg::One(&reps))],
+                    &out,
+                    &shape,
+                    &label,
+                );
+                done(out, Form::Tf)
+            }
             Op::SpaceDepth(sd) => {
                 // MIL's depth_to_space / space_to_depth use TF's depth order
                 // (pixel_shuffle is PyTorch's).

@@ -1143,6 +1143,11 @@ impl Reader {
                 };
                 self.nhwc_op(&out, op, Op::Resize(r), x, vec![])?
             }
+            "Tile" => {
+                let x = self.input(n, 0)?;
+                let reps = usizes(&self.konst_i64(self.input(n, 1)?)?, "repeats")?;
+                self.push(&out, op, Op::Tile { multiples: reps }, vec![x])?
+            }
             "DepthToSpace" | "SpaceToDepth" => {
                 let x = self.input(n, 0)?;
                 let block = usize::try_from(attr_i(n, "blocksize", 0)?)

@@ -927,6 +927,16 @@ impl<'g> Em<'g> {
                     nchw: true,
                 }))
             }
+            Op::Tile { multiples } => {
+                let x = self.tf(input(0)?)?;
+                let reps = self.init_i64(&format!("{}/repeats", n.name), &ints(multiples));
+                let out = self.out_name(n, false);
+                self.node("Tile", &[&x, &reps], &out, vec![]);
+                Ok(Some(Val {
+                    name: out,
+                    nchw: false,
+                }))
+            }
             Op::SpaceDepth(sd) => {
                 // TF's depth order is ONNX's DCR (and SpaceToDepth's only).
                 let x = self.nchw(input(0)?)?;

@@ -372,3 +372,57 @@ pub fn deconv_nchw(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transposed convolution is the adjoint of the convolution with the
+    /// same geometry: <conv(x), y> = <x, deconv(y)> for any x and y, here
+    /// with SAME's odd row (pads 0 before, 1 after) and a dilation.
+    #[test]
+    fn deconvolution_is_the_adjoint_of_convolution() {
+        let (h, w, ci, co, k) = (7, 6, 3, 2, 3);
+        let mut seed = 7u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (stride, dilation, pad) in [([2, 2], [1, 1], [0, 0]), ([1, 1], [2, 2], [2, 1])] {
+            let ek = |d: usize| (k - 1) * d + 1;
+            let oh = (h + 2 * pad[0] - ek(dilation[0]) + 1).div_ceil(stride[0]);
+            let ow = (w + 2 * pad[1] - ek(dilation[1]) + 1).div_ceil(stride[1]);
+            let g = ConvGeometry {
+                n: 1,
+                h,
+                w,
+                c: ci,
+                kh: k,
+                kw: k,
+                co,
+                oh,
+                ow,
+                stride,
+                dilation,
+                pad,
+            };
+            // Conv filter [kh, kw, ci, co]; the transposed one reads it as
+            // [kh, kw, out = ci, in = co].
+            let wt: Vec<f32> = (0..k * k * ci * co).map(|_| rnd()).collect();
+            let x: Vec<f32> = (0..h * w * ci).map(|_| rnd()).collect();
+            let y: Vec<f32> = (0..oh * ow * co).map(|_| rnd()).collect();
+            let cx = conv2d_nhwc(&x, &wt, &g);
+            let dg = DeconvGeometry {
+                k: [k, k],
+                stride,
+                dilation,
+                crop: pad,
+                out: [h, w],
+            };
+            let dy = deconv2d_nhwc(&y, [1, oh, ow, co], &wt, ci, &dg);
+            let lhs: f32 = cx.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&dy).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+        }
+    }
+}

@@ -20,7 +20,7 @@ pub use elementwise::{
 };
 pub use pool::{pool_nhwc, pool_nhwc_into};
 pub use resize::{resize_nhwc, space_depth_nhwc};
-pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, slice, transpose};
+pub use shape::{concat, nchw_to_nhwc, nhwc_to_nchw, pad, reduce, slice, tile, transpose};
 
 /// Outputs (floats) from which row-wise kernels split rows across threads.
 const PARALLEL_FROM: usize = 1 << 15;

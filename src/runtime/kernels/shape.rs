@@ -171,6 +171,31 @@ pub fn transpose(x: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     out
 }
 
+/// tf.tile: `multiples[i]` whole copies along each axis.
+pub fn tile(x: &[f32], shape: &[usize], multiples: &[usize]) -> Vec<f32> {
+    let out_shape: Vec<usize> = shape.iter().zip(multiples).map(|(d, m)| d * m).collect();
+    let n: usize = out_shape.iter().product();
+    let rank = shape.len();
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; rank];
+    for _ in 0..n {
+        let at: usize = (0..rank).map(|i| (idx[i] % shape[i]) * strides[i]).sum();
+        out.push(x[at]);
+        for i in (0..rank).rev() {
+            idx[i] += 1;
+            if idx[i] < out_shape[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +209,18 @@ mod tests {
         // The whole range is a copy; an empty range is empty.
         assert_eq!(slice(&x, &[2, 3, 4], &[0, 0, 0], &[2, 3, 4]), x);
         assert!(slice(&x, &[2, 3, 4], &[0, 1, 0], &[2, 1, 4]).is_empty());
+    }
+
+    #[test]
+    fn tile_repeats_whole_copies() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let got = tile(&x, &[2, 3], &[2, 1]);
+        assert_eq!(got, [x, x].concat());
+        let got = tile(&x, &[2, 3, 1], &[1, 1, 2]);
+        assert_eq!(
+            got,
+            vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0, 5.0, 6.0, 6.0]
+        );
     }
 
     #[test]

@@ -89,6 +89,24 @@ pub fn concat(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     };
     let rank = n.ctx.graph.fact(data[0])?.shape.len();
     let axis = axis(n, a, rank)?;
+    // Integer constants (shapes being built, as tf.repeat does) join now.
+    let consts: Option<Vec<&Tensor>> = data
+        .iter()
+        .map(|w| match n.ctx.graph.nodes.get(w.node).map(|d| &d.op) {
+            Some(Op::Const(t)) if w.slot == 0 && t.dtype() != DType::F32 => Some(t),
+            _ => None,
+        })
+        .collect();
+    if let Some(ts) = consts {
+        if rank == 1 && ts.iter().all(|t| t.dtype() == ts[0].dtype()) {
+            let mut v = vec![];
+            for t in &ts {
+                v.extend(t.to_f64_vec()?);
+            }
+            let t = Tensor::from_f64(ts[0].dtype(), vec![v.len()], &v)?;
+            return n.push_const(t);
+        }
+    }
     n.push(Op::Concat { axis }, data)
 }
 
@@ -220,6 +238,11 @@ pub fn cast(n: &mut NodeCtx) -> Result<Vec<Wire>> {
     let dt = attrs::opt_type(n.node, "DstT")?.ok_or_else(|| n.err("missing attribute 'DstT'"))?;
     let to = tensor::dtype(dt).ok_or_else(|| n.err(format!("cast to {dt:?} is not supported")))?;
     if n.fact(0)?.dtype == to {
+        // A constant stays one (shape arithmetic reads it at import).
+        if let Some(t) = n.const_input(0)? {
+            let t = t.clone();
+            return n.push_const(t);
+        }
         let x = n.input(0)?;
         return n.push(Op::Identity, vec![x]);
     }
@@ -679,4 +702,20 @@ fn row_slice(
         .graph
         .push(name, &op, Op::Slice { begin, end }, vec![x])?;
     Ok(Wire { node: id, slot: 0 })
+}
+
+/// Tile (x, multiples): of a float value; constant multiples.
+pub fn tile(n: &mut NodeCtx) -> Result<Vec<Wire>> {
+    n.expect_inputs(2)?;
+    if n.fact(0)?.dtype != DType::F32 {
+        return Err(n.err("only float32 values are tiled"));
+    }
+    let m = n.required_const(1, "multiples")?.to_i64_vec()?;
+    let multiples = m
+        .iter()
+        .map(|&v| usize::try_from(v).ok().filter(|&v| v > 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| n.err(format!("multiples {m:?} must be positive")))?;
+    let x = n.input(0)?;
+    n.push(Op::Tile { multiples }, vec![x])
 }

@@ -83,6 +83,7 @@ pub const OPS: &[(&str, Converter)] = &[
     ("SplitV", array::split_v),
     ("Pack", array::pack),
     ("Unpack", array::unpack),
+    ("Tile", array::tile),
     ("Cast", array::cast),
 ];
 

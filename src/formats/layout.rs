@@ -299,6 +299,43 @@ pub fn is_nchw_transpose(g: &crate::ir::Graph, w: crate::ir::Wire) -> bool {
     matches!(g.nodes.get(w.node).map(|n| &n.op), Some(crate::ir::Op::Transpose { perm }) if perm == &[0, 3, 1, 2])
 }
 
+/// Push an IR op that works on NHWC maps onto a reader's channel-first
+/// value `x`: Transpose to NHWC, the op (with `rest` as its other inputs),
+/// Transpose back under `name` (fresh if taken); `sink_transpose` cancels
+/// the pairs between such ops. How ONNX and MIL readers carry Resize,
+/// DepthToSpace and transposed convolutions, which the IR holds in NHWC.
+pub fn push_between_transposes(
+    g: &mut crate::ir::Graph,
+    name: &str,
+    source: &str,
+    op: crate::ir::Op,
+    x: crate::ir::Wire,
+    rest: Vec<crate::ir::Wire>,
+) -> Result<crate::ir::Wire, String> {
+    use crate::ir::{Op, Wire};
+    let push = |g: &mut crate::ir::Graph, n: String, src: &str, op: Op, ins: Vec<Wire>| {
+        let node = g.push(n, src, op, ins).map_err(|e| match e {
+            crate::error::Error::Node { msg, .. } => msg,
+            e => e.to_string(),
+        })?;
+        Ok::<Wire, String>(Wire { node, slot: 0 })
+    };
+    let t = g.fresh_name(&format!("{name}/nhwc"));
+    let perm = vec![0, 2, 3, 1];
+    let to = push(g, t, "Transpose", Op::Transpose { perm }, vec![x])?;
+    let y = g.fresh_name(&format!("{name}/{source}"));
+    let mut ins = vec![to];
+    ins.extend(rest);
+    let y = push(g, y, source, op, ins)?;
+    let out = if g.node_by_name(name).is_some() {
+        g.fresh_name(name)
+    } else {
+        name.to_string()
+    };
+    let perm = vec![0, 3, 1, 2];
+    push(g, out, "Transpose", Op::Transpose { perm }, vec![y])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

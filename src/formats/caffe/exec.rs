@@ -699,9 +699,13 @@ pub(super) struct ConvShape {
     pub ow: usize,
 }
 
-pub(super) fn conv_shape(
+/// The parameters a Convolution and a Deconvolution share, checked
+/// against `weights` values of `c` input channels: those of a convolution
+/// are [O, C / group, kh, kw], a deconvolution's [C, O / group, kh, kw],
+/// the same count. The output size is left 0 for the caller.
+fn conv_params(
     cp: &crate::proto::caffe::ConvolutionParameter,
-    [c, h, w]: [usize; 3],
+    c: usize,
     weights: usize,
 ) -> Result<ConvShape> {
     let k = hw(&cp.kernel_size, cp.kernel_h, cp.kernel_w, 1);
@@ -719,14 +723,13 @@ pub(super) fn conv_shape(
             "kernel, stride and dilation must be > 0".into(),
         ));
     }
-    if weights != o * (c / group) * k[0] * k[1] || c % group != 0 || !o.is_multiple_of(group) {
+    if weights != o * (c / group) * k[0] * k[1]
+        || !c.is_multiple_of(group)
+        || !o.is_multiple_of(group)
+    {
         return Err(Error::Usage(format!(
             "{weights} weights do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}"
         )));
-    }
-    let ek = |i: usize| (k[i] - 1) * dil[i] + 1;
-    if h + 2 * pad[0] < ek(0) || w + 2 * pad[1] < ek(1) {
-        return Err(Error::Usage("kernel larger than the padded input".into()));
     }
     Ok(ConvShape {
         k,
@@ -735,8 +738,25 @@ pub(super) fn conv_shape(
         dil,
         group,
         o,
-        oh: (h + 2 * pad[0] - ek(0)) / st[0] + 1,
-        ow: (w + 2 * pad[1] - ek(1)) / st[1] + 1,
+        oh: 0,
+        ow: 0,
+    })
+}
+
+pub(super) fn conv_shape(
+    cp: &crate::proto::caffe::ConvolutionParameter,
+    [c, h, w]: [usize; 3],
+    weights: usize,
+) -> Result<ConvShape> {
+    let g = conv_params(cp, c, weights)?;
+    let ek = |i: usize| (g.k[i] - 1) * g.dil[i] + 1;
+    if h + 2 * g.pad[0] < ek(0) || w + 2 * g.pad[1] < ek(1) {
+        return Err(Error::Usage("kernel larger than the padded input".into()));
+    }
+    Ok(ConvShape {
+        oh: (h + 2 * g.pad[0] - ek(0)) / g.st[0] + 1,
+        ow: (w + 2 * g.pad[1] - ek(1)) / g.st[1] + 1,
+        ..g
     })
 }
 
@@ -748,42 +768,22 @@ pub(super) fn deconv_shape(
     [c, h, w]: [usize; 3],
     weights: usize,
 ) -> Result<ConvShape> {
-    let k = hw(&cp.kernel_size, cp.kernel_h, cp.kernel_w, 1);
-    let st = hw(&cp.stride, cp.stride_h, cp.stride_w, 1);
-    let pad = if cp.pad_h.is_some() || cp.pad_w.is_some() {
-        [cp.pad_h() as usize, cp.pad_w() as usize]
-    } else {
-        hw(&cp.pad, None, None, 0)
-    };
-    let dil = hw(&cp.dilation, None, None, 1);
-    let group = cp.group().max(1) as usize;
-    let o = cp.num_output() as usize;
-    if st.contains(&0) || dil.contains(&0) || k.contains(&0) || h == 0 || w == 0 {
-        return Err(Error::Usage(
-            "kernel, stride, dilation and input must be > 0".into(),
-        ));
+    let g = conv_params(cp, c, weights)?;
+    if h == 0 || w == 0 {
+        return Err(Error::Usage("a deconvolution of an empty blob".into()));
     }
-    if c % group != 0 || !o.is_multiple_of(group) || weights != c * (o / group) * k[0] * k[1] {
-        return Err(Error::Usage(format!(
-            "{weights} weights do not fit {o} outputs from {c} channels, group {group}, kernel {k:?}"
-        )));
-    }
-    let full = |i: usize, len: usize| st[i] * (len - 1) + (k[i] - 1) * dil[i] + 1;
+    let full = |i: usize, len: usize| g.st[i] * (len - 1) + (g.k[i] - 1) * g.dil[i] + 1;
     let (fh, fw) = (full(0, h), full(1, w));
-    if fh <= 2 * pad[0] || fw <= 2 * pad[1] {
+    if fh <= 2 * g.pad[0] || fw <= 2 * g.pad[1] {
         return Err(Error::Usage(format!(
-            "pad {pad:?} crops the whole {fh}x{fw} output"
+            "pad {:?} crops the whole {fh}x{fw} output",
+            g.pad
         )));
     }
     Ok(ConvShape {
-        k,
-        st,
-        pad,
-        dil,
-        group,
-        o,
-        oh: fh - 2 * pad[0],
-        ow: fw - 2 * pad[1],
+        oh: fh - 2 * g.pad[0],
+        ow: fw - 2 * g.pad[1],
+        ..g
     })
 }
 

@@ -277,25 +277,15 @@ impl<'g> Em<'g> {
                 };
                 let wc =
                     crate::formats::layout::conv_oihw(&w, [kh, kw, ci, co], c.depthwise, false);
-                let mut p = ConvolutionLayerParams::new();
-                p.outputChannels = num_out as u64;
-                p.kernelChannels = kernel_ch as u64;
-                p.nGroups = groups as u64;
-                p.kernelSize = vec![kh as u64, kw as u64];
-                p.stride = vec![c.strides[0] as u64, c.strides[1] as u64];
-                p.dilationFactor = vec![c.dilations[0] as u64, c.dilations[1] as u64];
-                let mut v = ValidPadding::new();
-                v.paddingAmounts = Some(borders([ph, pw])).into();
-                p.ConvolutionPaddingType = Some(
-                    crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(
-                        v,
-                    ),
-                );
-                p.weights = Some(weights(&wc, self.fp16)).into();
-                if let Some(b) = n.inputs.get(2) {
-                    p.hasBias = true;
-                    p.bias = Some(weights(&self.konst(*b)?, self.fp16)).into();
-                }
+                let p = self.conv_params(
+                    [num_out, kernel_ch, groups],
+                    [kh, kw],
+                    c.strides,
+                    c.dilations,
+                    [ph, pw],
+                    &wc,
+                    n.inputs.get(2).copied(),
+                )?;
                 self.layer(&name, &[&x.blob], &out, Layer::Convolution(p));
                 done(out)
             }
@@ -321,26 +311,16 @@ impl<'g> Em<'g> {
                     .ok_or("the deconvolution does not fit its input")?;
                 let w = self.konst(n.inputs[1])?;
                 let wc = crate::formats::layout::conv_oihw(&w, [kh, kw, co, ci], false, false);
-                let mut p = ConvolutionLayerParams::new();
-                p.outputChannels = co as u64;
-                p.kernelChannels = ci as u64;
-                p.nGroups = 1;
-                p.kernelSize = vec![kh as u64, kw as u64];
-                p.stride = vec![d.strides[0] as u64, d.strides[1] as u64];
-                p.dilationFactor = vec![1, 1];
+                let mut p = self.conv_params(
+                    [co, ci, 1],
+                    [kh, kw],
+                    d.strides,
+                    [1, 1],
+                    pads,
+                    &wc,
+                    n.inputs.get(2).copied(),
+                )?;
                 p.isDeconvolution = true;
-                let mut v = ValidPadding::new();
-                v.paddingAmounts = Some(borders(pads)).into();
-                p.ConvolutionPaddingType = Some(
-                    crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(
-                        v,
-                    ),
-                );
-                p.weights = Some(weights(&wc, self.fp16)).into();
-                if let Some(b) = n.inputs.get(2) {
-                    p.hasBias = true;
-                    p.bias = Some(weights(&self.konst(*b)?, self.fp16)).into();
-                }
                 self.layer(&name, &[&x.blob], &out, Layer::Convolution(p));
                 done(out)
             }
@@ -870,6 +850,39 @@ impl<'g> Em<'g> {
                 Ok(Some(Val { blob: out, ..x }))
             }
         }
+    }
+
+    /// A convolution layer's parameters: [outputs, kernel channels, groups],
+    /// kernel, strides, dilations, valid padding amounts [[top, bottom],
+    /// [left, right]], weights in Core ML's order and an optional bias input.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_params(
+        &self,
+        [out, kernel_ch, groups]: [usize; 3],
+        k: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        pads: [[usize; 2]; 2],
+        wc: &[f32],
+        bias: Option<Wire>,
+    ) -> R<ConvolutionLayerParams> {
+        let mut p = ConvolutionLayerParams::new();
+        p.outputChannels = out as u64;
+        p.kernelChannels = kernel_ch as u64;
+        p.nGroups = groups as u64;
+        p.kernelSize = vec![k[0] as u64, k[1] as u64];
+        p.stride = vec![strides[0] as u64, strides[1] as u64];
+        p.dilationFactor = vec![dilations[0] as u64, dilations[1] as u64];
+        let mut v = ValidPadding::new();
+        v.paddingAmounts = Some(borders(pads)).into();
+        p.ConvolutionPaddingType =
+            Some(crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(v));
+        p.weights = Some(weights(wc, self.fp16)).into();
+        if let Some(b) = bias {
+            p.hasBias = true;
+            p.bias = Some(weights(&self.konst(b)?, self.fp16)).into();
+        }
+        Ok(p)
     }
 
     fn scale_layer(

@@ -345,32 +345,6 @@ impl Reader {
         Ok(Wire { node: i, slot: 0 })
     }
 
-    /// An IR op that works on NHWC maps, between the two layout transposes
-    /// of MIL's channel-first value (`sink_transpose` cancels the pairs).
-    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire, rest: Vec<Wire>) -> R<Wire> {
-        let t = self.g.fresh_name(&format!("{name}/nhwc"));
-        let to = self.push(
-            &t,
-            "transpose",
-            Op::Transpose {
-                perm: vec![0, 2, 3, 1],
-            },
-            vec![x],
-        )?;
-        let y = self.g.fresh_name(&format!("{name}/{source}"));
-        let mut ins = vec![to];
-        ins.extend(rest);
-        let y = self.push(&y, source, op, ins)?;
-        self.push(
-            name,
-            "transpose",
-            Op::Transpose {
-                perm: vec![0, 3, 1, 2],
-            },
-            vec![y],
-        )
-    }
-
     fn konst(&mut self, base: &str, t: Tensor) -> Wire {
         let name = self.g.fresh_name(base);
         Wire {
@@ -1151,7 +1125,14 @@ impl Reader {
                     padding: Padding::Explicit(pads),
                     size,
                 };
-                self.nhwc_op(&out, ty, Op::Deconv2d(d), x, rest)?
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
+                    &out,
+                    ty,
+                    Op::Deconv2d(d),
+                    x,
+                    rest,
+                )?
             }
             "upsample_nearest_neighbor" | "upsample_bilinear" | "resize_bilinear" => {
                 let x = self.wire(op, "x")?;
@@ -1208,7 +1189,14 @@ impl Reader {
                     align_corners,
                     half_pixel_centers,
                 };
-                self.nhwc_op(&out, ty, Op::Resize(r), x, vec![])?
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
+                    &out,
+                    ty,
+                    Op::Resize(r),
+                    x,
+                    vec![],
+                )?
             }
             "tile" => {
                 let x = self.wire(op, "x")?;
@@ -1230,7 +1218,14 @@ impl Reader {
                     block,
                     to_space: ty == "depth_to_space",
                 };
-                self.nhwc_op(&out, ty, Op::SpaceDepth(sd), x, vec![])?
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
+                    &out,
+                    ty,
+                    Op::SpaceDepth(sd),
+                    x,
+                    vec![],
+                )?
             }
             "pad" => {
                 let x = self.wire(op, "x")?;

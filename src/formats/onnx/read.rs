@@ -442,32 +442,6 @@ impl Reader {
         Ok(Wire { node: i, slot: 0 })
     }
 
-    /// An IR op that works on NHWC maps, between the two layout transposes
-    /// of ONNX's channel-first value (`sink_transpose` cancels the pairs).
-    fn nhwc_op(&mut self, name: &str, source: &str, op: Op, x: Wire, rest: Vec<Wire>) -> R<Wire> {
-        let t = self.g.fresh_name(&format!("{name}/nhwc"));
-        let to = self.push(
-            &t,
-            "Transpose",
-            Op::Transpose {
-                perm: vec![0, 2, 3, 1],
-            },
-            vec![x],
-        )?;
-        let y = self.g.fresh_name(&format!("{name}/{source}"));
-        let mut ins = vec![to];
-        ins.extend(rest);
-        let y = self.push(&y, source, op, ins)?;
-        self.push(
-            name,
-            "Transpose",
-            Op::Transpose {
-                perm: vec![0, 3, 1, 2],
-            },
-            vec![y],
-        )
-    }
-
     fn scalar(&mut self, base: &str, v: f32) -> Wire {
         let name = self.g.fresh_name(base);
         let i = self.g.add_const(name, Tensor::scalar_f32(v));
@@ -1060,7 +1034,14 @@ impl Reader {
                     padding: Padding::Explicit(pads),
                     size,
                 };
-                self.nhwc_op(&out, op, Op::Deconv2d(d), x, rest)?
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
+                    &out,
+                    op,
+                    Op::Deconv2d(d),
+                    x,
+                    rest,
+                )?
             }
             "Resize" | "Upsample" => {
                 let x = self.input(n, 0)?;
@@ -1141,7 +1122,14 @@ impl Reader {
                     align_corners,
                     half_pixel_centers,
                 };
-                self.nhwc_op(&out, op, Op::Resize(r), x, vec![])?
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
+                    &out,
+                    op,
+                    Op::Resize(r),
+                    x,
+                    vec![],
+                )?
             }
             "Tile" => {
                 let x = self.input(n, 0)?;
@@ -1156,7 +1144,8 @@ impl Reader {
                 if to_space && attr_s(n, "mode")?.is_some_and(|m| m != "DCR") {
                     return Err("DepthToSpace in CRD mode (PixelShuffle; faceall reads DCR, TensorFlow's order)".into());
                 }
-                self.nhwc_op(
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
                     &out,
                     op,
                     Op::SpaceDepth(SpaceDepth { block, to_space }),

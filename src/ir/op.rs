@@ -170,11 +170,74 @@ pub struct Resize {
     pub half_pixel_centers: bool,
 }
 
+/// One output index's bilinear neighbours and the weight of the upper one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lerp {
+    pub lower: usize,
+    pub upper: usize,
+    pub frac: f32,
+}
+
 impl Resize {
-    /// The whole factor `out / in` of each spatial axis when the output
-    /// repeats every input pixel `f` times in TF's own arithmetic (nearest
-    /// without `align_corners`, any whole factor; the unit factor always),
-    /// or blends as a fixed stencil (bilinear without `align_corners`).
+    /// TF's `CalculateResizeScale`: input pixels per output pixel, float32.
+    fn scale(&self, input: usize, output: usize) -> f32 {
+        if self.align_corners && output > 1 {
+            (input - 1) as f32 / (output - 1) as f32
+        } else {
+            input as f32 / output as f32
+        }
+    }
+
+    /// The source index each of `output` indices reads from an axis of
+    /// `input` (nearest), in TF's float32 arithmetic.
+    pub fn nearest_sources(&self, input: usize, output: usize) -> Vec<usize> {
+        let s = self.scale(input, output);
+        (0..output)
+            .map(|o| {
+                let at = if self.half_pixel_centers {
+                    (o as f32 + 0.5) * s
+                } else {
+                    o as f32 * s
+                };
+                let i = if self.align_corners {
+                    at.round()
+                } else {
+                    at.floor()
+                };
+                // Negative only through rounding; TF clamps at both ends.
+                (i.max(0.0) as usize).min(input.saturating_sub(1))
+            })
+            .collect()
+    }
+
+    /// TF's `compute_interpolation_weights` for one axis (bilinear).
+    pub fn bilinear_weights(&self, input: usize, output: usize) -> Vec<Lerp> {
+        let s = self.scale(input, output);
+        let last = input.saturating_sub(1);
+        (0..output)
+            .map(|o| {
+                let at = if self.half_pixel_centers {
+                    (o as f32 + 0.5) * s - 0.5
+                } else {
+                    o as f32 * s
+                };
+                let f = at.floor();
+                Lerp {
+                    lower: (f.max(0.0) as usize).min(last),
+                    upper: (at.ceil().max(0.0) as usize).min(last),
+                    frac: at - f,
+                }
+            })
+            .collect()
+    }
+
+    /// The whole factor `out / in` of each spatial axis when the resize is
+    /// a fixed pattern every format can hold: nearest that repeats each
+    /// input pixel `f` times in TF's own float32 arithmetic (which the
+    /// legacy rule misses for some factors: 41, 47, 55, ... round `in /
+    /// out` down and read one pixel early), or bilinear without
+    /// `align_corners` (a fixed stencil; TF's float weights differ from it
+    /// by rounding only). The unit factor always.
     pub fn whole_factors(&self, input: [usize; 2]) -> Option<[usize; 2]> {
         let mut f = [0; 2];
         for i in 0..2 {
@@ -184,6 +247,15 @@ impl Resize {
             }
             f[i] = b / a;
             if self.align_corners && f[i] != 1 {
+                return None;
+            }
+            let repeats = || {
+                self.nearest_sources(a, b)
+                    .iter()
+                    .enumerate()
+                    .all(|(o, &src)| src == o / f[i])
+            };
+            if self.mode == ResizeMode::Nearest && !repeats() {
                 return None;
             }
         }

@@ -130,7 +130,7 @@ enum Fill {
     Edge,
 }
 
-const NO_RESIZE: &str = "a resize by no whole factor, or with align_corners, has no Caffe form: Caffe has no resize layer both OpenCV and BVLC Caffe read, and a Deconvolution repeats one stencil, which only whole factors have (ONNX, Core ML and the safetensors bundle carry it)";
+const NO_RESIZE: &str = "a resize by no whole factor, with align_corners, or a legacy nearest one TF does not compute as a repeat (factors 41, 47, ...), has no Caffe form: Caffe has no resize layer both OpenCV and BVLC Caffe read, and a Deconvolution repeats one stencil, which only whole factors have (ONNX, Core ML and the safetensors bundle carry it)";
 
 /// One axis of a resize by the whole factor `f` as a Deconvolution with
 /// stride `f`: (taps, pad, [edge rows before, after]). Nearest repeats each

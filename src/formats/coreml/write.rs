@@ -812,7 +812,7 @@ impl<'g> Em<'g> {
                             .into(),
                     ),
                     (ResizeMode::Nearest, None, _, _) => return Err(
-                        "a nearest resize by no whole factor, or with align_corners, has no Core ML NeuralNetwork form: upsample repeats pixels by whole factors only (ONNX and the safetensors bundle carry it)"
+                        "a nearest resize that is no repeat by a whole factor in TF's arithmetic (another size, align_corners, or a legacy factor TF rounds early: 41, 47, ...) has no Core ML NeuralNetwork form: upsample repeats pixels by whole factors only (ONNX and the safetensors bundle carry it)"
                             .into(),
                     ),
                 };

@@ -1463,7 +1463,7 @@ impl<'g> Em<'g> {
                             .into(),
                     ),
                     (ResizeMode::Nearest, None, _, _) => return Err(
-                        "a nearest resize by no whole factor, or with align_corners, has no ML Program form faceall writes: resize_nearest_neighbor does not state TF's rounding rules"
+                        "a nearest resize that is no repeat by a whole factor in TF's arithmetic (another size, align_corners, or a legacy factor TF rounds early: 41, 47, ...) has no ML Program form faceall writes: resize_nearest_neighbor does not state TF's rounding rules"
                             .into(),
                     ),
                 }

@@ -1,66 +1,9 @@
-//! Spatial resampling with TensorFlow's own arithmetic (float32 scales and
-//! source coordinates, as `resize_nearest_neighbor_op.cc` and
-//! `resize_bilinear_op.cc` compute them), and the depth <-> space shuffles.
+//! Spatial resampling with TensorFlow's own arithmetic (the float32 source
+//! coordinates of `Resize::nearest_sources` and `Resize::bilinear_weights`,
+//! as `resize_nearest_neighbor_op.cc` and `resize_bilinear_op.cc` compute
+//! them), and the depth <-> space shuffles.
 
 use crate::ir::{Resize, ResizeMode, SpaceDepth};
-
-/// TF's `CalculateResizeScale`: input pixels per output pixel.
-fn scale(input: usize, output: usize, align_corners: bool) -> f32 {
-    if align_corners && output > 1 {
-        (input - 1) as f32 / (output - 1) as f32
-    } else {
-        input as f32 / output as f32
-    }
-}
-
-/// The source index each output index of one axis reads (nearest).
-pub fn nearest_sources(r: &Resize, input: usize, output: usize) -> Vec<usize> {
-    let s = scale(input, output, r.align_corners);
-    (0..output)
-        .map(|o| {
-            let at = if r.half_pixel_centers {
-                (o as f32 + 0.5) * s
-            } else {
-                o as f32 * s
-            };
-            let i = if r.align_corners {
-                at.round()
-            } else {
-                at.floor()
-            };
-            // Negative only through rounding; TF clamps at both ends.
-            (i.max(0.0) as usize).min(input - 1)
-        })
-        .collect()
-}
-
-/// One output index's bilinear neighbours and the weight of the upper one.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lerp {
-    pub lower: usize,
-    pub upper: usize,
-    pub frac: f32,
-}
-
-/// TF's `compute_interpolation_weights` for one axis.
-pub fn bilinear_weights(r: &Resize, input: usize, output: usize) -> Vec<Lerp> {
-    let s = scale(input, output, r.align_corners);
-    (0..output)
-        .map(|o| {
-            let at = if r.half_pixel_centers {
-                (o as f32 + 0.5) * s - 0.5
-            } else {
-                o as f32 * s
-            };
-            let f = at.floor();
-            Lerp {
-                lower: (f.max(0.0) as usize).min(input - 1),
-                upper: (at.ceil().max(0.0) as usize).min(input - 1),
-                frac: at - f,
-            }
-        })
-        .collect()
-}
 
 /// Resize an NHWC map `[n, h, w, c]` as `r` says.
 pub fn resize_nhwc(x: &[f32], [n, h, w, c]: [usize; 4], r: &Resize) -> Vec<f32> {
@@ -69,7 +12,7 @@ pub fn resize_nhwc(x: &[f32], [n, h, w, c]: [usize; 4], r: &Resize) -> Vec<f32> 
     let at = |b: usize, y: usize, xx: usize| ((b * h + y) * w + xx) * c;
     match r.mode {
         ResizeMode::Nearest => {
-            let (ys, xs) = (nearest_sources(r, h, oh), nearest_sources(r, w, ow));
+            let (ys, xs) = (r.nearest_sources(h, oh), r.nearest_sources(w, ow));
             for b in 0..n {
                 for &y in &ys {
                     for &xx in &xs {
@@ -80,7 +23,7 @@ pub fn resize_nhwc(x: &[f32], [n, h, w, c]: [usize; 4], r: &Resize) -> Vec<f32> 
             }
         }
         ResizeMode::Bilinear => {
-            let (ys, xs) = (bilinear_weights(r, h, oh), bilinear_weights(r, w, ow));
+            let (ys, xs) = (r.bilinear_weights(h, oh), r.bilinear_weights(w, ow));
             for b in 0..n {
                 for ly in &ys {
                     for lx in &xs {
@@ -149,19 +92,34 @@ mod tests {
     fn nearest_follows_each_coordinate_rule() {
         let legacy = r(ResizeMode::Nearest, [1, 5], false, false);
         // 3 -> 5: dst * 0.6 floored.
-        assert_eq!(nearest_sources(&legacy, 3, 5), vec![0, 0, 1, 1, 2]);
+        assert_eq!(legacy.nearest_sources(3, 5), vec![0, 0, 1, 1, 2]);
         let half = r(ResizeMode::Nearest, [1, 5], false, true);
         // (dst + 0.5) * 0.6 floored: 0.3 0.9 1.5 2.1 2.7.
-        assert_eq!(nearest_sources(&half, 3, 5), vec![0, 0, 1, 2, 2]);
+        assert_eq!(half.nearest_sources(3, 5), vec![0, 0, 1, 2, 2]);
         let corners = r(ResizeMode::Nearest, [1, 5], true, false);
         // dst * 0.5 rounded half away from zero: 0 0.5 1 1.5 2.
-        assert_eq!(nearest_sources(&corners, 3, 5), vec![0, 1, 1, 2, 2]);
+        assert_eq!(corners.nearest_sources(3, 5), vec![0, 1, 1, 2, 2]);
+    }
+
+    /// TF's legacy nearest rule rounds `in / out` down for some whole
+    /// factors and reads a pixel early: those are not a repeat, so no
+    /// target writes them as one.
+    #[test]
+    fn nearest_by_a_whole_factor_repeats_unless_tf_rounds_early() {
+        let legacy = r(ResizeMode::Nearest, [2, 82], false, false);
+        assert_eq!(legacy.whole_factors([1, 2]), None);
+        let src = legacy.nearest_sources(2, 82);
+        assert_eq!(src[41], 0, "TF reads pixel 0 at output 41");
+        let up = r(ResizeMode::Nearest, [2, 8], false, false);
+        assert_eq!(up.whole_factors([1, 2]), Some([2, 4]));
+        let half = r(ResizeMode::Nearest, [2, 82], false, true);
+        assert_eq!(half.whole_factors([1, 2]), Some([2, 41]));
     }
 
     #[test]
     fn bilinear_clamps_at_both_edges() {
         let half = r(ResizeMode::Bilinear, [1, 4], false, true);
-        let w = bilinear_weights(&half, 2, 4);
+        let w = half.bilinear_weights(2, 4);
         // src = (dst + 0.5) / 2 - 0.5: -0.25 0.25 0.75 1.25.
         assert_eq!((w[0].lower, w[0].upper), (0, 0));
         assert_eq!((w[3].lower, w[3].upper), (1, 1));

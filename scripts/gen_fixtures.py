@@ -595,11 +595,11 @@ def case_upsample(seed):
         up = tf.raw_ops.ResizeNearestNeighbor(images=e, size=[8, 6], half_pixel_centers=True,
                                               name="nearest_half_pixel")
         y = tf.concat([up, x], axis=3, name="skip")
-        y = tf.nn.conv2d(y, c(rng.normal(0, 0.3, [3, 3, 11, 6]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
+        y = tf.nn.conv2d(y, c(rng.normal(0, 0.15, [3, 3, 11, 6]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
         b = tf.raw_ops.ResizeBilinear(images=y, size=[16, 12], half_pixel_centers=True, name="bilinear_half_pixel")
         legacy = tf.raw_ops.ResizeBilinear(images=e, size=[8, 9], name="bilinear_legacy")
         near = tf.raw_ops.ResizeNearestNeighbor(images=legacy, size=[16, 9], name="nearest_legacy")
-        z = tf.nn.conv2d(b, c(rng.normal(0, 0.3, [3, 3, 6, 4]), "w3"), [1, 2, 2, 1], "SAME", name="conv3")
+        z = tf.nn.conv2d(b, c(rng.normal(0, 0.1, [3, 3, 6, 4]), "w3"), [1, 2, 2, 1], "SAME", name="conv3")
         tf.identity(z, name="output")
         tf.identity(near, name="legacy")
         return {"input": rng.normal(0, 1, [1, 8, 6, 3])}
@@ -626,6 +626,24 @@ def case_resize_any(seed):
                    "output"], ["output"]
 
 
+def case_resize_corners(seed):
+    """The resizes Core ML and ML Programs hold beyond whole factors:
+    DeepLab's bilinear with align_corners back to the input size, the
+    legacy bilinear grid to a size no whole multiple (up and down)."""
+    def build():
+        rng = np.random.default_rng(seed)
+        c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
+        x = tf.compat.v1.placeholder(tf.float32, [1, 9, 7, 3], name="input")
+        e = tf.nn.relu(tf.nn.conv2d(x, c(rng.normal(0, 0.4, [3, 3, 3, 5]), "w1"), [1, 2, 2, 1], "SAME",
+                                    name="down"), name="relu1")
+        a = tf.raw_ops.ResizeBilinear(images=e, size=[9, 7], align_corners=True, name="bilinear_corners")
+        u = tf.raw_ops.ResizeBilinear(images=a, size=[13, 10], name="bilinear_legacy_up")
+        d = tf.raw_ops.ResizeBilinear(images=u, size=[6, 4], name="bilinear_legacy_down")
+        tf.identity(d, name="output")
+        return {"input": rng.normal(0, 1, [1, 9, 7, 3])}
+    return build, ["down", "bilinear_corners", "bilinear_legacy_up", "bilinear_legacy_down", "output"], ["output"]
+
+
 def case_space_depth(seed):
     """SpaceToDepth (YOLOv2's reorg) and DepthToSpace (ESPCN's pixel shuffle)
     around convolutions."""
@@ -634,10 +652,10 @@ def case_space_depth(seed):
         c = lambda v, n: tf.constant(np.asarray(v, np.float32), name=n)  # noqa: E731
         x = tf.compat.v1.placeholder(tf.float32, [1, 8, 6, 3], name="input")
         d = tf.nn.space_to_depth(x, 2, name="reorg")
-        y = tf.nn.relu(tf.nn.conv2d(d, c(rng.normal(0, 0.3, [3, 3, 12, 18]), "w1"), [1, 1, 1, 1], "SAME",
+        y = tf.nn.relu(tf.nn.conv2d(d, c(rng.normal(0, 0.15, [3, 3, 12, 18]), "w1"), [1, 1, 1, 1], "SAME",
                                     name="conv1"), name="relu1")
         s = tf.nn.depth_to_space(y, 3, name="shuffle")
-        z = tf.nn.conv2d(s, c(rng.normal(0, 0.3, [3, 3, 2, 4]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
+        z = tf.nn.conv2d(s, c(rng.normal(0, 0.2, [3, 3, 2, 4]), "w2"), [1, 1, 1, 1], "SAME", name="conv2")
         tf.identity(z, name="output")
         return {"input": rng.normal(0, 1, [1, 8, 6, 3])}
     return build, ["reorg", "conv1", "shuffle", "output"], ["output"]
@@ -705,6 +723,8 @@ CASES = {
                                          "half-pixel shrink, nearest with align_corners and a shrink"),
     "deconv": (case_deconv(123), "Transposed convolutions: SAME stride 2 (kernel 3, an odd row cropped; "
                                  "kernel 4, size from tf.shape), VALID kernel 2 and 3 stride 2, bias + ReLU"),
+    "resize_corners": (case_resize_corners(124), "Bilinear resizes by no whole factor that Core ML holds: "
+                                                 "align_corners (DeepLab), the legacy grid up and down"),
     "space_depth": (case_space_depth(122), "SpaceToDepth (reorg) and DepthToSpace (pixel shuffle) around "
                                            "convolutions"),
 }

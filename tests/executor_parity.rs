@@ -82,7 +82,8 @@ fixture_tests!(
     upsample,
     resize_any,
     space_depth,
-    deconv
+    deconv,
+    resize_corners
 );
 
 #[test]

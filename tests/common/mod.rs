@@ -58,11 +58,16 @@ pub const FIXTURES: &[&str] = &[
     "resize_any",
     "space_depth",
     "deconv",
+    "resize_corners",
 ];
 
 /// Fixtures with an op that has no form in Caffe (neither BVLC nor OpenCV
 /// has erf): tests/caffe.rs checks that they are refused, naming the op.
-pub const NO_CAFFE_FORM: &[(&str, &str)] = &[("gelu_erf", "erf"), ("resize_any", "ResizeBilinear")];
+pub const NO_CAFFE_FORM: &[(&str, &str)] = &[
+    ("gelu_erf", "erf"),
+    ("resize_any", "ResizeBilinear"),
+    ("resize_corners", "ResizeBilinear"),
+];
 
 /// Fixtures with an op that has no form in Core ML's NeuralNetwork:
 /// tests/coreml.rs checks that they are refused, naming the op and why.

@@ -122,6 +122,38 @@ pub struct Deconv2d {
 }
 
 impl Deconv2d {
+    /// The transposed convolution ONNX's ConvTranspose and MIL's
+    /// conv_transpose state: rows `crops` ([before, after] per axis) cut
+    /// from the full scatter of an `input` map by a `k` kernel, then
+    /// `extra` rows added after (ONNX's output_padding). None when an input
+    /// or kernel side is empty or the crops take more than there is.
+    pub fn from_crops(
+        input: [usize; 2],
+        k: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        crops: [[usize; 2]; 2],
+        extra: [usize; 2],
+    ) -> Option<Deconv2d> {
+        let mut size = [0; 2];
+        let mut pads = [[0; 2]; 2];
+        for i in 0..2 {
+            let full =
+                strides[i] * input[i].checked_sub(1)? + k[i].checked_sub(1)? * dilations[i] + 1;
+            let [before, after] = crops[i];
+            size[i] = (full + extra[i]).checked_sub(before + after)?;
+            // The forward convolution of the output with these pads gives
+            // the input back.
+            pads[i] = [before, after.checked_sub(extra[i])?];
+        }
+        Some(Deconv2d {
+            strides,
+            dilations,
+            padding: Padding::Explicit(pads),
+            size,
+        })
+    }
+
     /// [[top, bottom], [left, right]] cropped from the full scatter, for a
     /// `k` kernel on an `input` (height, width) map; None when the forward
     /// convolution of `size` would not give `input`.

@@ -1087,19 +1087,18 @@ impl Reader {
                 let &[t, b, l, r] = p.as_slice() else {
                     return Err(format!("pad {p:?} for a 2-D window"));
                 };
-                let mut size = [0; 2];
-                let mut pads = [[0; 2]; 2];
-                for (i, (before, after)) in [(t, b), (l, r)].into_iter().enumerate() {
-                    let (before, after) = (
-                        usize::try_from(before).map_err(|_| "a negative pad")?,
-                        usize::try_from(after).map_err(|_| "a negative pad")?,
-                    );
-                    let full = strides[i] * (xs[2 + i] - 1) + (ws[2 + i] - 1) * dilations[i] + 1;
-                    size[i] = full
-                        .checked_sub(before + after)
-                        .ok_or("conv_transpose pads crop more than its output")?;
-                    pads[i] = [before, after];
-                }
+                let crop = |v: i64| usize::try_from(v).map_err(|_| "a negative pad".to_string());
+                let crops = [[crop(t)?, crop(b)?], [crop(l)?, crop(r)?]];
+                let d = Deconv2d::from_crops(
+                    [xs[2], xs[3]],
+                    [kh, kw],
+                    strides,
+                    dilations,
+                    crops,
+                    [0, 0],
+                )
+                .ok_or_else(|| format!("conv_transpose pad {p:?} does not fit {xs:?}"))?;
+                let size = d.size;
                 if self.has(op, "output_shape") {
                     let want = self.ints(op, "output_shape")?;
                     if want.len() < 2 || want[want.len() - 2..] != [size[0] as i64, size[1] as i64]
@@ -1119,12 +1118,6 @@ impl Reader {
                 if self.has(op, "bias") {
                     rest.push(self.wire(op, "bias")?);
                 }
-                let d = Deconv2d {
-                    strides,
-                    dilations,
-                    padding: Padding::Explicit(pads),
-                    size,
-                };
                 crate::formats::layout::push_between_transposes(
                     &mut self.g,
                     &out,

@@ -1000,23 +1000,19 @@ impl Reader {
                 let &[t, l, b, r] = p.as_slice() else {
                     return Err(format!("pads {p:?} for a 2-D window"));
                 };
-                // The forward convolution of the output with pads
-                // [before, after - output_padding] gives the input.
-                let mut size = [0; 2];
-                let mut pads = [[0; 2]; 2];
-                for (i, (before, after)) in [(t, b), (l, r)].into_iter().enumerate() {
-                    let full = strides[i] * (xs[2 + i] - 1) + (ws[2 + i] - 1) * dilations[i] + 1;
-                    let (Some(o), Some(a)) = (
-                        (full + extra[i]).checked_sub(before + after),
-                        after.checked_sub(extra[i]),
-                    ) else {
-                        return Err(format!(
-                            "ConvTranspose pads {p:?} and output_padding {extra:?} do not fit"
-                        ));
-                    };
-                    size[i] = o;
-                    pads[i] = [before, a];
-                }
+                let d = Deconv2d::from_crops(
+                    [xs[2], xs[3]],
+                    [kh, kw],
+                    strides,
+                    dilations,
+                    [[t, b], [l, r]],
+                    extra,
+                )
+                .ok_or_else(|| {
+                    format!(
+                        "ConvTranspose pads {p:?} and output_padding {extra:?} do not fit {xs:?}"
+                    )
+                })?;
                 let w = self.konst_f32(wv)?;
                 let filter = oihw_to_hwio(&w, [ci, co, kh, kw]);
                 let fname = self.g.fresh_name(&helper("filter"));
@@ -1028,12 +1024,6 @@ impl Reader {
                 if let Some(b) = self.opt_input(n, 2)? {
                     rest.push(b);
                 }
-                let d = Deconv2d {
-                    strides,
-                    dilations,
-                    padding: Padding::Explicit(pads),
-                    size,
-                };
                 crate::formats::layout::push_between_transposes(
                     &mut self.g,
                     &out,

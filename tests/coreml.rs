@@ -282,13 +282,25 @@ fn unsupported_for_core_ml_lists_all_and_the_other_target_is_written() {
     use faceall::frontend::tf::build::{self, NodeBuilder};
     let d = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    // Concat on the H axis and a Max of two values have no Core ML form here;
-    // both are reported at once, no Core ML file is written, and Caffe (which
-    // expresses both) still is.
+    // A dilated transposed convolution (Core ML's deconvolution ignores
+    // dilationFactor) and a Max of two values have no Core ML form here;
+    // both are reported at once, no Core ML file is written, and Caffe
+    // (which expresses both) still is.
     let g = build::graph(vec![
         build::placeholder("x", &[1, 4, 4, 2]),
-        build::constant("axis", build::i32_tensor(&[], &[1])),
-        NodeBuilder::new("cat_h", "ConcatV2", &["x", "x", "axis"]).build(),
+        build::constant("sizes", build::i32_tensor(&[4], &[1, 6, 6, 2])),
+        build::constant(
+            "w",
+            build::f32_tensor(
+                &[2, 2, 2, 2],
+                &(0..16).map(|i| i as f32 / 16.0).collect::<Vec<_>>(),
+            ),
+        ),
+        NodeBuilder::new("up", "Conv2DBackpropInput", &["sizes", "w", "x"])
+            .attr_ints("strides", &[1, 1, 1, 1])
+            .attr_ints("dilations", &[1, 2, 2, 1])
+            .attr_s("padding", "VALID")
+            .build(),
         NodeBuilder::new("r", "Relu", &["x"]).build(),
         NodeBuilder::new("mx", "Maximum", &["x", "r"]).build(),
     ]);
@@ -306,7 +318,7 @@ fn unsupported_for_core_ml_lists_all_and_the_other_target_is_written() {
     assert_eq!(res.status.code(), Some(1), "{err}");
     assert!(
         err.contains("2 unsupported")
-            && err.contains("'cat_h' (ConcatV2)")
+            && err.contains("'up' (Conv2DBackpropInput)")
             && err.contains("'mx' (Maximum)"),
         "{err}"
     );

@@ -71,10 +71,7 @@ pub const NO_CAFFE_FORM: &[(&str, &str)] = &[
 
 /// Fixtures with an op that has no form in Core ML's NeuralNetwork:
 /// tests/coreml.rs checks that they are refused, naming the op and why.
-pub const NO_COREML_FORM: &[(&str, &str)] = &[
-    ("mirror_pad", "MirrorPad"),
-    ("resize_any", "ResizeBilinear"),
-];
+pub const NO_COREML_FORM: &[(&str, &str)] = &[("resize_any", "ResizeBilinear")];
 
 /// Fixtures with an op that has no ML Program form faceall writes:
 /// tests/mlprogram.rs checks that they are refused, naming the op and why.

@@ -305,6 +305,7 @@ pub fn kind(l: &NeuralNetworkLayer) -> &'static str {
         Some(Layer::Reshape(_)) => "reshape",
         Some(Layer::Flatten(_)) => "flatten",
         Some(Layer::Concat(_)) => "concat",
+        Some(Layer::Permute(_)) => "permute",
         Some(Layer::Gelu(_)) => "gelu",
         Some(Layer::Crop(_)) => "crop",
         Some(Layer::Slice(_)) => "slice",
@@ -901,6 +902,28 @@ fn run_layer(l: &NeuralNetworkLayer, ins: &[Tensor]) -> Result<Tensor> {
                 x.as_f32()?.into_owned()
             };
             Tensor::f32(vec![c * h * w, 1, 1], v)
+        }
+        Layer::Permute(p) => {
+            // Axes of (Seq, C, H, W); a blob here is one sample's (C, H, W)
+            // with Seq = 1, which must stay first.
+            let x = x?;
+            let dims = chw(x)?;
+            let perm: Vec<usize> = p.axis.iter().map(|&a| a as usize).collect();
+            let mut seen = [false; 4];
+            let valid = perm.len() == 4
+                && perm[0] == 0
+                && perm
+                    .iter()
+                    .all(|&a| a < 4 && !std::mem::replace(&mut seen[a], true));
+            if !valid {
+                return Err(bad(format!(
+                    "permute {:?} (a permutation of (Seq, C, H, W) keeping Seq first)",
+                    p.axis
+                )));
+            }
+            let p3: Vec<usize> = perm[1..].iter().map(|a| a - 1).collect();
+            let v = crate::runtime::kernels::transpose(&x.as_f32()?, &dims, &p3);
+            Tensor::f32(p3.iter().map(|&a| dims[a]).collect(), v)
         }
         Layer::Concat(p) => {
             if p.sequenceConcat {

@@ -40,9 +40,9 @@ use crate::proto::coreml::{
     BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, CropLayerParams, FeatureDescription,
     FeatureType, FlattenLayerParams, GeluLayerParams, InnerProductLayerParams,
     L2NormalizeLayerParams, Metadata, Model, ModelDescription, MultiplyLayerParams, NeuralNetwork,
-    NeuralNetworkLayer, PaddingLayerParams, PoolingLayerParams, ReduceLayerParams,
-    ReorganizeDataLayerParams, ResizeBilinearLayerParams, SamplingMode, ScaleLayerParams,
-    SliceLayerParams, SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams,
+    NeuralNetworkLayer, PaddingLayerParams, PermuteLayerParams, PoolingLayerParams,
+    ReduceLayerParams, ReorganizeDataLayerParams, ResizeBilinearLayerParams, SamplingMode,
+    ScaleLayerParams, SliceLayerParams, SoftmaxLayerParams, StringEntry, UnaryFunctionLayerParams,
     UpsampleLayerParams, ValidPadding, WeightParams,
 };
 
@@ -140,6 +140,13 @@ fn weights(v: &[f32], fp16: bool) -> WeightParams {
         w.floatValue = v.to_vec();
     }
     w
+}
+
+/// A permute layer: output axis i of (Seq, C, H, W) is input axis `axis[i]`.
+fn permute(axis: [u64; 4]) -> Layer {
+    let mut p = PermuteLayerParams::new();
+    p.axis = axis.to_vec();
+    Layer::Permute(p)
 }
 
 fn borders(pairs: [[usize; 2]; 2]) -> BorderAmounts {
@@ -470,16 +477,34 @@ impl<'g> Em<'g> {
             Op::Concat { axis } => {
                 let vs: Vec<Val> = n.inputs.iter().map(|w| self.val(*w)).collect::<R<_>>()?;
                 let rank = n.outputs[0].shape.len();
-                if *axis != rank - 1
-                    || !(rank == 4 || rank == 2)
-                    || vs
-                        .iter()
-                        .any(|v| matches!(v.layout, CoremlLayout::FlatChw { .. }))
-                {
-                    return Err("concatenation on the channel axis only (the NeuralNetwork concat layer's one axis): a concat of rows or columns, such as MirrorPad's mirrored rows, has no form here".into());
-                }
+                let flat = vs
+                    .iter()
+                    .any(|v| matches!(v.layout, CoremlLayout::FlatChw { .. }));
                 let refs: Vec<&str> = vs.iter().map(|v| v.blob.as_str()).collect();
-                self.layer(&name, &refs, &out, Layer::Concat(ConcatLayerParams::new()));
+                if *axis == rank - 1 && (rank == 4 || rank == 2) && !flat {
+                    self.layer(&name, &refs, &out, Layer::Concat(ConcatLayerParams::new()));
+                    return done(out);
+                }
+                // Rows (NHWC axis 1) or columns (axis 2) of CHW maps, as
+                // MirrorPad's mirrored rows are joined: the NeuralNetwork
+                // concat joins channels only, so each part is permuted to
+                // bring that axis to C, joined, and permuted back (each
+                // permutation swaps two axes: its own inverse). Copies: exact.
+                let swap = match (rank, *axis, flat) {
+                    (4, 1, false) => [0, 2, 1, 3],
+                    (4, 2, false) => [0, 3, 2, 1],
+                    _ => return Err(format!("concatenation on axis {axis} of a rank-{rank} value has no Core ML NeuralNetwork form (concat joins channels; rows and columns of 4-D maps are joined through permute)")),
+                };
+                let mut parts = vec![];
+                for (i, v) in vs.iter().enumerate() {
+                    let p = format!("{name}/permuted_{i}");
+                    self.layer(&p, &[&v.blob], &p, permute(swap));
+                    parts.push(p);
+                }
+                let joined = format!("{name}/joined");
+                let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+                self.layer(&joined, &refs, &joined, Layer::Concat(ConcatLayerParams::new()));
+                self.layer(&name, &[&joined], &out, permute(swap));
                 done(out)
             }
             Op::WeightedSum { coeffs } => {
@@ -712,6 +737,34 @@ impl<'g> Em<'g> {
                         layout: CoremlLayout::Same,
                         chw: [end[1] - begin[1], 1, 1],
                     }));
+                }
+                if x.layout == CoremlLayout::Same && begin.len() == 3 && x.chw[0] == 1 {
+                    // (N, A, B) is a (1, A, B) blob: rows and columns are
+                    // its height and width (tf.unstack of a matrix).
+                    use slice_layer_params::SliceAxis;
+                    if begin[0] != 0 || end[0] != n.outputs[0].shape[0] {
+                        return Err("slicing the batch axis has no Core ML form".into());
+                    }
+                    let mut v = x;
+                    let cut: Vec<usize> = (1..3)
+                        .filter(|&i| begin[i] != 0 || end[i] != v.chw[i])
+                        .collect();
+                    for (j, &i) in cut.iter().enumerate() {
+                        let top = if j + 1 == cut.len() {
+                            out.clone()
+                        } else {
+                            format!("{name}/rows")
+                        };
+                        let axis = if i == 1 { SliceAxis::HEIGHT_AXIS } else { SliceAxis::WIDTH_AXIS };
+                        self.layer(&top, &[&v.blob], &top, axis_slice(axis, begin[i], end[i]));
+                        v.blob = top;
+                        v.chw[i] = end[i] - begin[i];
+                    }
+                    if cut.is_empty() {
+                        self.layer(&name, &[&v.blob], &out, linear(1.0, 0.0));
+                        v.blob = out;
+                    }
+                    return Ok(Some(v));
                 }
                 if x.layout != CoremlLayout::Chw || begin.len() != 4 {
                     return Err(
@@ -1082,11 +1135,15 @@ impl<'g> Em<'g> {
 
 /// Channels `begin..end` of a blob (a `slice` layer, step 1).
 fn channel_slice(begin: usize, end: usize) -> Layer {
+    axis_slice(slice_layer_params::SliceAxis::CHANNEL_AXIS, begin, end)
+}
+
+fn axis_slice(axis: slice_layer_params::SliceAxis, begin: usize, end: usize) -> Layer {
     let mut p = SliceLayerParams::new();
     p.startIndex = begin as i64;
     p.endIndex = end as i64;
     p.stride = 1;
-    p.axis = slice_layer_params::SliceAxis::CHANNEL_AXIS.into();
+    p.axis = axis.into();
     Layer::Slice(p)
 }
 

@@ -138,6 +138,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let progress = Progress::new(!a.json && !a.quiet);
     progress.stage("reading the graph");
     let model = tf::read_model(&a.model, &tf::source_options(&opts))?;
+    // The source's SHA-256 (for the Core ML and bundle metadata) is
+    // computed on its own thread while the graph is imported and the
+    // passes run. The file is streamed through a small buffer: a second
+    // map would count the whole file again in the resident set. A
+    // SavedModel or checkpoint: the hash covers its graph, index and
+    // shards, in that order.
+    let hashing = chosen.iter().any(|f| f.needs_source_hash()).then(|| {
+        let files = model.files.clone();
+        std::thread::spawn(move || -> Result<String> {
+            let mut h = sha2::Sha256::new();
+            for file in &files {
+                let mut f = std::fs::File::open(file)
+                    .with_context(|| format!("{}: opening for its hash", file.display()))?;
+                std::io::copy(&mut f, &mut h)
+                    .with_context(|| format!("{}: reading for its hash", file.display()))?;
+            }
+            Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        })
+    });
     let mut graph = tf::import_model(&model, &opts).map_err(|e| e.in_file(&a.model))?;
     if !a.input.is_empty() {
         for name in &a.input {
@@ -174,30 +193,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    let source = {
-        // Hash the file by streaming it through a small buffer: a second
-        // map would count the whole file again in the resident set.
-        // A SavedModel or checkpoint: the hash covers its graph, index and
-        // shards, in that order.
-        let sha = if chosen.iter().any(|f| f.needs_source_hash()) {
-            let mut h = sha2::Sha256::new();
-            for file in &model.files {
-                let mut f = std::fs::File::open(file)
-                    .with_context(|| format!("{}: opening for its hash", file.display()))?;
-                std::io::copy(&mut f, &mut h)
-                    .with_context(|| format!("{}: reading for its hash", file.display()))?;
-            }
-            h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-        } else {
-            String::new()
-        };
-        formats::bundle::write::Source {
-            name: named_by
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            sha256: sha,
-        }
+    let source = formats::bundle::write::Source {
+        name: named_by
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256: String::new(),
     };
     let wopts = formats::WriteOptions {
         name,
@@ -216,20 +217,79 @@ pub fn run(a: Args) -> Result<ExitCode> {
             target: a.minimum_deployment_target,
         },
     };
-    // Each model is written, staged to a temporary file and dropped before
-    // the next: peak memory holds one converted model, not all of them.
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("--out-dir {}: creating it", a.out_dir.display()))?;
     let mut staging =
         formats::files::Staging::new(&a.out_dir).context("writing the converted model")?;
+    // The targets are written side by side, each on its own thread into
+    // its own staged files (the writers stream their weights a run at a
+    // time, so this holds a few runs per target, not a model each): one
+    // target's file writes overlap another's weight transposes. Those
+    // that put the source's hash in their metadata start once it is done.
+    let write_one = |f: &dyn formats::Format,
+                     o: &formats::WriteOptions|
+     -> faceall::Result<(formats::Written, formats::files::Staging)> {
+        let mut st = formats::files::Staging::new(&a.out_dir)?;
+        let w = f.write(&graph, o, &mut st)?;
+        Ok((w, st))
+    };
+    let panicked = || {
+        Err(faceall::Error::Format(
+            "a writer stopped unexpectedly".into(),
+        ))
+    };
+    let mut results: Vec<(usize, faceall::Result<_>)> = std::thread::scope(|s| {
+        let early: Vec<_> = chosen
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.needs_source_hash())
+            .map(|(i, f)| (i, s.spawn(|| write_one(*f, &wopts))))
+            .collect();
+        let late_ids: Vec<usize> = (0..chosen.len())
+            .filter(|&i| chosen[i].needs_source_hash())
+            .collect();
+        let (chosen, wopts, write_one) = (&chosen, &wopts, &write_one);
+        let late = s.spawn(move || -> Result<Vec<(usize, faceall::Result<_>)>> {
+            let sha = match hashing {
+                Some(h) => h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("hashing the source failed"))??,
+                None => String::new(),
+            };
+            let mut o = wopts.clone();
+            o.source.sha256 = sha;
+            let o = &o;
+            Ok(std::thread::scope(|s2| {
+                let hs: Vec<_> = late_ids
+                    .iter()
+                    .map(|&i| (i, s2.spawn(move || write_one(chosen[i], o))))
+                    .collect();
+                hs.into_iter()
+                    .map(|(i, h)| (i, h.join().unwrap_or_else(|_| panicked())))
+                    .collect()
+            }))
+        });
+        let mut all: Vec<(usize, faceall::Result<_>)> = early
+            .into_iter()
+            .map(|(i, h)| (i, h.join().unwrap_or_else(|_| panicked())))
+            .collect();
+        match late.join() {
+            Ok(r) => all.extend(r?),
+            Err(_) => anyhow::bail!("a writer stopped unexpectedly"),
+        }
+        Ok(all)
+    })?;
+    results.sort_by_key(|(i, _)| *i);
     let mut fields = serde_json::Map::new();
     let mut written = vec![];
     // A target that cannot express the graph is reported; the others are
     // still written.
     let mut failed = vec![];
-    for f in &chosen {
-        match f.write(&graph, &wopts, &mut staging) {
-            Ok(w) => {
+    for (i, r) in results {
+        let f = chosen[i];
+        match r {
+            Ok((w, st)) => {
+                staging.absorb(st);
                 fields.extend(w.report.clone());
                 written.push((f.name(), f.unit(), w));
             }

@@ -1,8 +1,8 @@
 //! Writing outputs atomically: every file goes to a temporary name in the
 //! target directory and is renamed into place only when all are written, so
-//! a failure (or an early return) leaves no partial files behind. Files are
-//! staged one at a time, so a large model can be dropped from memory as soon
-//! as its file is staged.
+//! a failure (or an early return) leaves no partial files behind. Each
+//! target may stage into its own `Staging` on its own thread; `absorb`
+//! gathers them so all are committed (or removed) together.
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +79,12 @@ impl Staging {
                 Err(e.in_file(self.dir.join(name)))
             }
         }
+    }
+
+    /// Take over another staging's files (one written on another thread
+    /// into the same directory): they are committed or removed with these.
+    pub fn absorb(&mut self, mut other: Staging) {
+        self.staged.append(&mut other.staged);
     }
 
     /// Rename every staged file into place.

@@ -1,94 +1,206 @@
 //! Weight layouts shared by the Caffe and Core ML emitters (both take
 //! OIHW convolutions and [out, in] inner products on channel-first data).
 
-/// The f32 values of constant `w`, for the writers (their errors are
-/// strings that become per-node messages).
-pub fn const_f32(
-    g: &crate::ir::Graph,
-    w: crate::ir::Wire,
-) -> Result<std::borrow::Cow<'_, [f32]>, String> {
-    let t = g.const_of(w).ok_or_else(|| {
+/// Constant `w`'s tensor, for the writers (their errors are strings that
+/// become per-node messages).
+fn const_tensor(g: &crate::ir::Graph, w: crate::ir::Wire) -> Result<&crate::ir::Tensor, String> {
+    g.const_of(w).ok_or_else(|| {
         format!(
             "'{}' must be a constant (run the fold_constants pass)",
             g.wire_name(w)
         )
-    })?;
-    t.as_f32().map_err(|e| e.to_string())
+    })
+}
+
+/// The f32 values of constant `w`, borrowed where they are aligned.
+pub fn const_f32(
+    g: &crate::ir::Graph,
+    w: crate::ir::Wire,
+) -> Result<std::borrow::Cow<'_, [f32]>, String> {
+    const_tensor(g, w)?.as_f32().map_err(|e| e.to_string())
+}
+
+/// Where a writer's re-laid-out weights go, a run of values at a time
+/// (the writers stream them into the file; errors are per-node strings).
+pub type Sink<'s> = dyn FnMut(&[f32]) -> Result<(), String> + 's;
+
+/// Floats of output each streamed run holds (4 MB): the writer holds one
+/// run of a layer's weights, not the layer (VGG16's fc1: 134 MB).
+const RUN_FLOATS: usize = 1 << 20;
+
+/// Rows of a blocked transpose: each block of output rows is filled on its
+/// own thread, so its strided writes stay in cache (VGG16's 3x3x512x512:
+/// 1.2 MB per block of 64).
+const BLOCK: usize = 64;
+
+/// Computes runs `0..runs` of `len(r)` floats each with `compute` (which
+/// may use the rayon pool) and hands them to `sink` in order, computing
+/// run r + 1 on another thread while `sink` writes run r: the writer's
+/// copy into the file overlaps the next transpose.
+fn pipelined(
+    runs: usize,
+    max_len: usize,
+    len: impl Fn(usize) -> usize,
+    compute: impl Fn(usize, &mut [f32]) + Sync,
+    sink: &mut Sink<'_>,
+) -> Result<(), String> {
+    if runs == 0 {
+        return Ok(());
+    }
+    let mut cur = vec![0.0f32; max_len];
+    let mut next = vec![0.0f32; if runs > 1 { max_len } else { 0 }];
+    compute(0, &mut cur[..len(0)]);
+    for r in 0..runs {
+        if r + 1 < runs {
+            let n = &mut next[..len(r + 1)];
+            let written = std::thread::scope(|s| {
+                let c = &compute;
+                s.spawn(move || c(r + 1, n));
+                sink(&cur[..len(r)])
+            });
+            written?;
+            std::mem::swap(&mut cur, &mut next);
+        } else {
+            sink(&cur[..len(r)])?;
+        }
+    }
+    Ok(())
+}
+
+/// The constant `w` as it lies in memory (see `Tensor::f32_view`), for the
+/// streaming re-layouts below: no copy of an unaligned weight.
+pub fn const_view(
+    g: &crate::ir::Graph,
+    w: crate::ir::Wire,
+) -> Result<crate::ir::tensor::F32View<'_>, String> {
+    const_tensor(g, w)?.f32_view().map_err(|e| e.to_string())
+}
+
+/// A writer's deferred convolution weights: constant `w` (HWIO, or
+/// depthwise) in OIHW, streamed by `conv_oihw_stream` when the file is
+/// written.
+pub fn conv_fill(
+    w: crate::ir::Wire,
+    dims: [usize; 4],
+    depthwise: bool,
+    read_ihwo: bool,
+) -> impl Fn(&crate::ir::Graph, &mut Sink<'_>) -> Result<(), String> + 'static {
+    move |g, sink| conv_oihw_stream(const_view(g, w)?, dims, depthwise, read_ihwo, sink)
+}
+
+/// A writer's deferred inner-product weights: constant `w` as `[n, k]`,
+/// streamed by `inner_product_stream` when the file is written.
+pub fn inner_product_fill(
+    w: crate::ir::Wire,
+    k: usize,
+    n: usize,
+    transpose_b: bool,
+    flat_hwc: Option<[usize; 3]>,
+) -> impl Fn(&crate::ir::Graph, &mut Sink<'_>) -> Result<(), String> + 'static {
+    move |g, sink| inner_product_stream(const_view(g, w)?, k, n, transpose_b, flat_hwc, sink)
 }
 
 /// TF HWIO `[kh, kw, ci, co]` (or depthwise `[kh, kw, ci, multiplier]`) to
 /// OIHW (depthwise: `[ci * multiplier, 1, kh, kw]`, output channel
 /// `c * multiplier + m` as TF numbers it). `read_ihwo` is a deliberate
 /// mistake for verify-parity's tests.
-pub fn conv_oihw(
-    w: &[f32],
+pub fn conv_oihw(w: &[f32], dims: [usize; 4], depthwise: bool, read_ihwo: bool) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    let done = conv_oihw_stream(
+        crate::ir::tensor::F32View::F32(w),
+        dims,
+        depthwise,
+        read_ihwo,
+        &mut |run| {
+            out.extend_from_slice(run);
+            Ok(())
+        },
+    );
+    // Shape inference has checked the filter's size; anything else is a
+    // bug upstream and gives zeros rather than a short or partial filter.
+    if done.is_err() || out.len() != w.len() {
+        return vec![0.0; w.len()];
+    }
+    out
+}
+
+/// `conv_oihw`, handed to `sink` in runs of whole output channels.
+pub fn conv_oihw_stream(
+    w: crate::ir::tensor::F32View<'_>,
     [kh, kw, ci, co]: [usize; 4],
     depthwise: bool,
     read_ihwo: bool,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.len()];
-    if depthwise || read_ihwo || w.len() != kh * kw * ci * co {
+    sink: &mut Sink<'_>,
+) -> Result<(), String> {
+    use rayon::prelude::*;
+    if w.len() != kh * kw * ci * co {
+        return Err(format!(
+            "the filter holds {} values, not {kh} x {kw} x {ci} x {co}",
+            w.len()
+        ));
+    }
+    if depthwise || read_ihwo {
+        // Small (depthwise filters) or a test's deliberate mistake: whole.
+        let mut src = vec![0.0f32; w.len()];
+        w.read(0, &mut src);
+        let mut out = vec![0.0f32; w.len()];
         for y in 0..kh {
             for x in 0..kw {
                 for i in 0..ci {
                     for o in 0..co {
-                        let src = if read_ihwo {
+                        let from = if read_ihwo {
                             ((i * kh + y) * kw + x) * co + o
                         } else {
                             ((y * kw + x) * ci + i) * co + o
                         };
-                        let dst = if depthwise {
+                        let to = if depthwise {
                             ((i * co + o) * kh + y) * kw + x
                         } else {
                             ((o * ci + i) * kh + y) * kw + x
                         };
-                        if let (Some(d), Some(s)) = (out.get_mut(dst), w.get(src)) {
+                        if let (Some(d), Some(s)) = (out.get_mut(to), src.get(from)) {
                             *d = *s;
                         }
                     }
                 }
             }
         }
-        return out;
+        return sink(&out);
     }
-    // A transpose of (tap, i, o) to (o, i, tap): output channels in blocks
-    // (each block a contiguous part of the result, filled on its own
-    // thread), so the strided writes of a block stay in cache (VGG16's
-    // 3x3x512x512: 1.2 MB per block of 64).
-    use rayon::prelude::*;
-    const BLOCK: usize = 64;
+    // A transpose of (tap, i, o) to (o, i, tap), in runs of output
+    // channels, each run in blocks over both cores.
     let taps = kh * kw;
     let per_o = ci * taps;
-    out.par_chunks_mut(BLOCK * per_o.max(1))
-        .enumerate()
-        .for_each(|(b, chunk)| {
-            let o0 = b * BLOCK;
-            let os = chunk.len() / per_o.max(1);
-            for tap in 0..taps {
-                for i in 0..ci {
-                    let row = &w[(tap * ci + i) * co + o0..][..os];
-                    for (j, &v) in row.iter().enumerate() {
-                        chunk[(j * ci + i) * taps + tap] = v;
+    if per_o == 0 || co == 0 {
+        return Ok(());
+    }
+    let run_o = (RUN_FLOATS / per_o).div_ceil(BLOCK).max(1) * BLOCK;
+    pipelined(
+        co.div_ceil(run_o),
+        run_o.min(co) * per_o,
+        |r| run_o.min(co - r * run_o) * per_o,
+        |r, out| {
+            let o0 = r * run_o;
+            out.par_chunks_mut(BLOCK * per_o)
+                .enumerate()
+                .for_each(|(b, chunk)| {
+                    let ob = o0 + b * BLOCK;
+                    let n = chunk.len() / per_o;
+                    let mut row = [0.0f32; BLOCK];
+                    let row = &mut row[..n];
+                    for tap in 0..taps {
+                        for i in 0..ci {
+                            // Inside the filter: its size was checked above.
+                            w.read((tap * ci + i) * co + ob, row);
+                            for (j, &v) in row.iter().enumerate() {
+                                chunk[(j * ci + i) * taps + tap] = v;
+                            }
+                        }
                     }
-                }
-            }
-        });
-    out
-}
-
-/// `inner_product` for weights of TF shape `shape` (2-D, checked by shape
-/// inference): returns the `[n, k]` weights, k and n.
-pub fn inner_product_of(
-    w: &[f32],
-    shape: &[usize],
-    transpose_b: bool,
-    flat_hwc: Option<[usize; 3]>,
-) -> (Vec<f32>, usize, usize) {
-    let (k, n) = match shape {
-        [_, _] => inner_product_dims(shape, transpose_b),
-        _ => (w.len(), 1),
-    };
-    (inner_product(w, k, n, transpose_b, flat_hwc), k, n)
+                });
+        },
+        sink,
+    )
 }
 
 /// (k, n) of a MatMul's 2-D weights of TF shape `shape` (`[k, n]`, or
@@ -104,7 +216,8 @@ pub fn inner_product_dims(shape: &[usize], transpose_b: bool) -> (usize, usize) 
 /// TF MatMul weights (`[k, n]`, or `[n, k]` with `transpose_b`) to `[n, k]`
 /// for an input held channel-first: when the input was flattened from an
 /// NHWC map of `flat_hwc` (h, w, c), its rows are permuted from (h, w, c) to
-/// (c, h, w) order.
+/// (c, h, w) order. (The writers stream it: `inner_product_stream`.)
+#[cfg(test)]
 pub fn inner_product(
     w: &[f32],
     k: usize,
@@ -112,6 +225,36 @@ pub fn inner_product(
     transpose_b: bool,
     flat_hwc: Option<[usize; 3]>,
 ) -> Vec<f32> {
+    let mut out = Vec::with_capacity(k * n);
+    let done = inner_product_stream(
+        crate::ir::tensor::F32View::F32(w),
+        k,
+        n,
+        transpose_b,
+        flat_hwc,
+        &mut |run| {
+            out.extend_from_slice(run);
+            Ok(())
+        },
+    );
+    // Shape inference has checked that the weights are `k x n` and the
+    // flattened map has `k` values; anything else would be a bug upstream,
+    // and gives zeros here rather than reading out of bounds.
+    if done.is_err() || out.len() != k * n {
+        return vec![0.0; k * n];
+    }
+    out
+}
+
+/// `inner_product`, handed to `sink` in runs of whole output rows.
+pub fn inner_product_stream(
+    w: crate::ir::tensor::F32View<'_>,
+    k: usize,
+    n: usize,
+    transpose_b: bool,
+    flat_hwc: Option<[usize; 3]>,
+    sink: &mut Sink<'_>,
+) -> Result<(), String> {
     use rayon::prelude::*;
     // Where row r of the weights goes in an output row.
     let dest: Vec<usize> = (0..k)
@@ -124,44 +267,54 @@ pub fn inner_product(
             _ => r,
         })
         .collect();
-    let mut out = vec![0.0f32; k * n];
-    // Shape inference has checked that the weights are `k x n` and the
-    // flattened map has `k` values; anything else would be a bug upstream,
-    // and gives zeros here rather than reading out of bounds.
-    if k == 0 || n == 0 || w.len() < k * n || dest.iter().any(|&d| d >= k) {
-        return out;
+    if w.len() != k * n || dest.iter().any(|&d| d >= k) {
+        return Err(format!(
+            "the inner product's weights hold {} values, not {k} x {n} (or its flattened input is not {k} long)",
+            w.len()
+        ));
     }
-    if transpose_b {
-        // `[n, k]` already: each output row is its weight row, permuted.
-        out.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
-            let src = &w[o * k..][..k];
-            for (r, &v) in src.iter().enumerate() {
-                row[dest[r]] = v;
-            }
-        });
-        return out;
+    if k == 0 || n == 0 {
+        return Ok(());
     }
-    // A blocked transpose of `[k, n]`: output rows in blocks (contiguous,
-    // one thread each), weight rows in blocks, so reads and the strided
-    // writes of a block stay in cache (VGG16's 25088x4096 fc6 went from
-    // seconds to a fraction of one).
-    const BLOCK: usize = 64;
-    out.par_chunks_mut(BLOCK * k)
-        .enumerate()
-        .for_each(|(b, chunk)| {
-            let o0 = b * BLOCK;
-            let os = chunk.len() / k;
-            for r0 in (0..k).step_by(BLOCK) {
-                for r in r0..(r0 + BLOCK).min(k) {
-                    let src = &w[r * n + o0..][..os];
-                    let d = dest[r];
-                    for (j, &v) in src.iter().enumerate() {
-                        chunk[j * k + d] = v;
-                    }
+    let run_rows = (RUN_FLOATS / k).div_ceil(BLOCK).max(1) * BLOCK;
+    let dest = &dest;
+    let compute = |r: usize, out: &mut [f32]| {
+        let o0 = r * run_rows;
+        if transpose_b {
+            // `[n, k]` already: each output row is its weight row, permuted.
+            out.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
+                let mut src = vec![0.0f32; k];
+                w.read((o0 + o) * k, &mut src);
+                for (r, &v) in src.iter().enumerate() {
+                    row[dest[r]] = v;
                 }
-            }
-        });
-    out
+            });
+        } else {
+            // A blocked transpose of `[k, n]`: output rows in blocks, each
+            // reading its columns of every weight row.
+            out.par_chunks_mut(BLOCK * k)
+                .enumerate()
+                .for_each(|(b, chunk)| {
+                    let ob = o0 + b * BLOCK;
+                    let os = chunk.len() / k;
+                    let mut col = [0.0f32; BLOCK];
+                    let col = &mut col[..os];
+                    for (r, &d) in dest.iter().enumerate() {
+                        w.read(r * n + ob, col);
+                        for (j, &v) in col.iter().enumerate() {
+                            chunk[j * k + d] = v;
+                        }
+                    }
+                });
+        }
+    };
+    pipelined(
+        n.div_ceil(run_rows),
+        run_rows.min(n) * k,
+        |r| run_rows.min(n - r * run_rows) * k,
+        compute,
+        sink,
+    )
 }
 
 /// Whether a constant of `shape` holds one value per channel of the last

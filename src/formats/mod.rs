@@ -15,6 +15,7 @@ pub mod graph_exec;
 pub mod layout;
 pub mod mlprogram;
 pub mod onnx;
+pub mod splice;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

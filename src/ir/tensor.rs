@@ -180,6 +180,20 @@ impl Tensor {
         }
     }
 
+    /// The f32 values without a copy: the slice itself, or the
+    /// little-endian bytes of the model file where they sit unaligned (a
+    /// `tensor_content` in a .pb usually does), read a run at a time.
+    pub fn f32_view(&self) -> Result<F32View<'_>> {
+        match &self.data {
+            Data::F32(v) => Ok(F32View::F32(v)),
+            Data::Raw(b) if self.dtype == DType::F32 => Ok(match bytemuck::try_cast_slice(b) {
+                Ok(s) if cfg!(target_endian = "little") => F32View::F32(s),
+                _ => F32View::Le(&b[..b.len() / 4 * 4]),
+            }),
+            _ => Err(self.wrong("float32")),
+        }
+    }
+
     /// Integer values (int32 or int64) widened to i64: shapes, axes, paddings.
     pub fn to_i64_vec(&self) -> Result<Vec<i64>> {
         match (&self.data, self.dtype) {
@@ -229,6 +243,50 @@ impl Tensor {
             DType::I32 => Self::i32(shape, v.iter().map(|&x| x as i32).collect()),
             DType::I64 => Self::i64(shape, v.iter().map(|&x| x as i64).collect()),
             DType::Bool => Self::bool(shape, v.iter().map(|&x| x != 0.0).collect()),
+        }
+    }
+}
+
+/// A float32 tensor's values as they lie in memory (see `Tensor::f32_view`).
+#[derive(Clone, Copy)]
+pub enum F32View<'a> {
+    F32(&'a [f32]),
+    /// Little-endian bytes, a multiple of 4 long.
+    Le(&'a [u8]),
+}
+
+impl F32View<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            F32View::F32(v) => v.len(),
+            F32View::Le(b) => b.len() / 4,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values `start .. start + out.len()` into `out`; false (and `out`
+    /// untouched) when the run is not inside the tensor.
+    pub fn read(&self, start: usize, out: &mut [f32]) -> bool {
+        match self {
+            F32View::F32(v) => match v.get(start..start + out.len()) {
+                Some(s) => {
+                    out.copy_from_slice(s);
+                    true
+                }
+                None => false,
+            },
+            F32View::Le(b) => match b.get(start * 4..(start + out.len()) * 4) {
+                Some(s) => {
+                    for (o, c) in out.iter_mut().zip(s.chunks_exact(4)) {
+                        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                    true
+                }
+                None => false,
+            },
         }
     }
 }

@@ -110,11 +110,9 @@ pub struct CaffeNet {
 struct Later {
     layer: usize,
     blob: usize,
-    fill: FillLater,
+    count: usize,
+    fill: crate::formats::splice::Fill,
 }
-
-/// Computes a deferred blob's values from the graph.
-type FillLater = Box<dyn Fn(&Graph) -> R<Vec<f32>>>;
 
 #[derive(Clone)]
 struct Val {
@@ -418,7 +416,7 @@ impl<'g> Em<'g> {
     fn push_later(
         &mut self,
         shape: &[usize],
-        fill: impl Fn(&Graph) -> R<Vec<f32>> + 'static,
+        fill: impl Fn(&Graph, &mut crate::formats::layout::Sink<'_>) -> R<()> + 'static,
     ) -> R<()> {
         let layer = self
             .net
@@ -427,10 +425,14 @@ impl<'g> Em<'g> {
             .checked_sub(1)
             .ok_or("internal: a weight blob before any layer")?;
         let l = &mut self.net.layer[layer];
+        if self.later.last().is_some_and(|d| d.layer == layer) {
+            return Err("internal: two deferred blobs in one layer".into());
+        }
         l.blobs.push(blob(shape, vec![]));
         self.later.push(Later {
             layer,
             blob: l.blobs.len() - 1,
+            count: shape.iter().product(),
             fill: Box::new(fill),
         });
         Ok(())
@@ -571,15 +573,7 @@ impl<'g> Em<'g> {
                     p.set_group(group as u32);
                 }
                 p.set_bias_term(bias.is_some());
-                self.push_later(&[num_out, per_group_in, kh, kw], move |g| {
-                    let w = crate::formats::layout::const_f32(g, w_wire)?;
-                    Ok(crate::formats::layout::conv_oihw(
-                        &w,
-                        [kh, kw, ci, co],
-                        depthwise,
-                        ihwo,
-                    ))
-                })?;
+                self.push_later(&[num_out, per_group_in, kh, kw], crate::formats::layout::conv_fill(w_wire, [kh, kw, ci, co], depthwise, ihwo))?;
                 if let (Some(b), Some(l)) = (bias, self.net.layer.last_mut()) {
                     l.blobs.push(blob(&[num_out], b));
                 }
@@ -992,16 +986,7 @@ impl<'g> Em<'g> {
                 let p = l.inner_product_param.mut_or_insert_default();
                 p.set_num_output(nout as u32);
                 p.set_bias_term(bias.is_some());
-                self.push_later(&[nout, k], move |g| {
-                    let w = crate::formats::layout::const_f32(g, w_wire)?;
-                    if w.len() != k * nout {
-                        return Err(format!(
-                            "inner product weights hold {} values, not {k} x {nout}",
-                            w.len()
-                        ));
-                    }
-                    Ok(crate::formats::layout::inner_product(&w, k, nout, tb, flat))
-                })?;
+                self.push_later(&[nout, k], crate::formats::layout::inner_product_fill(w_wire, k, nout, tb, flat))?;
                 if let (Some(b), Some(l)) = (bias, self.net.layer.last_mut()) {
                     l.blobs.push(blob(&[nout], b));
                 }
@@ -1859,12 +1844,14 @@ pub fn prototxt(net: &mut NetParameter) -> String {
 }
 
 /// The binary caffemodel (net with weights), streamed to `w` a layer at a
-/// time: each layer's deferred weights (`Later`) are computed from `g`,
-/// written and dropped before the next. The bytes are those of encoding
-/// the whole net at once (protobuf writes fields in number order, and
-/// `layer` = 100 is NetParameter's highest set field; the test beside this
-/// checks it).
+/// time: each layer's deferred weights (`Later`) are computed from `g` a
+/// run at a time and spliced into the layer's encoding as it is written
+/// (`formats::splice`), so the writer never holds a layer's weights. The
+/// bytes are those of encoding the whole net at once (protobuf writes
+/// fields in number order, and `layer` = 100 is NetParameter's highest
+/// set field; the test beside this checks it).
 pub fn write_caffemodel(c: &mut CaffeNet, g: &Graph, w: &mut dyn std::io::Write) -> Result<()> {
+    use crate::formats::splice::{spliced_len, write_spliced, Deferred, Elem};
     use protobuf::Message;
     let enc = |e: protobuf::Error| Error::Format(format!("encoding the caffemodel: {e}"));
     let layers = std::mem::take(&mut c.net.layer);
@@ -1872,31 +1859,33 @@ pub fn write_caffemodel(c: &mut CaffeNet, g: &Graph, w: &mut dyn std::io::Write)
     c.net.layer = layers;
     w.write_all(&head?)?;
     let mut later = c.later.iter().peekable();
-    for (i, l) in c.net.layer.iter_mut().enumerate() {
-        let mut filled = vec![];
-        while let Some(d) = later.next_if(|d| d.layer == i) {
-            let data =
-                (d.fill)(g).map_err(|m| Error::Format(format!("layer '{}': {m}", l.name())))?;
-            let name = l.name().to_string();
-            let b = l
-                .blobs
-                .get_mut(d.blob)
-                .ok_or_else(|| Error::Format(format!("internal: layer '{name}' lost a blob")))?;
-            b.data = data;
-            filled.push(d.blob);
-        }
+    let tag = |w: &mut dyn std::io::Write, len: usize| -> Result<()> {
         let mut os = protobuf::CodedOutputStream::new(w);
-        let written = os
-            .write_message(LAYER_FIELD, l)
+        os.write_tag(LAYER_FIELD, protobuf::rt::WireType::LengthDelimited)
+            .and_then(|()| os.write_raw_varint64(len as u64))
             .and_then(|()| os.flush())
-            .map_err(enc);
-        drop(os);
-        for b in filled {
-            if let Some(b) = l.blobs.get_mut(b) {
-                b.data = vec![];
+            .map_err(enc)
+    };
+    for (i, l) in c.net.layer.iter().enumerate() {
+        let bytes = l.write_to_bytes().map_err(enc)?;
+        match later.next_if(|d| d.layer == i) {
+            None => {
+                tag(w, bytes.len())?;
+                w.write_all(&bytes)?;
+            }
+            Some(d) => {
+                let d = Deferred {
+                    path: vec![(7, d.blob)],
+                    field: 5,
+                    count: d.count,
+                    elem: Elem::F32,
+                    fill: &*d.fill,
+                };
+                tag(w, spliced_len(&bytes, &d)?)?;
+                write_spliced(w, &bytes, &d, g)
+                    .map_err(|e| Error::Format(format!("layer '{}': {e}", l.name())))?;
             }
         }
-        written?;
     }
     Ok(())
 }
@@ -2002,7 +1991,8 @@ mod tests {
             }
             let mut whole = c.net.clone();
             for d in &c.later {
-                whole.layer[d.layer].blobs[d.blob].data = (d.fill)(&g).unwrap();
+                let data = crate::formats::splice::collect(&*d.fill, &g).unwrap();
+                whole.layer[d.layer].blobs[d.blob].data = data;
             }
             assert_eq!(streamed, whole.write_to_bytes().unwrap(), "{case}");
         }

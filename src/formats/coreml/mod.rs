@@ -43,9 +43,9 @@ impl Format for Coreml {
         let mut copts = o.coreml.clone();
         copts.source_name.clone_from(&o.source.name);
         copts.source_sha256.clone_from(&o.source.sha256);
-        let c = write::emit(g, &copts)?;
+        let mut c = write::emit(g, &copts)?;
         out.stage(&format!("{}.mlmodel", o.name), |w| {
-            write::write_mlmodel(&c.model, w)
+            write::write_mlmodel(&mut c, g, w)
         })?;
         let layers = match &c.model.Type {
             Some(crate::proto::coreml::model::Type::NeuralNetwork(n)) => n.layers.len(),

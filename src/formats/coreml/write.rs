@@ -83,8 +83,11 @@ pub struct CoremlOptions {
 }
 
 pub struct CoremlModel {
+    /// The model, with the weights in `later` still empty.
     pub model: Model,
     pub blobs: Vec<CoremlBlob>,
+    later: Vec<Later>,
+    fp16: bool,
 }
 
 #[derive(Clone)]
@@ -126,6 +129,20 @@ struct Em<'g> {
     /// The lowest specification version that has every layer written: 1,
     /// or 4 once a gelu layer is.
     spec_version: i32,
+    later: Vec<Later>,
+}
+
+/// A convolution's or inner product's weights, left empty in its layer
+/// and computed from the graph a run at a time as `write_mlmodel` writes
+/// that layer (see `formats::splice`): the writer never holds a second
+/// copy of the model's weights.
+pub struct Later {
+    layer: usize,
+    /// The layer's parameters field (convolution 100, innerProduct 140)
+    /// and their `weights` field (90, 20).
+    path: [(u32, usize); 2],
+    count: usize,
+    fill: crate::formats::splice::Fill,
 }
 
 fn weights(v: &[f32], fp16: bool) -> WeightParams {
@@ -269,8 +286,9 @@ impl<'g> Em<'g> {
                     .map_err(|e| e.to_string())?
                     .shape
                     .clone();
-                let w = self.konst(n.inputs[1])?;
-                let (kh, kw, ci, co) = (ws[0], ws[1], ws[2], ws[3]);
+                let &[kh, kw, ci, co] = ws.as_slice() else {
+                    return Err(format!("filter of shape {ws:?}"));
+                };
                 let (_, ph) =
                     resolve_axis(&c.padding, 0, x.chw[1], kh, c.strides[0], c.dilations[0])
                         .ok_or("window does not fit")?;
@@ -282,18 +300,17 @@ impl<'g> Em<'g> {
                 } else {
                     (co, 1, ci)
                 };
-                let wc =
-                    crate::formats::layout::conv_oihw(&w, [kh, kw, ci, co], c.depthwise, false);
                 let p = self.conv_params(
                     [num_out, kernel_ch, groups],
                     [kh, kw],
                     c.strides,
                     c.dilations,
                     [ph, pw],
-                    &wc,
                     n.inputs.get(2).copied(),
                 )?;
                 self.layer(&name, &[&x.blob], &out, Layer::Convolution(p));
+                let (w_wire, depthwise) = (n.inputs[1], c.depthwise);
+                self.defer(CONVOLUTION, CONV_WEIGHTS, kh * kw * ci * co, crate::formats::layout::conv_fill(w_wire, [kh, kw, ci, co], depthwise, false))?;
                 done(out)
             }
             Op::Deconv2d(d) => {
@@ -316,19 +333,18 @@ impl<'g> Em<'g> {
                 let pads = d
                     .pads([x.chw[1], x.chw[2]], [kh, kw])
                     .ok_or("the deconvolution does not fit its input")?;
-                let w = self.konst(n.inputs[1])?;
-                let wc = crate::formats::layout::conv_oihw(&w, [kh, kw, co, ci], false, false);
                 let mut p = self.conv_params(
                     [co, ci, 1],
                     [kh, kw],
                     d.strides,
                     [1, 1],
                     pads,
-                    &wc,
                     n.inputs.get(2).copied(),
                 )?;
                 p.isDeconvolution = true;
                 self.layer(&name, &[&x.blob], &out, Layer::Convolution(p));
+                let w_wire = n.inputs[1];
+                self.defer(CONVOLUTION, CONV_WEIGHTS, kh * kw * co * ci, crate::formats::layout::conv_fill(w_wire, [kh, kw, co, ci], false, false))?;
                 done(out)
             }
             Op::BiasAdd { .. } => {
@@ -616,7 +632,6 @@ impl<'g> Em<'g> {
                 if x.layout == CoremlLayout::Chw {
                     return Err("MatMul of a 4-D value".into());
                 }
-                let w = self.konst(n.inputs[1])?;
                 let bs = g
                     .fact(n.inputs[1])
                     .map_err(|e| e.to_string())?
@@ -626,17 +641,19 @@ impl<'g> Em<'g> {
                     CoremlLayout::FlatChw { h, w, c } => Some([h, w, c]),
                     _ => None,
                 };
-                let (wc, k, nout) =
-                    crate::formats::layout::inner_product_of(&w, &bs, *transpose_b, flat);
+                let (k, nout) = crate::formats::layout::inner_product_dims(&bs, *transpose_b);
                 let mut p = InnerProductLayerParams::new();
                 p.inputChannels = k as u64;
                 p.outputChannels = nout as u64;
-                p.weights = Some(weights(&wc, self.fp16)).into();
+                // Filled by `later`.
+                p.weights = Some(WeightParams::new()).into();
                 if let Some(b) = n.inputs.get(2) {
                     p.hasBias = true;
                     p.bias = Some(weights(&self.konst(*b)?, self.fp16)).into();
                 }
                 self.layer(&name, &[&x.blob], &out, Layer::InnerProduct(p));
+                let (w_wire, tb) = (n.inputs[1], *transpose_b);
+                self.defer(INNER_PRODUCT, INNER_PRODUCT_WEIGHTS, k * nout, crate::formats::layout::inner_product_fill(w_wire, k, nout, tb, flat))?;
                 done(out)
             }
             Op::Reshape { .. } | Op::Squeeze { .. } | Op::ExpandDims { .. } => {
@@ -916,7 +933,6 @@ impl<'g> Em<'g> {
         strides: [usize; 2],
         dilations: [usize; 2],
         pads: [[usize; 2]; 2],
-        wc: &[f32],
         bias: Option<Wire>,
     ) -> R<ConvolutionLayerParams> {
         let mut p = ConvolutionLayerParams::new();
@@ -930,12 +946,36 @@ impl<'g> Em<'g> {
         v.paddingAmounts = Some(borders(pads)).into();
         p.ConvolutionPaddingType =
             Some(crate::proto::coreml::convolution_layer_params::ConvolutionPaddingType::Valid(v));
-        p.weights = Some(weights(wc, self.fp16)).into();
+        // Filled by `later` (see `defer`).
+        p.weights = Some(WeightParams::new()).into();
         if let Some(b) = bias {
             p.hasBias = true;
             p.bias = Some(weights(&self.konst(b)?, self.fp16)).into();
         }
         Ok(p)
+    }
+
+    /// The last layer's weights (empty in it) are `count` values that
+    /// `fill` computes as the model is written.
+    fn defer(
+        &mut self,
+        params_field: u32,
+        weights_field: u32,
+        count: usize,
+        fill: impl Fn(&Graph, &mut crate::formats::layout::Sink<'_>) -> R<()> + 'static,
+    ) -> R<()> {
+        let layer = self
+            .layers
+            .len()
+            .checked_sub(1)
+            .ok_or("internal: weights before any layer")?;
+        self.later.push(Later {
+            layer,
+            path: [(params_field, 0), (weights_field, 0)],
+            count,
+            fill: Box::new(fill),
+        });
+        Ok(())
     }
 
     fn scale_layer(
@@ -1180,6 +1220,7 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
         vals: HashMap::new(),
         names: HashSet::new(),
         spec_version: 1,
+        later: vec![],
     };
     let mut blobs = vec![];
     crate::formats::walk_needed(g, "Core ML", |i| {
@@ -1263,12 +1304,158 @@ pub fn emit(g: &Graph, opts: &CoremlOptions) -> Result<CoremlModel> {
     model.specificationVersion = spec_version;
     model.description = Some(desc).into();
     model.Type = Some(model::Type::NeuralNetwork(nn));
-    Ok(CoremlModel { model, blobs })
+    Ok(CoremlModel {
+        model,
+        blobs,
+        later: em.later,
+        fp16: opts.fp16,
+    })
 }
 
-pub fn write_mlmodel(model: &Model, w: &mut dyn std::io::Write) -> Result<()> {
+/// NeuralNetworkLayer's `convolution` and `innerProduct` fields and their
+/// parameters' `weights` fields (NeuralNetwork.proto).
+const CONVOLUTION: u32 = 100;
+const CONV_WEIGHTS: u32 = 90;
+const INNER_PRODUCT: u32 = 140;
+const INNER_PRODUCT_WEIGHTS: u32 = 20;
+/// Model's `neuralNetwork` field and NeuralNetwork's `layers` field.
+const NEURAL_NETWORK: u32 = 500;
+const LAYERS: u32 = 1;
+
+/// The .mlmodel, streamed to `w`: the model's head, then a layer at a time
+/// with its deferred weights (`Later`) computed from `g` a run at a time
+/// and spliced in (`formats::splice`). The bytes are those of encoding the
+/// whole model at once (rust-protobuf writes fields in declaration order:
+/// the network last in Model, its layers first in NeuralNetwork; the test
+/// beside this checks it).
+pub fn write_mlmodel(c: &mut CoremlModel, g: &Graph, w: &mut dyn std::io::Write) -> Result<()> {
+    use crate::formats::splice::{spliced_len, write_spliced, Deferred, Elem};
     use protobuf::Message;
-    model
-        .write_to_writer(w)
+    let enc = |e: protobuf::Error| Error::Format(format!("encoding the mlmodel: {e}"));
+    let Some(model::Type::NeuralNetwork(mut nn)) = c.model.Type.take() else {
+        return c.model.write_to_writer(w).map_err(enc);
+    };
+    let head = c.model.write_to_bytes().map_err(enc);
+    let layers = std::mem::take(&mut nn.layers);
+    let rest = nn.write_to_bytes().map_err(enc);
+    let encoded: std::result::Result<Vec<Vec<u8>>, _> = layers
+        .iter()
+        .map(|l| l.write_to_bytes().map_err(enc))
+        .collect();
+    nn.layers = layers;
+    c.model.Type = Some(model::Type::NeuralNetwork(nn));
+    let (head, rest, encoded) = (head?, rest?, encoded?);
+    let elem = if c.fp16 { Elem::F16 } else { Elem::F32 };
+    let field = if c.fp16 { 2 } else { 1 };
+    let deferred: Vec<Option<Deferred>> = {
+        let mut d: Vec<Option<Deferred>> = (0..encoded.len()).map(|_| None).collect();
+        for l in &c.later {
+            let slot = d
+                .get_mut(l.layer)
+                .ok_or_else(|| Error::Format("internal: deferred weights of no layer".into()))?;
+            *slot = Some(Deferred {
+                path: l.path.to_vec(),
+                field,
+                count: l.count,
+                elem,
+                fill: &*l.fill,
+            });
+        }
+        d
+    };
+    let mut lens = Vec::with_capacity(encoded.len());
+    for (bytes, d) in encoded.iter().zip(&deferred) {
+        lens.push(match d {
+            Some(d) => spliced_len(bytes, d)?,
+            None => bytes.len(),
+        });
+    }
+    let nn_len: usize = lens
+        .iter()
+        .map(|&l| tag_len(LAYERS) + varint_len(l) + l)
+        .sum::<usize>()
+        + rest.len();
+    w.write_all(&head)?;
+    write_len_tag(w, NEURAL_NETWORK, nn_len)?;
+    for ((bytes, d), len) in encoded.iter().zip(&deferred).zip(lens) {
+        write_len_tag(w, LAYERS, len)?;
+        match d {
+            Some(d) => write_spliced(w, bytes, d, g)?,
+            None => w.write_all(bytes)?,
+        }
+    }
+    w.write_all(&rest)?;
+    Ok(())
+}
+
+fn varint_len(v: usize) -> usize {
+    let mut n = 1;
+    let mut v = v >> 7;
+    while v > 0 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn tag_len(field: u32) -> usize {
+    varint_len((field as usize) << 3)
+}
+
+/// A length-delimited field's tag and length.
+fn write_len_tag(w: &mut dyn std::io::Write, field: u32, len: usize) -> Result<()> {
+    let mut os = protobuf::CodedOutputStream::new(w);
+    os.write_tag(field, protobuf::rt::WireType::LengthDelimited)
+        .and_then(|()| os.write_raw_varint64(len as u64))
+        .and_then(|()| os.flush())
         .map_err(|e| Error::Format(format!("encoding the mlmodel: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    /// Streaming the .mlmodel with its weights spliced in a run at a time
+    /// gives the bytes of encoding the whole model at once, in float32 and
+    /// float16, for convolutions, depthwise ones and inner products.
+    #[test]
+    fn streamed_mlmodel_is_the_whole_model_encoded() {
+        for case in ["matmul_bn", "depthwise_relu6", "flatten_output", "deconv"] {
+            for fp16 in [false, true] {
+                let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("fixtures")
+                    .join(case)
+                    .join("model.pb");
+                let mut g = crate::frontend::tf::load(&model, &Default::default()).unwrap();
+                crate::passes::run(&mut g, &Default::default()).unwrap();
+                let opts = CoremlOptions {
+                    fp16,
+                    ..Default::default()
+                };
+                let mut c = emit(&g, &opts).unwrap();
+                assert!(!c.later.is_empty(), "{case}: no deferred weights");
+                let mut streamed = vec![];
+                write_mlmodel(&mut c, &g, &mut streamed).unwrap();
+                let mut whole = c.model.clone();
+                let Some(model::Type::NeuralNetwork(nn)) = &mut whole.Type else {
+                    panic!("{case}: not a neural network");
+                };
+                for d in &c.later {
+                    let data = crate::formats::splice::collect(&*d.fill, &g).unwrap();
+                    let w = match nn.layers[d.layer].layer.as_mut().unwrap() {
+                        Layer::Convolution(p) => p.weights.as_mut().unwrap(),
+                        Layer::InnerProduct(p) => p.weights.as_mut().unwrap(),
+                        _ => panic!("{case}: deferred weights of another layer"),
+                    };
+                    *w = weights(&data, fp16);
+                }
+                assert_eq!(
+                    streamed,
+                    whole.write_to_bytes().unwrap(),
+                    "{case} fp16 {fp16}"
+                );
+            }
+        }
+    }
 }

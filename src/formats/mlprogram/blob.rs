@@ -41,35 +41,61 @@ impl BlobType {
     }
 }
 
+/// A blob's data: bytes the graph already holds in the right layout
+/// (shared, not copied), or values re-laid out as the file is written, a
+/// run at a time (convolution and inner-product weights: the writer never
+/// holds a second copy of the model's weights).
+pub enum BlobData {
+    Bytes(Bytes),
+    Later {
+        count: usize,
+        fill: crate::formats::splice::Fill,
+    },
+}
+
+impl BlobData {
+    fn len(&self, ty: BlobType) -> usize {
+        match self {
+            BlobData::Bytes(b) => b.len(),
+            BlobData::Later { count, .. } => count * ty.size(),
+        }
+    }
+}
+
 /// Blobs collected while a program is emitted; offsets are known as each is
-/// added, the bytes are written once at the end (shared, not copied, where
-/// the graph already holds them in the right layout).
+/// added, the bytes are written once at the end.
 #[derive(Default)]
 pub struct BlobWriter {
-    blobs: Vec<(u64, BlobType, Bytes)>,
+    blobs: Vec<(u64, BlobType, BlobData)>,
     end: usize,
 }
 
 impl BlobWriter {
     /// Add a blob; returns the offset its `blobFileValue` names.
-    pub fn add(&mut self, ty: BlobType, data: Bytes) -> u64 {
+    pub fn add(&mut self, ty: BlobType, data: impl Into<BlobData>) -> u64 {
+        let data = data.into();
         let at = self.end.max(HEADER).next_multiple_of(ALIGN);
         let data_at = at + META;
-        self.end = data_at + data.len();
+        self.end = data_at + data.len(ty);
         self.blobs.push((at as u64, ty, data));
         at as u64
     }
 
     /// Total bytes of blob data.
     pub fn data_bytes(&self) -> usize {
-        self.blobs.iter().map(|(_, _, d)| d.len()).sum()
+        self.blobs.iter().map(|(_, t, d)| d.len(*t)).sum()
     }
 
     pub fn count(&self) -> usize {
         self.blobs.len()
     }
 
-    pub fn write(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// Write the file, computing deferred blobs from `g`.
+    pub fn write(
+        &self,
+        g: &crate::ir::Graph,
+        w: &mut dyn std::io::Write,
+    ) -> Result<(), crate::Error> {
         let mut header = [0u8; HEADER];
         header[0..4].copy_from_slice(&(self.blobs.len() as u32).to_le_bytes());
         header[4..8].copy_from_slice(&VERSION.to_le_bytes());
@@ -78,17 +104,34 @@ impl BlobWriter {
         let zeros = [0u8; ALIGN];
         for (at, ty, data) in &self.blobs {
             let at = *at as usize;
+            let len = data.len(*ty);
             w.write_all(&zeros[..at - pos])?;
             let mut meta = [0u8; META];
             meta[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
             meta[4..8].copy_from_slice(&ty.code().to_le_bytes());
-            meta[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+            meta[8..16].copy_from_slice(&(len as u64).to_le_bytes());
             meta[16..24].copy_from_slice(&((at + META) as u64).to_le_bytes());
             w.write_all(&meta)?;
-            w.write_all(data)?;
-            pos = at + META + data.len();
+            match data {
+                BlobData::Bytes(b) => w.write_all(b)?,
+                BlobData::Later { count, fill } => {
+                    use crate::formats::splice::{write_values, Elem};
+                    let elem = match ty {
+                        BlobType::F16 => Elem::F16,
+                        BlobType::F32 => Elem::F32,
+                    };
+                    write_values(w, *count, elem, &**fill, g)?;
+                }
+            }
+            pos = at + META + len;
         }
         Ok(())
+    }
+}
+
+impl From<Bytes> for BlobData {
+    fn from(b: Bytes) -> Self {
+        BlobData::Bytes(b)
     }
 }
 
@@ -165,7 +208,7 @@ mod tests {
         assert_eq!(a, 64);
         assert_eq!(b % ALIGN as u64, 0);
         let mut out = vec![];
-        w.write(&mut out).unwrap();
+        w.write(&Default::default(), &mut out).unwrap();
         let f = BlobFile::new(Bytes::from(out)).unwrap();
         let (ta, da) = f.get(a).unwrap();
         assert_eq!((ta, &da[..]), (BlobType::F32, &[1u8; 12][..]));
@@ -180,7 +223,7 @@ mod tests {
         let mut w = BlobWriter::default();
         let a = w.add(BlobType::F32, Bytes::from(vec![1u8; 400]));
         let mut out = vec![];
-        w.write(&mut out).unwrap();
+        w.write(&Default::default(), &mut out).unwrap();
         out.truncate(300);
         let f = BlobFile::new(Bytes::from(out)).unwrap();
         assert!(f.get(a).unwrap_err().contains("past the end"));

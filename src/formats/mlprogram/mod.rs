@@ -115,7 +115,7 @@ impl Format for MlProgram {
                     .write_to_writer(w)
                     .map_err(|e| Error::Format(format!("encoding the ML Program: {e}")))
             })?;
-            write_file(&wdir.join("weight.bin"), |w| Ok(p.blobs.write(w)?))?;
+            write_file(&wdir.join("weight.bin"), |w| p.blobs.write(g, w))?;
             write_file(&dir.join("Manifest.json"), |w| {
                 let text = serde_json::to_string_pretty(&manifest(&o.name))
                     .map_err(|e| Error::Format(e.to_string()))?;

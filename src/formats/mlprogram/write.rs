@@ -355,6 +355,35 @@ impl<'g> Em<'g> {
         self.const_op(base, value, vt)
     }
 
+    /// A constant of `count` values that `fill` computes from the graph:
+    /// a large one is a blob filled as the weight file is written (the
+    /// writer never holds the re-laid-out weights of the whole model), a
+    /// small one is computed now and written inline.
+    fn const_later(
+        &mut self,
+        base: &str,
+        shape: &[usize],
+        count: usize,
+        fill: impl Fn(&Graph, &mut crate::formats::layout::Sink<'_>) -> R<()> + 'static,
+    ) -> R<String> {
+        if count <= INLINE_MAX {
+            let v = crate::formats::splice::collect(&fill, self.g)?;
+            return Ok(self.const_f(base, shape, &v));
+        }
+        let dt = self.act();
+        let ty = if self.fp16 {
+            BlobType::F16
+        } else {
+            BlobType::F32
+        };
+        let data = super::blob::BlobData::Later {
+            count,
+            fill: Box::new(fill),
+        };
+        let value = self.blob_value(dt, shape, ty, data);
+        Ok(self.const_op(base, value, tensor_type(dt, shape)))
+    }
+
     /// A float32 constant whose bytes the graph already holds (no copy).
     fn const_bytes(&mut self, base: &str, shape: &[usize], w: Wire) -> R<String> {
         let t = self
@@ -373,8 +402,14 @@ impl<'g> Em<'g> {
         Ok(self.const_op(base, v, tensor_type(DataType::FLOAT32, shape)))
     }
 
-    fn blob_value(&mut self, dt: DataType, shape: &[usize], ty: BlobType, bytes: Bytes) -> Value {
-        let offset = self.blobs.add(ty, bytes);
+    fn blob_value(
+        &mut self,
+        dt: DataType,
+        shape: &[usize],
+        ty: BlobType,
+        data: impl Into<super::blob::BlobData>,
+    ) -> Value {
+        let offset = self.blobs.add(ty, data);
         let mut b = BlobFileValue::new();
         b.fileName = WEIGHT_FILE.into();
         b.offset = offset;
@@ -687,9 +722,6 @@ impl<'g> Em<'g> {
                 let &[kh, kw, ci, co] = ws.as_slice() else {
                     return Err(format!("filter of shape {ws:?}"));
                 };
-                let w = self.konst(input(1)?)?;
-                let wc =
-                    crate::formats::layout::conv_oihw(&w, [kh, kw, ci, co], c.depthwise, false);
                 let (oshape, groups) = if c.depthwise {
                     ([ci * co, 1, kh, kw], ci)
                 } else {
@@ -708,7 +740,13 @@ impl<'g> Em<'g> {
                     Layout::Nchw => Form::Tf,
                 };
                 let (out, label) = self.out_name(n, form);
-                let weight = self.const_f(&format!("{out}_weight"), &oshape, &wc);
+                let (w_wire, depthwise) = (input(1)?, c.depthwise);
+                let weight = self.const_later(
+                    &format!("{out}_weight"),
+                    &oshape,
+                    kh * kw * ci * co,
+                    crate::formats::layout::conv_fill(w_wire, [kh, kw, ci, co], depthwise, false),
+                )?;
                 let mut args = vec![("x", Arg::One(&x)), ("weight", Arg::One(&weight))];
                 let bias = match n.inputs.get(2) {
                     Some(&b) => Some(self.const_bytes(&format!("{out}_bias"), &[oshape[0]], b)?),
@@ -750,10 +788,14 @@ impl<'g> Em<'g> {
                 let pads = d
                     .pads([xs[1], xs[2]], [kh, kw])
                     .ok_or("the deconvolution does not fit its input")?;
-                let w = self.konst(input(1)?)?;
-                let wc = crate::formats::layout::conv_oihw(&w, [kh, kw, co, ci], false, false);
                 let (out, label) = self.out_name(n, Form::Nchw);
-                let weight = self.const_f(&format!("{out}_weight"), &[ci, co, kh, kw], &wc);
+                let w_wire = input(1)?;
+                let weight = self.const_later(
+                    &format!("{out}_weight"),
+                    &[ci, co, kh, kw],
+                    kh * kw * co * ci,
+                    crate::formats::layout::conv_fill(w_wire, [kh, kw, co, ci], false, false),
+                )?;
                 let mut args = vec![("x", Arg::One(&x)), ("weight", Arg::One(&weight))];
                 let bias = match n.inputs.get(2) {
                     Some(&b) => Some(self.const_bytes(&format!("{out}_bias"), &[co], b)?),
@@ -1164,11 +1206,15 @@ impl<'g> Em<'g> {
                         Form::Flat(hwc) => (v.var.clone(), Some(hwc)),
                         _ => (self.col(aw)?, None),
                     };
-                    let w = self.konst(bw)?;
-                    let (wc, k, m) =
-                        crate::formats::layout::inner_product_of(&w, &sb, *transpose_b, flat);
+                    let (k, m) = crate::formats::layout::inner_product_dims(&sb, *transpose_b);
                     let (out, label) = self.out_name(n, Form::Col);
-                    let weight = self.const_f(&format!("{out}_weight"), &[m, k, 1, 1], &wc);
+                    let tb = *transpose_b;
+                    let weight = self.const_later(
+                        &format!("{out}_weight"),
+                        &[m, k, 1, 1],
+                        k * m,
+                        crate::formats::layout::inner_product_fill(bw, k, m, tb, flat),
+                    )?;
                     let mut args = vec![("x", Arg::One(&x)), ("weight", Arg::One(&weight))];
                     let bias = match n.inputs.get(2) {
                         Some(&b) => Some(self.const_bytes(&format!("{out}_bias"), &[m], b)?),

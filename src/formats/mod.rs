@@ -276,3 +276,16 @@ pub fn walk_needed(
         Err(Error::Unsupported(unsupported))
     }
 }
+
+/// A fixture's graph after the default passes, as the writers get it
+/// (their unit tests).
+#[cfg(test)]
+pub(crate) fn fixture_graph(case: &str) -> Graph {
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(case)
+        .join("model.pb");
+    let mut g = crate::frontend::tf::load(&model, &Default::default()).unwrap();
+    crate::passes::run(&mut g, &Default::default()).unwrap();
+    g
+}

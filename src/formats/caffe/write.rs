@@ -1975,12 +1975,7 @@ mod tests {
     #[test]
     fn streamed_caffemodel_is_the_whole_net_encoded() {
         for case in ["matmul_bn", "depthwise_relu6", "flatten_output"] {
-            let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures")
-                .join(case)
-                .join("model.pb");
-            let mut g = crate::frontend::tf::load(&model, &Default::default()).unwrap();
-            crate::passes::run(&mut g, &Default::default()).unwrap();
+            let g = crate::formats::fixture_graph(case);
             let mut c = emit(&g, "net").unwrap();
             assert!(!c.later.is_empty(), "{case}: no deferred weights");
             let mut streamed = vec![];

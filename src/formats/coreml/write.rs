@@ -1423,12 +1423,7 @@ mod tests {
     fn streamed_mlmodel_is_the_whole_model_encoded() {
         for case in ["matmul_bn", "depthwise_relu6", "flatten_output", "deconv"] {
             for fp16 in [false, true] {
-                let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("fixtures")
-                    .join(case)
-                    .join("model.pb");
-                let mut g = crate::frontend::tf::load(&model, &Default::default()).unwrap();
-                crate::passes::run(&mut g, &Default::default()).unwrap();
+                let g = crate::formats::fixture_graph(case);
                 let opts = CoremlOptions {
                     fp16,
                     ..Default::default()

@@ -621,9 +621,16 @@ def case_resize_any(seed):
         n = tf.raw_ops.ResizeNearestNeighbor(images=s, size=[7, 10], align_corners=True, name="nearest_corners")
         m = tf.raw_ops.ResizeNearestNeighbor(images=n, size=[5, 4], half_pixel_centers=True, name="nearest_shrink")
         tf.identity(m, name="output")
+        # TF1's legacy nearest by factors whose float32 `in / out` rounds
+        # down (41, 47): TF reads one pixel early at rows 41, 82, ... and
+        # columns 47, 94, ..., which no repeat and no ONNX Resize computes.
+        r = tf.raw_ops.ResizeNearestNeighbor(images=s, size=[4 * 41, 5], name="nearest_legacy_41")
+        k = tf.raw_ops.ResizeNearestNeighbor(images=s, size=[4, 5 * 47], name="nearest_legacy_47")
+        tf.identity(r, name="legacy_rows")
+        tf.identity(k, name="legacy_cols")
         return {"input": rng.normal(0, 1, [1, 9, 7, 3])}
     return build, ["down", "bilinear_corners", "bilinear_shrink", "nearest_corners", "nearest_shrink",
-                   "output"], ["output"]
+                   "output", "legacy_rows", "legacy_cols"], ["output", "legacy_rows", "legacy_cols"]
 
 
 def case_resize_corners(seed):
@@ -720,7 +727,8 @@ CASES = {
     "upsample": (case_upsample(120), "Upsampling by whole factors: half-pixel nearest and bilinear (Keras "
                                      "UpSampling2D), TF1 legacy bilinear and nearest, a skip concat"),
     "resize_any": (case_resize_any(121), "Resizes by no whole factor: bilinear with align_corners, a "
-                                         "half-pixel shrink, nearest with align_corners and a shrink"),
+                                         "half-pixel shrink, nearest with align_corners and a shrink, "
+                                         "TF1 legacy nearest by 41 and 47 (one pixel early)"),
     "deconv": (case_deconv(123), "Transposed convolutions: SAME stride 2 (kernel 3, an odd row cropped; "
                                  "kernel 4, size from tf.shape), VALID kernel 2 and 3 stride 2, bias + ReLU"),
     "resize_corners": (case_resize_corners(124), "Bilinear resizes by no whole factor that Core ML holds: "

@@ -896,26 +896,60 @@ impl<'g> Em<'g> {
                     nchw: true,
                 }))
             }
+            Op::Resize(r) if r.mode == ResizeMode::Nearest => {
+                // Nearest picks whole pixels: a Gather per spatial axis with
+                // the source indices TF computes (its float32 `in / out`,
+                // which rounds down for some factors: 41, 47, 55, ... under
+                // the legacy rule), so every rule and factor is exact. ONNX
+                // Resize recomputes the coordinates in its own arithmetic
+                // (`dst / (out / in)`) and reads one pixel early there.
+                let x = self.nchw(input(0)?)?;
+                let &[_, h, w, _] = self.shape(input(0)?)?.as_slice() else {
+                    return Err("a resize of a map that is not rank 4".into());
+                };
+                let mut cur = x;
+                for (axis, (from, to)) in [(2i64, (h, r.size[0])), (3, (w, r.size[1]))] {
+                    if from == to {
+                        continue;
+                    }
+                    let idx: Vec<i64> = r
+                        .nearest_sources(from, to)
+                        .iter()
+                        .map(|&i| i as i64)
+                        .collect();
+                    let idx = self.init_i64(&format!("{}/sources_{axis}", n.name), &idx);
+                    let out = if axis == 3 || w == r.size[1] {
+                        self.out_name(n, true)
+                    } else {
+                        self.fresh(&format!("{}/rows{NCHW_SUFFIX}", n.name))
+                    };
+                    self.node("Gather", &[&cur, &idx], &out, vec![attr_int("axis", axis)]);
+                    cur = out;
+                }
+                if h == r.size[0] && w == r.size[1] {
+                    let out = self.out_name(n, true);
+                    self.node("Identity", &[&cur], &out, vec![]);
+                    cur = out;
+                }
+                Ok(Some(Val {
+                    name: cur,
+                    nchw: true,
+                }))
+            }
             Op::Resize(r) => {
-                // Resize-13 on the channel-first form. TF's coordinate
-                // rules have ONNX names; half-pixel nearest is
-                // floor((dst + 0.5) * in / out), which is half_pixel's
-                // (dst + 0.5) * in / out - 0.5 rounded half up.
+                // Resize-13 (linear) on the channel-first form: TF's
+                // coordinate rules have ONNX names.
                 let x = self.nchw(input(0)?)?;
                 let s = self.shape(input(0)?)?;
-                let (coords, nearest) = match (r.align_corners, r.half_pixel_centers) {
-                    (true, _) => ("align_corners", "round_prefer_ceil"),
-                    (false, true) => ("half_pixel", "round_prefer_ceil"),
-                    (false, false) => ("asymmetric", "floor"),
+                let coords = match (r.align_corners, r.half_pixel_centers) {
+                    (true, _) => "align_corners",
+                    (false, true) => "half_pixel",
+                    (false, false) => "asymmetric",
                 };
-                let mut attrs = vec![attr_str("coordinate_transformation_mode", coords)];
-                match r.mode {
-                    ResizeMode::Nearest => {
-                        attrs.push(attr_str("mode", "nearest"));
-                        attrs.push(attr_str("nearest_mode", nearest));
-                    }
-                    ResizeMode::Bilinear => attrs.push(attr_str("mode", "linear")),
-                }
+                let attrs = vec![
+                    attr_str("coordinate_transformation_mode", coords),
+                    attr_str("mode", "linear"),
+                ];
                 let sizes = self.init_i64(
                     &format!("{}/sizes", n.name),
                     &ints(&[s[0], s[3], r.size[0], r.size[1]]),

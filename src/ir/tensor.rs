@@ -267,6 +267,38 @@ impl F32View<'_> {
         self.len() == 0
     }
 
+    /// Values `start .. start + 8`, `None` when not inside the tensor: the
+    /// transposes' tile loads (one 32-byte read, no call to memcpy).
+    #[inline]
+    pub fn read8(&self, start: usize) -> Option<[f32; 8]> {
+        match self {
+            F32View::F32(v) => v.get(start..start.checked_add(8)?)?.try_into().ok(),
+            F32View::Le(b) => {
+                let s: &[u8; 32] = b
+                    .get(start * 4..start.checked_add(8)? * 4)?
+                    .try_into()
+                    .ok()?;
+                let mut out = [0.0f32; 8];
+                for (o, c) in out.iter_mut().zip(s.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// Value `i`, `None` when not inside the tensor.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<f32> {
+        match self {
+            F32View::F32(v) => v.get(i).copied(),
+            F32View::Le(b) => {
+                let c = b.get(i * 4..i.checked_add(1)? * 4)?;
+                Some(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            }
+        }
+    }
+
     /// Values `start .. start + out.len()` into `out`; false (and `out`
     /// untouched) when the run is not inside the tensor.
     pub fn read(&self, start: usize, out: &mut [f32]) -> bool {

@@ -505,7 +505,7 @@ impl<'g> Em<'g> {
                     .shape
                     .clone();
                 let w_wire = n.inputs[1];
-                self.konst(w_wire)?;
+                crate::formats::layout::const_view(self.g, w_wire)?;
                 let (kh, kw, ci, co) = (ws[0], ws[1], ws[2], ws[3]);
                 let [_, _, h, wd] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
                 let (oh, [pt, pb]) =
@@ -962,7 +962,7 @@ impl<'g> Em<'g> {
                 }
                 let x = self.val(n.inputs[0])?;
                 let w_wire = n.inputs[1];
-                self.konst(w_wire)?;
+                crate::formats::layout::const_view(self.g, w_wire)?;
                 let bs = g
                     .fact(n.inputs[1])
                     .map_err(|e| e.to_string())?

@@ -290,6 +290,10 @@ impl Winograd {
             s.resize(need, 0.0);
         }
         let (v, mm) = s.split_at_mut(a2 * nt * c);
+        // One tile's work arrays for the whole block: zeroed per tile and
+        // chunk they were a memset call each time.
+        let (mut d, mut tv): (Vecs, Vecs) = ([[[0.0; LANES]; 6]; 6], [[[0.0; LANES]; 6]; 6]);
+        let mut y: Out = [[[0.0; LANES]; 4]; 4];
         for t in 0..nt {
             let tile = job.t0 + t;
             let (b, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
@@ -301,7 +305,16 @@ impl Winograd {
             let mut c0 = 0;
             while c0 < c {
                 let w = LANES.min(c - c0);
-                input_chunk::<K>(job.x, g, origin, c0, w, &mut v[t * c + c0..], nt * c);
+                input_chunk::<K>(
+                    job.x,
+                    g,
+                    origin,
+                    c0,
+                    w,
+                    &mut v[t * c + c0..],
+                    nt * c,
+                    (&mut d, &mut tv),
+                );
                 c0 += w;
             }
         }
@@ -329,7 +342,7 @@ impl Winograd {
             let mut k0 = 0;
             while k0 < k {
                 let w = LANES.min(k - k0);
-                let y = output_chunk::<K>(&mm[t * k + k0..], nt * k);
+                output_chunk::<K>(&mm[t * k + k0..], nt * k, (&mut d, &mut tv, &mut y));
                 for o1 in 0..rows {
                     for o2 in 0..cols {
                         let p = first + o1 * g.ow + o2;
@@ -365,8 +378,16 @@ struct Job<'a> {
 type Vecs = [[[f32; LANES]; 6]; 6];
 
 /// Transform channels c0..c0+w of one input tile (origin = sample, row,
-/// column, the latter two wrapped below zero) into `v[xi * stride ..]`.
+/// column, the latter two wrapped below zero) into `v[xi * stride ..]`,
+/// with the block's work arrays `d` and `t`.
+///
+/// Whole 16-lane vectors move as one unaligned array read or write of a
+/// checked range: as slice copies of a length only known at run time, and
+/// with the work arrays zeroed per call, each tile cost dozens of memcpy
+/// and memset calls (a quarter of a 32-channel layer's time; F(4x4) on
+/// FaceNet's stem 12-17% faster without them, `examples/bench_winograd`).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn input_chunk<K: Kind>(
     x: &[f32],
     g: &ConvGeometry,
@@ -375,24 +396,31 @@ fn input_chunk<K: Kind>(
     w: usize,
     v: &mut [f32],
     stride: usize,
+    (d, t): (&mut Vecs, &mut Vecs),
 ) {
     let a = K::ALPHA;
-    let mut d: Vecs = [[[0.0; LANES]; 6]; 6];
     for (i, row) in d.iter_mut().enumerate().take(a) {
         let iy = origin[1].wrapping_add(i);
-        if iy >= g.h {
-            continue;
-        }
         for (j, px) in row.iter_mut().enumerate().take(a) {
             let ix = origin[2].wrapping_add(j);
-            if ix < g.w {
+            if iy >= g.h || ix >= g.w {
+                *px = [0.0; LANES];
+            } else {
                 let at = ((origin[0] * g.h + iy) * g.w + ix) * g.c + c0;
-                px[..w].copy_from_slice(&x[at..at + w]);
+                match x.get(at..at + LANES) {
+                    // SAFETY: the range is inside `x` (checked by get).
+                    Some(s) if w == LANES => {
+                        *px = unsafe { std::ptr::read_unaligned(s.as_ptr() as *const [f32; LANES]) }
+                    }
+                    _ => {
+                        *px = [0.0; LANES];
+                        px[..w].copy_from_slice(&x[at..at + w]);
+                    }
+                }
             }
         }
     }
     // Rows: t[i][x2] = sum_j B^T[x2][j] d[i][j]; then columns.
-    let mut t: Vecs = [[[0.0; LANES]; 6]; 6];
     for i in 0..a {
         for x2 in 0..a {
             t[i][x2] = comb(&K::BT[x2], a, |j| &d[i][j]);
@@ -401,37 +429,51 @@ fn input_chunk<K: Kind>(
     for x1 in 0..a {
         for x2 in 0..a {
             let r = comb(&K::BT[x1], a, |i| &t[i][x2]);
-            v[(x1 * a + x2) * stride..][..w].copy_from_slice(&r[..w]);
+            let dst = &mut v[(x1 * a + x2) * stride..];
+            match dst.get_mut(..LANES) {
+                // SAFETY: the range is inside `v` (checked by get_mut).
+                Some(o) if w == LANES => unsafe {
+                    std::ptr::write_unaligned(o.as_mut_ptr() as *mut [f32; LANES], r)
+                },
+                _ => dst[..w].copy_from_slice(&r[..w]),
+            }
         }
     }
 }
 
 /// Y = A^T M A for 16 channels of one tile; `mm[xi * stride ..]` is M[xi].
 #[inline(always)]
-fn output_chunk<K: Kind>(mm: &[f32], stride: usize) -> [[[f32; LANES]; 4]; 4] {
+fn output_chunk<K: Kind>(mm: &[f32], stride: usize, (mv, t, y): (&mut Vecs, &mut Vecs, &mut Out)) {
     let (a, m) = (K::ALPHA, K::M);
-    let mut mv: Vecs = [[[0.0; LANES]; 6]; 6];
     for x1 in 0..a {
         for x2 in 0..a {
             let src = &mm[(x1 * a + x2) * stride..];
-            let n = LANES.min(src.len());
-            mv[x1][x2][..n].copy_from_slice(&src[..n]);
+            match src.get(..LANES) {
+                // SAFETY: the range is inside `mm` (checked by get).
+                Some(s) => {
+                    mv[x1][x2] =
+                        unsafe { std::ptr::read_unaligned(s.as_ptr() as *const [f32; LANES]) }
+                }
+                // The last tile's last channels: the lanes past them are
+                // never read back (`finish` takes w of them).
+                None => mv[x1][x2][..src.len()].copy_from_slice(src),
+            }
         }
     }
-    let mut t = [[[0.0f32; LANES]; 4]; 6];
     for x1 in 0..a {
         for o2 in 0..m {
             t[x1][o2] = comb(&K::AT[o2], a, |x2| &mv[x1][x2]);
         }
     }
-    let mut y = [[[0.0f32; LANES]; 4]; 4];
     for o1 in 0..m {
         for o2 in 0..m {
             y[o1][o2] = comb(&K::AT[o1], a, |x1| &t[x1][o2]);
         }
     }
-    y
 }
+
+/// One tile's outputs for 16 channels.
+type Out = [[[f32; LANES]; 4]; 4];
 
 /// `sum_j coef[j] * src(j)` over j < n, skipping zero coefficients (which
 /// are constants once inlined, so the skip costs nothing).

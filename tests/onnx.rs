@@ -196,6 +196,45 @@ print(n.output[0].removesuffix("__nchw"))
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// verify-parity reads the ONNX file back with faceall's reader: a nearest
+/// resize is written as Gathers of TF's source indices (exact for every
+/// rule, also TF1's legacy factors 41 and 47) and read back as resizes.
+#[test]
+fn verify_parity_reads_back_nearest_resizes() {
+    for name in ["resize_any", "upsample"] {
+        let model = case_dir(name).join("model.pb");
+        let d = tempfile::tempdir().unwrap();
+        convert(&model, d.path(), &[]);
+        let (code, report, text) = verify(&model, &d.path().join("net.onnx"), &[]);
+        assert_eq!(code, Some(0), "{name}: {text}");
+        let outputs = report["targets"][0]["outputs"].as_array().cloned();
+        let outputs = outputs.unwrap_or_default();
+        assert_eq!(
+            outputs.len(),
+            manifest(&case_dir(name))["outputs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            "{name}: {report}"
+        );
+        for o in &outputs {
+            assert_eq!(o["passed"], true, "{name}: {o}");
+            // The nearest-only outputs pick TF's very pixels.
+            if o["tensor"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("legacy")
+            {
+                assert_eq!(
+                    o["comparison"]["max_abs"].as_f64(),
+                    Some(0.0),
+                    "{name}: {o}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn verify_parity_passes_facenet_and_names_a_damaged_layer() {
     let model = root().join(".cache/models/graph_final.pb");

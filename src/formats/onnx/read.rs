@@ -1121,6 +1121,57 @@ impl Reader {
                     vec![],
                 )?
             }
+            "Gather" => {
+                // What faceall writes for a nearest resize: a Gather of
+                // constant source indices along height or width of an NCHW
+                // map. Read as the resize of that one axis whose TF rule
+                // (legacy, half-pixel or align_corners) picks exactly
+                // these indices; any other Gather is refused by name.
+                let x = self.input(n, 0)?;
+                let xs = self.shape(x)?;
+                let axis = attr_i(n, "axis", 0)?;
+                let idx = self.konst_i64(self.input(n, 1)?)?;
+                let ax = match (xs.len(), axis) {
+                    (4, 2 | -2) => 0,
+                    (4, 3 | -1) => 1,
+                    _ => {
+                        return Err(format!(
+                            "a Gather on axis {axis} of shape {xs:?} (faceall reads the Gathers of a nearest resize: height or width of a 4-D map)"
+                        ))
+                    }
+                };
+                let from = xs[2 + ax];
+                let mut size = [xs[2], xs[3]];
+                size[ax] = idx.len();
+                let rule = [(false, false), (false, true), (true, false)]
+                    .into_iter()
+                    .map(|(align_corners, half_pixel_centers)| Resize {
+                        mode: ResizeMode::Nearest,
+                        size,
+                        align_corners,
+                        half_pixel_centers,
+                    })
+                    .find(|r| {
+                        r.nearest_sources(from, idx.len())
+                            .iter()
+                            .zip(&idx)
+                            .all(|(&a, &b)| a as i64 == b)
+                    });
+                let Some(r) = rule else {
+                    return Err(format!(
+                        "a Gather of {} indices from {from} that no TensorFlow nearest-resize rule picks",
+                        idx.len()
+                    ));
+                };
+                crate::formats::layout::push_between_transposes(
+                    &mut self.g,
+                    &out,
+                    op,
+                    Op::Resize(r),
+                    x,
+                    vec![],
+                )?
+            }
             "Tile" => {
                 let x = self.input(n, 0)?;
                 let reps = usizes(&self.konst_i64(self.input(n, 1)?)?, "repeats")?;

@@ -274,10 +274,8 @@ impl F32View<'_> {
         match self {
             F32View::F32(v) => v.get(start..start.checked_add(8)?)?.try_into().ok(),
             F32View::Le(b) => {
-                let s: &[u8; 32] = b
-                    .get(start * 4..start.checked_add(8)? * 4)?
-                    .try_into()
-                    .ok()?;
+                let at = start.checked_mul(4)?;
+                let s: &[u8; 32] = b.get(at..at.checked_add(32)?)?.try_into().ok()?;
                 let mut out = [0.0f32; 8];
                 for (o, c) in out.iter_mut().zip(s.chunks_exact(4)) {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -293,7 +291,8 @@ impl F32View<'_> {
         match self {
             F32View::F32(v) => v.get(i).copied(),
             F32View::Le(b) => {
-                let c = b.get(i * 4..i.checked_add(1)? * 4)?;
+                let at = i.checked_mul(4)?;
+                let c = b.get(at..at.checked_add(4)?)?;
                 Some(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             }
         }

@@ -429,6 +429,19 @@ impl Reader {
     }
 
     /// Push an IR node; its name is fresh unless it is the ONNX value's.
+    /// A resize of the NCHW value `x` (from a Resize, Upsample or the
+    /// Gathers of a nearest resize): an NHWC IR resize between transposes.
+    fn push_resize(&mut self, name: &str, source: &str, r: Resize, x: Wire) -> R<Wire> {
+        crate::formats::layout::push_between_transposes(
+            &mut self.g,
+            name,
+            source,
+            Op::Resize(r),
+            x,
+            vec![],
+        )
+    }
+
     fn push(&mut self, name: &str, source: &str, op: Op, inputs: Vec<Wire>) -> R<Wire> {
         let name = if self.g.node_by_name(name).is_some() {
             self.g.fresh_name(name)
@@ -1112,14 +1125,7 @@ impl Reader {
                     align_corners,
                     half_pixel_centers,
                 };
-                crate::formats::layout::push_between_transposes(
-                    &mut self.g,
-                    &out,
-                    op,
-                    Op::Resize(r),
-                    x,
-                    vec![],
-                )?
+                self.push_resize(&out, op, r, x)?
             }
             "Gather" => {
                 // What faceall writes for a nearest resize: a Gather of
@@ -1163,14 +1169,7 @@ impl Reader {
                         idx.len()
                     ));
                 };
-                crate::formats::layout::push_between_transposes(
-                    &mut self.g,
-                    &out,
-                    op,
-                    Op::Resize(r),
-                    x,
-                    vec![],
-                )?
+                self.push_resize(&out, op, r, x)?
             }
             "Tile" => {
                 let x = self.input(n, 0)?;

@@ -67,7 +67,7 @@ fn main() {
         let mut line = format!("{n}x{h}x{h}x{c} -> {k} pad {pad}: im2col {direct:.3} ms");
         for tile in [Tile::F2, Tile::F4] {
             let w = Winograd::new(&wt, c, k, None, tile);
-            let ms = time(|| w.run(&x, &g, &mut out, &Epilogue::default()));
+            let ms = time(|| w.run(&x, &g, &mut out, k, &Epilogue::default()));
             line += &format!(", {tile:?} {ms:.3} ms ({:.2}x)", direct / ms);
         }
         println!("{line}");

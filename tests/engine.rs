@@ -183,6 +183,13 @@ fn real_facenet_matches_tensorflow() {
     // channels on maps of >= 16 tiles go through F(4x4): Conv2d_2a/2b/4a,
     // block35's three per block (x5) and Mixed_6a's; not Mixed_7a's (8x8).
     assert_eq!(stats[0].winograd_steps, 19, "{:?}", stats[0]);
+    // Every Inception branch that ends in a convolution writes straight
+    // into its block's concatenation: block35 x5 (3 branches), block17 x10
+    // (2), block8 x5 + Block8 (2), Mixed_6a (2 of 3, the third is a max
+    // pool) and Mixed_7a (3 of 4). In every mode.
+    for s in &stats {
+        assert_eq!(s.concat_parts_in_place, 52, "{s:?}");
+    }
     assert!(stats[3].winograd_steps >= stats[0].winograd_steps);
 }
 

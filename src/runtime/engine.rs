@@ -80,6 +80,9 @@ enum Step {
         residual: Option<(usize, f32)>,
         act: Act,
         out: usize,
+        /// Written straight into the concatenation that is its only
+        /// reader: (first column, row length of the concatenation).
+        into: Option<(usize, usize)>,
     },
     Pool {
         x: usize,
@@ -92,9 +95,11 @@ enum Step {
         out: usize,
     },
     /// Concatenation on an axis >= 1: every output row is one row of each
-    /// part, (value, row length) side by side.
+    /// part, (value, row length) side by side. Parts marked `written` are
+    /// there already (their gemm wrote them in place).
     Concat {
         parts: Vec<(usize, usize)>,
+        written: Vec<bool>,
         out: usize,
     },
     Activation {
@@ -249,6 +254,8 @@ pub struct EngineStats {
     /// Of those, 3x3 convolutions by Winograd transforms.
     pub winograd_steps: usize,
     pub fallback_steps: usize,
+    /// Concatenation parts their gemm writes in place (no copy).
+    pub concat_parts_in_place: usize,
     pub fused_nodes: usize,
     pub packed_weight_bytes: usize,
     pub activation_floats_per_sample: usize,
@@ -468,7 +475,12 @@ impl Engine {
                         parts.push((v, numel(&b.values[v].shape) / outer.max(1)));
                     }
                     let out = b.value(node.outputs[0].shape.clone(), DType::F32, &err)?;
-                    b.steps.push(Step::Concat { parts, out });
+                    let written = vec![false; parts.len()];
+                    b.steps.push(Step::Concat {
+                        parts,
+                        written,
+                        out,
+                    });
                     b.wires.insert(here, Val::Act(out));
                 }
                 Op::Activation(a) if matches!(b.wires.get(&node.inputs[0]), Some(Val::Act(_))) => {
@@ -592,6 +604,11 @@ impl Engine {
                 .iter()
                 .filter(|s| matches!(s, Step::Fallback { .. }))
                 .count(),
+            concat_parts_in_place: self
+                .steps
+                .iter()
+                .filter(|s| matches!(s, Step::Gemm { into: Some(_), .. }))
+                .count(),
             fused_nodes: self.fused,
             packed_weight_bytes: self.weight_bytes,
             activation_floats_per_sample: self.buf_sizes.iter().sum(),
@@ -696,7 +713,8 @@ impl Engine {
         n: usize,
     ) -> Result<()> {
         let len = numel(&self.values[step.writes()].shape) * n;
-        let out = &mut out[..len];
+        let whole = out;
+        let out = &mut whole[..len];
         match step {
             Step::Input { index, .. } => out.copy_from_slice(inputs[*index]),
             Step::Gemm {
@@ -705,6 +723,7 @@ impl Engine {
                 scale,
                 residual,
                 act,
+                into,
                 ..
             } => {
                 let xv = self.view(ws, *x, n);
@@ -714,6 +733,12 @@ impl Engine {
                     act: *act,
                     slopes: None,
                 };
+                // In place in a concatenation: from the part's first column,
+                // rows as long as the concatenation's.
+                let (out, ldc) = match into {
+                    Some((col, row)) => (&mut whole[*col..], *row),
+                    None => (out, a.n()),
+                };
                 match a {
                     GemmA::Dense { k, w } => {
                         let src = Dense {
@@ -722,15 +747,15 @@ impl Engine {
                             k: *k,
                             lda: *k,
                         };
-                        gemm::gemm(&src, w, out, w.n(), &epi)
+                        gemm::gemm(&src, w, out, ldc, &epi)
                     }
                     GemmA::Patches(g, w) => {
                         let g = ConvGeometry { n: g.n * n, ..*g };
-                        gemm::gemm(&Patches { x: xv, g }, w, out, w.n(), &epi)
+                        gemm::gemm(&Patches { x: xv, g }, w, out, ldc, &epi)
                     }
                     GemmA::Winograd(g, w) => {
                         let g = ConvGeometry { n: g.n * n, ..*g };
-                        w.run(xv, &g, out, &epi)
+                        w.run(xv, &g, out, ldc, &epi)
                     }
                 }
             }
@@ -756,22 +781,28 @@ impl Engine {
                     out,
                 );
             }
-            Step::Concat { parts, .. } => {
+            Step::Concat { parts, written, .. } => {
                 // Each output row is the parts' rows side by side; rows are
                 // copied in parallel when there are many bytes to move.
+                // Parts written in place are skipped (their value shares
+                // this buffer, which is taken out of the workspace now).
                 let row_len: usize = parts.iter().map(|p| p.1).sum();
-                let srcs: Vec<(&[f32], usize)> = parts
-                    .iter()
-                    .map(|(v, inner)| (self.view(ws, *v, n), *inner))
-                    .collect();
-                let row = |(o, dst): (usize, &mut [f32])| {
-                    let mut at = 0;
-                    for (src, inner) in &srcs {
-                        dst[at..at + inner].copy_from_slice(&src[o * inner..][..*inner]);
-                        at += inner;
+                let mut srcs: Vec<(usize, &[f32], usize)> = vec![];
+                let mut at = 0;
+                for ((v, inner), &done) in parts.iter().zip(written) {
+                    if !done {
+                        srcs.push((at, self.view(ws, *v, n), *inner));
                     }
-                };
-                kernels::for_each_row(out, row_len, row);
+                    at += inner;
+                }
+                if !srcs.is_empty() {
+                    let row = |(o, dst): (usize, &mut [f32])| {
+                        for (at, src, inner) in &srcs {
+                            dst[*at..at + inner].copy_from_slice(&src[o * inner..][..*inner]);
+                        }
+                    };
+                    kernels::for_each_row(out, row_len, row);
+                }
             }
             Step::Activation { x, act, .. } => {
                 out.copy_from_slice(self.view(ws, *x, n));
@@ -1002,6 +1033,7 @@ impl Builder {
             residual,
             act: f.act,
             out,
+            into: None,
         });
         self.wires.insert(
             Wire {
@@ -1033,31 +1065,49 @@ impl Builder {
         for p in &outputs {
             last_read[root(p.value, &self.alias_of)] = usize::MAX;
         }
+        let part_of = self.concat_in_place(&outputs);
         let mut sizes: Vec<usize> = vec![];
         let mut free: Vec<usize> = vec![];
         let mut buf_of = vec![usize::MAX; nv];
         let mut ends: Vec<(usize, usize)> = vec![];
-        for (si, s) in self.steps.iter().enumerate() {
-            let v = s.writes();
-            // Roots are written by steps, so every root gets a buffer here.
-            let need: usize = numel(&self.values[v].shape).max(self.alias_need(v, &self.alias_of));
-            let pick = free
-                .iter()
-                .enumerate()
-                .filter(|(_, &b)| sizes[b] >= need)
-                .min_by_key(|(_, &b)| sizes[b])
-                .or_else(|| free.iter().enumerate().max_by_key(|(_, &b)| sizes[b]))
-                .map(|(i, _)| i);
-            let buf = match pick {
-                Some(i) => free.swap_remove(i),
-                None => {
-                    sizes.push(0);
-                    sizes.len() - 1
+        for si in 0..self.steps.len() {
+            let w = self.steps[si].writes();
+            // A part written in place lives in its concatenation's buffer,
+            // which is taken at the first such part and lives until the
+            // concatenation's last reader; a concatenation whose buffer is
+            // taken already only fills in its other parts.
+            let v = match part_of[w] {
+                Some(c) if buf_of[c] != usize::MAX => {
+                    buf_of[w] = buf_of[c];
+                    None
                 }
+                Some(c) => Some(c),
+                None if buf_of[w] != usize::MAX => None,
+                None => Some(w),
             };
-            sizes[buf] = sizes[buf].max(need);
-            buf_of[v] = buf;
-            ends.push((last_read[v].max(si), buf));
+            if let Some(v) = v {
+                // Roots are written by steps, so every root gets a buffer here.
+                let need: usize =
+                    numel(&self.values[v].shape).max(self.alias_need(v, &self.alias_of));
+                let pick = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| sizes[b] >= need)
+                    .min_by_key(|(_, &b)| sizes[b])
+                    .or_else(|| free.iter().enumerate().max_by_key(|(_, &b)| sizes[b]))
+                    .map(|(i, _)| i);
+                let buf = match pick {
+                    Some(i) => free.swap_remove(i),
+                    None => {
+                        sizes.push(0);
+                        sizes.len() - 1
+                    }
+                };
+                sizes[buf] = sizes[buf].max(need);
+                buf_of[v] = buf;
+                buf_of[w] = buf;
+                ends.push((last_read[v].max(si), buf));
+            }
             // Free what was read for the last time here (and dead writes).
             let mut keep = vec![];
             for (end, b) in ends.drain(..) {
@@ -1098,6 +1148,69 @@ impl Builder {
             fused: self.fused,
             spare: Mutex::new(vec![]),
         })
+    }
+
+    /// Mark the concatenation parts a gemm can write in place (the concat
+    /// then copies only the others) and return, per value, the
+    /// concatenation it is written into. A part qualifies when a gemm step
+    /// writes it, the concat step is its only reader, it is no output and
+    /// no reshape shares it, and its rows are the gemm's channels (a concat
+    /// on the channel axis of NHWC maps: the Inception branches).
+    fn concat_in_place(&mut self, outputs: &[Port]) -> Vec<Option<usize>> {
+        let nv = self.values.len();
+        let mut readers = vec![0usize; nv];
+        for s in &self.steps {
+            for r in s.reads() {
+                readers[r] += 1;
+            }
+        }
+        let mut shared = vec![false; nv];
+        for (v, a) in self.alias_of.iter().enumerate() {
+            if let Some(a) = a {
+                shared[v] = true;
+                shared[*a] = true;
+            }
+        }
+        for p in outputs {
+            shared[p.value] = true;
+        }
+        let mut producer = vec![usize::MAX; nv];
+        for (si, s) in self.steps.iter().enumerate() {
+            producer[s.writes()] = si;
+        }
+        // (part value, concat step, part index, first column, row length)
+        let mut found = vec![];
+        for (ci, step) in self.steps.iter().enumerate() {
+            let Step::Concat { parts, out, .. } = step else {
+                continue;
+            };
+            if shared[*out] {
+                continue;
+            }
+            let row: usize = parts.iter().map(|p| p.1).sum();
+            let mut col = 0;
+            for (pi, (v, inner)) in parts.iter().enumerate() {
+                let gemm_cols = match self.steps.get(producer[*v]) {
+                    Some(Step::Gemm { a, into: None, .. }) => Some(a.n()),
+                    _ => None,
+                };
+                if readers[*v] == 1 && !shared[*v] && gemm_cols == Some(*inner) {
+                    found.push((*v, ci, pi, col, row));
+                }
+                col += inner;
+            }
+        }
+        let mut part_of = vec![None; nv];
+        for (v, ci, pi, col, row) in found {
+            if let Some(Step::Gemm { into, .. }) = self.steps.get_mut(producer[v]) {
+                *into = Some((col, row));
+            }
+            if let Some(Step::Concat { written, out, .. }) = self.steps.get_mut(ci) {
+                written[pi] = true;
+                part_of[v] = Some(*out);
+            }
+        }
+        part_of
     }
 
     /// The largest alias of value `v` (a reshape never changes the size, but

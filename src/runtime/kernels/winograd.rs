@@ -188,13 +188,15 @@ impl Winograd {
         self.u.iter().map(|p| p.bytes()).sum::<usize>() + self.bias.len() * 4
     }
 
-    /// out (NHWC, n x oh x ow x k) = epilogue(conv(x)). The epilogue's
-    /// residual has one row of k per output pixel.
+    /// out (NHWC, n x oh x ow x k, one pixel every `ldc` floats: k, or a
+    /// wider row when the output is part of a concatenation) =
+    /// epilogue(conv(x)). The epilogue's residual has one row of k per
+    /// output pixel.
     ///
     /// Panics if a slice is shorter than the geometry says (the engine
     /// sizes them from its plan), or if the epilogue has PReLU slopes
     /// (the output transform applies bias, residual and activation only).
-    pub fn run(&self, x: &[f32], g: &ConvGeometry, out: &mut [f32], epi: &Epilogue) {
+    pub fn run(&self, x: &[f32], g: &ConvGeometry, out: &mut [f32], ldc: usize, epi: &Epilogue) {
         assert!(
             supports(g) && g.c == self.c && g.co == self.k,
             "winograd: geometry"
@@ -205,7 +207,10 @@ impl Winograd {
             "winograd: input too small"
         );
         let pixels = g.n * g.oh * g.ow;
-        assert!(out.len() >= pixels * self.k, "winograd: output too small");
+        assert!(
+            ldc >= self.k && (pixels == 0 || out.len() >= (pixels - 1) * ldc + self.k),
+            "winograd: output too small"
+        );
         if let Some((r, ldr, _)) = epi.residual {
             assert!(
                 ldr == self.k && r.len() >= pixels * self.k,
@@ -234,6 +239,7 @@ impl Winograd {
             let job = Job {
                 x,
                 g,
+                ldc,
                 out: optr,
                 epi,
                 t0: start(b),
@@ -347,7 +353,8 @@ impl Winograd {
                     for o2 in 0..cols {
                         let p = first + o1 * g.ow + o2;
                         // SAFETY: p < n*oh*ow (asserted in `run`): this tile's pixel.
-                        let dst = std::slice::from_raw_parts_mut(job.out.get().add(p * k + k0), w);
+                        let dst =
+                            std::slice::from_raw_parts_mut(job.out.get().add(p * job.ldc + k0), w);
                         let res = job.epi.residual.map(|(r, _, s)| (&r[p * k + k0..][..w], s));
                         #[cfg(target_arch = "x86_64")]
                         if AVX512 {
@@ -381,6 +388,8 @@ impl Winograd {
 struct Job<'a> {
     x: &'a [f32],
     g: &'a ConvGeometry,
+    /// Floats from one output pixel to the next.
+    ldc: usize,
     out: SendPtr,
     epi: &'a Epilogue<'a>,
     t0: usize,
@@ -652,7 +661,16 @@ mod tests {
                     act: Act::Relu,
                     slopes: None,
                 };
-                wg.run(&x, &g, &mut out, &epi);
+                wg.run(&x, &g, &mut out, k, &epi);
+                // Into a wider row (a concatenation's), from column 3: the
+                // same values, the other columns untouched.
+                let row = k + 7;
+                let mut wide = vec![-7.0f32; n * oh * ow * row];
+                wg.run(&x, &g, &mut wide[3..], row, &epi);
+                for (p, r) in wide.chunks(row).enumerate() {
+                    assert_eq!(&r[3..3 + k], &out[p * k..][..k], "{tile:?}: pixel {p}");
+                    assert!(r[..3].iter().chain(&r[3 + k..]).all(|&v| v == -7.0));
+                }
                 let mut worst = (0.0f64, 0);
                 for (i, &o) in out.iter().enumerate() {
                     let w = ((want[i] + bias[i % k] as f64) * 0.5 + 2.0 * res[i] as f64).max(0.0);

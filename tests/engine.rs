@@ -187,8 +187,12 @@ fn real_facenet_matches_tensorflow() {
     // into its block's concatenation: block35 x5 (3 branches), block17 x10
     // (2), block8 x5 + Block8 (2), Mixed_6a (2 of 3, the third is a max
     // pool) and Mixed_7a (3 of 4). In every mode.
+    // The first 1x1 convolution of each branch runs in one gemm with its
+    // siblings': block35 x5 (3 -> 1), block17 x10 and block8 x6 (2 -> 1),
+    // Mixed_7a (3 -> 1).
     for s in &stats {
         assert_eq!(s.concat_parts_in_place, 52, "{s:?}");
+        assert_eq!(s.merged_siblings, 28, "{s:?}");
     }
     assert!(stats[3].winograd_steps >= stats[0].winograd_steps);
 }

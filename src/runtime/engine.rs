@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::kernels::gemm::{self, Act, Dense, Epilogue, PackedB, Patches};
+use super::kernels::gemm::{self, Act, Dense, Dest, Epilogue, PackedB, Patches, NR};
 use super::kernels::winograd::{self, Winograd};
 use super::kernels::{self, ConvGeometry};
 use crate::error::{Error, Result};
@@ -67,6 +67,9 @@ impl GemmA {
     }
 }
 
+// A plan holds a few hundred steps, built once: the size of the gemm
+// variant (its packed weights' handles inline) costs nothing measurable.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Input {
         index: usize,
@@ -83,6 +86,10 @@ enum Step {
         /// Written straight into the concatenation that is its only
         /// reader: (first column, row length of the concatenation).
         into: Option<(usize, usize)>,
+        /// Sibling 1x1 convolutions of the same input merged into this
+        /// gemm: their outputs, each from a panel of the merged weights.
+        /// `out` holds the columns before the first of them.
+        extra: Vec<Extra>,
     },
     Pool {
         x: usize,
@@ -163,6 +170,15 @@ impl Step {
         }
     }
 
+    /// Every value the step writes: `writes()` and a merged gemm's others.
+    fn all_writes(&self) -> Vec<usize> {
+        let mut v = vec![self.writes()];
+        if let Step::Gemm { extra, .. } = self {
+            v.extend(extra.iter().map(|e| e.out));
+        }
+        v
+    }
+
     fn writes(&self) -> usize {
         match self {
             Step::Input { out, .. }
@@ -175,6 +191,16 @@ impl Step {
             | Step::Fallback { out, .. } => *out,
         }
     }
+}
+
+/// One more output of a merged gemm (see `Builder::merge_siblings`).
+struct Extra {
+    out: usize,
+    /// Its first panel (NR columns) in the merged weights.
+    first_panel: usize,
+    /// Its columns.
+    cols: usize,
+    into: Option<(usize, usize)>,
 }
 
 /// Choices that trade exactness of summation order for speed, switchable
@@ -256,6 +282,8 @@ pub struct EngineStats {
     pub fallback_steps: usize,
     /// Concatenation parts their gemm writes in place (no copy).
     pub concat_parts_in_place: usize,
+    /// Sibling 1x1 convolutions run as part of another's gemm.
+    pub merged_siblings: usize,
     pub fused_nodes: usize,
     pub packed_weight_bytes: usize,
     pub activation_floats_per_sample: usize,
@@ -607,8 +635,22 @@ impl Engine {
             concat_parts_in_place: self
                 .steps
                 .iter()
-                .filter(|s| matches!(s, Step::Gemm { into: Some(_), .. }))
-                .count(),
+                .map(|s| match s {
+                    Step::Gemm { into, extra, .. } => {
+                        usize::from(into.is_some())
+                            + extra.iter().filter(|e| e.into.is_some()).count()
+                    }
+                    _ => 0,
+                })
+                .sum(),
+            merged_siblings: self
+                .steps
+                .iter()
+                .map(|s| match s {
+                    Step::Gemm { extra, .. } => extra.len(),
+                    _ => 0,
+                })
+                .sum(),
             fused_nodes: self.fused,
             packed_weight_bytes: self.weight_bytes,
             activation_floats_per_sample: self.buf_sizes.iter().sum(),
@@ -662,8 +704,23 @@ impl Engine {
         for step in &self.steps {
             let o = self.values[step.writes()].buf;
             let mut out = std::mem::take(&mut ws.bufs[o]);
+            // A merged gemm's other outputs (in buffers of their own: the
+            // planner never shares one between outputs of a step).
+            let mut more: Vec<(usize, Vec<f32>)> = match step {
+                Step::Gemm { extra, .. } => extra
+                    .iter()
+                    .map(|e| {
+                        let b = self.values[e.out].buf;
+                        (b, std::mem::take(&mut ws.bufs[b]))
+                    })
+                    .collect(),
+                _ => vec![],
+            };
             let t = profile.then(std::time::Instant::now);
-            let r = self.step(step, ws, &mut out, inputs, n);
+            let r = self.step(step, ws, &mut out, &mut more, inputs, n);
+            for (b, v) in more {
+                ws.bufs[b] = v;
+            }
             if let Some(t) = t {
                 eprintln!(
                     "profile {} {:.3} {}",
@@ -694,7 +751,7 @@ impl Engine {
     fn flops(&self, step: &Step, n: usize) -> usize {
         match step {
             Step::Gemm { a, out, .. } => {
-                2 * numel(&self.values[*out].shape) / a.n().max(1) * n * a.k() * a.n()
+                2 * numel(&self.values[*out].shape) / step_cols(step).max(1) * n * a.k() * a.n()
             }
             _ => 0,
         }
@@ -709,6 +766,7 @@ impl Engine {
         step: &Step,
         ws: &Workspace,
         out: &mut [f32],
+        more: &mut [(usize, Vec<f32>)],
         inputs: &[&[f32]],
         n: usize,
     ) -> Result<()> {
@@ -724,6 +782,7 @@ impl Engine {
                 residual,
                 act,
                 into,
+                extra,
                 ..
             } => {
                 let xv = self.view(ws, *x, n);
@@ -737,7 +796,7 @@ impl Engine {
                 // rows as long as the concatenation's.
                 let (out, ldc) = match into {
                     Some((col, row)) => (&mut whole[*col..], *row),
-                    None => (out, a.n()),
+                    None => (out, step_cols(step)),
                 };
                 match a {
                     GemmA::Dense { k, w } => {
@@ -747,7 +806,23 @@ impl Engine {
                             k: *k,
                             lda: *k,
                         };
-                        gemm::gemm(&src, w, out, ldc, &epi)
+                        let mut dests = vec![Dest {
+                            first_panel: 0,
+                            c: out,
+                            ldc,
+                        }];
+                        for (e, (_, buf)) in extra.iter().zip(more.iter_mut()) {
+                            let (c, ldc) = match e.into {
+                                Some((col, row)) => (&mut buf[col..], row),
+                                None => (&mut buf[..], e.cols),
+                            };
+                            dests.push(Dest {
+                                first_panel: e.first_panel,
+                                c,
+                                ldc,
+                            });
+                        }
+                        gemm::gemm_to(&src, w, &mut dests, &epi)
                     }
                     GemmA::Patches(g, w) => {
                         let g = ConvGeometry { n: g.n * n, ..*g };
@@ -847,6 +922,15 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// Columns of a gemm step's first output: all of them, or those before the
+/// first merged sibling's panel.
+fn step_cols(step: &Step) -> usize {
+    match step {
+        Step::Gemm { a, extra, .. } => extra.first().map_or(a.n(), |e| e.first_panel * NR),
+        _ => 0,
     }
 }
 
@@ -1034,6 +1118,7 @@ impl Builder {
             act: f.act,
             out,
             into: None,
+            extra: vec![],
         });
         self.wires.insert(
             Wire {
@@ -1054,6 +1139,7 @@ impl Builder {
             }
             v
         };
+        self.merge_siblings();
         let nv = self.values.len();
         let mut last_read = vec![0usize; nv];
         for (si, s) in self.steps.iter().enumerate() {
@@ -1071,21 +1157,23 @@ impl Builder {
         let mut buf_of = vec![usize::MAX; nv];
         let mut ends: Vec<(usize, usize)> = vec![];
         for si in 0..self.steps.len() {
-            let w = self.steps[si].writes();
-            // A part written in place lives in its concatenation's buffer,
-            // which is taken at the first such part and lives until the
-            // concatenation's last reader; a concatenation whose buffer is
-            // taken already only fills in its other parts.
-            let v = match part_of[w] {
-                Some(c) if buf_of[c] != usize::MAX => {
-                    buf_of[w] = buf_of[c];
-                    None
-                }
-                Some(c) => Some(c),
-                None if buf_of[w] != usize::MAX => None,
-                None => Some(w),
-            };
-            if let Some(v) = v {
+            for w in self.steps[si].all_writes() {
+                // A part written in place lives in its concatenation's
+                // buffer, which is taken at the first such part and lives
+                // until the concatenation's last reader; a concatenation
+                // whose buffer is taken already only fills in its other parts.
+                let v = match part_of[w] {
+                    Some(c) if buf_of[c] != usize::MAX => {
+                        buf_of[w] = buf_of[c];
+                        None
+                    }
+                    Some(c) => Some(c),
+                    None if buf_of[w] != usize::MAX => None,
+                    None => Some(w),
+                };
+                let Some(v) = v else {
+                    continue;
+                };
                 // Roots are written by steps, so every root gets a buffer here.
                 let need: usize =
                     numel(&self.values[v].shape).max(self.alias_need(v, &self.alias_of));
@@ -1176,8 +1264,24 @@ impl Builder {
         }
         let mut producer = vec![usize::MAX; nv];
         for (si, s) in self.steps.iter().enumerate() {
-            producer[s.writes()] = si;
+            for w in s.all_writes() {
+                producer[w] = si;
+            }
         }
+        // The columns of gemm output `v` (None: not a gemm's output, or
+        // already in place).
+        let gemm_cols = |steps: &[Step], v: usize| match steps.get(producer[v]) {
+            Some(
+                st @ Step::Gemm {
+                    out, into, extra, ..
+                },
+            ) if *out == v => into.is_none().then(|| step_cols(st)),
+            Some(Step::Gemm { extra, .. }) => extra
+                .iter()
+                .find(|e| e.out == v && e.into.is_none())
+                .map(|e| e.cols),
+            _ => None,
+        };
         // (part value, concat step, part index, first column, row length)
         let mut found = vec![];
         for (ci, step) in self.steps.iter().enumerate() {
@@ -1189,12 +1293,16 @@ impl Builder {
             }
             let row: usize = parts.iter().map(|p| p.1).sum();
             let mut col = 0;
+            // One part per producing step: two outputs of a merged gemm in
+            // one concatenation would share a buffer the step takes twice.
+            let mut producers = vec![];
             for (pi, (v, inner)) in parts.iter().enumerate() {
-                let gemm_cols = match self.steps.get(producer[*v]) {
-                    Some(Step::Gemm { a, into: None, .. }) => Some(a.n()),
-                    _ => None,
-                };
-                if readers[*v] == 1 && !shared[*v] && gemm_cols == Some(*inner) {
+                if readers[*v] == 1
+                    && !shared[*v]
+                    && gemm_cols(&self.steps, *v) == Some(*inner)
+                    && !producers.contains(&producer[*v])
+                {
+                    producers.push(producer[*v]);
                     found.push((*v, ci, pi, col, row));
                 }
                 col += inner;
@@ -1202,8 +1310,15 @@ impl Builder {
         }
         let mut part_of = vec![None; nv];
         for (v, ci, pi, col, row) in found {
-            if let Some(Step::Gemm { into, .. }) = self.steps.get_mut(producer[v]) {
-                *into = Some((col, row));
+            if let Some(Step::Gemm {
+                out, into, extra, ..
+            }) = self.steps.get_mut(producer[v])
+            {
+                if *out == v {
+                    *into = Some((col, row));
+                } else if let Some(e) = extra.iter_mut().find(|e| e.out == v) {
+                    e.into = Some((col, row));
+                }
             }
             if let Some(Step::Concat { written, out, .. }) = self.steps.get_mut(ci) {
                 written[pi] = true;
@@ -1211,6 +1326,124 @@ impl Builder {
             }
         }
         part_of
+    }
+
+    /// Merge sibling 1x1 convolutions - gemm steps reading the same input
+    /// in place (`GemmA::Dense`) with no residual and the same scale and
+    /// activation, like the first convolution of each Inception branch -
+    /// into the first of them: one gemm over their weights side by side,
+    /// each sibling's panels written to its own output. The input is read
+    /// once instead of once per sibling and the threads share more panels
+    /// (block35's three 256 -> 32 convolutions had one panel each). A
+    /// sibling joins only if every weight matrix before it fills its
+    /// panels (channels a multiple of 32) and it has no output written in
+    /// place yet. Runs before buffers are planned.
+    fn merge_siblings(&mut self) {
+        let mut i = 0;
+        while i < self.steps.len() {
+            let key = match &self.steps[i] {
+                Step::Gemm {
+                    x,
+                    a: GemmA::Dense { k, .. },
+                    scale,
+                    residual: None,
+                    act,
+                    into: None,
+                    extra,
+                    ..
+                } if extra.is_empty() => Some((*x, *k, *scale, *act)),
+                _ => None,
+            };
+            let Some((x, k, scale, act)) = key else {
+                i += 1;
+                continue;
+            };
+            let later: Vec<usize> = (i + 1..self.steps.len())
+                .filter(|&j| {
+                    matches!(
+                        &self.steps[j],
+                        Step::Gemm {
+                            x: x2,
+                            a: GemmA::Dense { k: k2, .. },
+                            scale: s2,
+                            residual: None,
+                            act: a2,
+                            into: None,
+                            extra,
+                            ..
+                        } if *x2 == x && *k2 == k && *s2 == scale && *a2 == act && extra.is_empty()
+                    )
+                })
+                .collect();
+            let mut group = vec![i];
+            for j in later {
+                let all_full = group.iter().all(|&g| match &self.steps[g] {
+                    Step::Gemm { a, .. } => a.n() % NR == 0,
+                    _ => false,
+                });
+                if all_full {
+                    group.push(j);
+                }
+            }
+            if group.len() < 2 {
+                i += 1;
+                continue;
+            }
+            let refs: Vec<&PackedB> = group
+                .iter()
+                .filter_map(|&g| match &self.steps[g] {
+                    Step::Gemm {
+                        a: GemmA::Dense { w, .. },
+                        ..
+                    } => Some(w),
+                    _ => None,
+                })
+                .collect();
+            let Some(merged) = PackedB::concat(&refs) else {
+                i += 1;
+                continue;
+            };
+            // Take the siblings out (last first, so indices hold); the
+            // first's place gets the merged step.
+            let mut names = vec![];
+            let mut outs = vec![];
+            for &j in group.iter().rev() {
+                let st = if j == i {
+                    std::mem::replace(&mut self.steps[j], Step::Input { index: 0, out: 0 })
+                } else {
+                    self.steps.remove(j)
+                };
+                if let Step::Gemm { name, a, out, .. } = st {
+                    names.push(name);
+                    outs.push((out, a.n()));
+                }
+            }
+            names.reverse();
+            outs.reverse();
+            let mut extra = vec![];
+            let mut panel = outs[0].1 / NR;
+            for &(out, cols) in &outs[1..] {
+                extra.push(Extra {
+                    out,
+                    first_panel: panel,
+                    cols,
+                    into: None,
+                });
+                panel += cols.div_ceil(NR);
+            }
+            self.steps[i] = Step::Gemm {
+                name: names.join(" + "),
+                x,
+                a: GemmA::Dense { k, w: merged },
+                scale,
+                residual: None,
+                act,
+                out: outs[0].0,
+                into: None,
+                extra,
+            };
+            i += 1;
+        }
     }
 
     /// The largest alias of value `v` (a reshape never changes the size, but

@@ -86,6 +86,32 @@ impl PackedB {
             bias: padded,
         }
     }
+    /// The columns of several packed matrices side by side, one matrix:
+    /// sibling 1x1 convolutions of one input as one gemm. Every part but
+    /// the last must fill its panels (n a multiple of NR) so the panels
+    /// just follow one another; None if they do not, or if k differs.
+    pub fn concat(parts: &[&PackedB]) -> Option<PackedB> {
+        let (first, rest) = parts.split_first()?;
+        let k = first.k;
+        let fits = parts.iter().all(|p| p.k == k)
+            && parts[..parts.len() - 1].iter().all(|p| p.n % NR == 0);
+        if !fits || rest.is_empty() {
+            return None;
+        }
+        let n: usize = parts.iter().map(|p| p.n).sum();
+        let mut panels = AlignedBuf::zeroed(n.div_ceil(NR) * k * NR);
+        let mut bias = AlignedBuf::zeroed(n.div_ceil(NR) * NR);
+        let (mut at, mut bat) = (0, 0);
+        for p in parts {
+            let src = p.panels.as_slice();
+            panels.as_mut_slice()[at..at + src.len()].copy_from_slice(src);
+            at += src.len();
+            let b = p.bias.as_slice();
+            bias.as_mut_slice()[bat..bat + b.len()].copy_from_slice(b);
+            bat += b.len();
+        }
+        Some(PackedB { k, n, panels, bias })
+    }
     pub fn k(&self) -> usize {
         self.k
     }
@@ -298,16 +324,40 @@ impl SendPtr {
     }
 }
 
+/// Where the columns of B's panels `first_panel..` (up to the next
+/// destination's) go: their own matrix, `ldc` floats from one row to the
+/// next. One gemm can so fill several outputs (sibling convolutions).
+pub struct Dest<'a> {
+    pub first_panel: usize,
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+}
+
 /// Assert the operands fit together; false when there is nothing to do.
-fn check_sizes(a: &dyn ASource, b: &PackedB, c: &[f32], ldc: usize, epi: &Epilogue) -> bool {
+fn check_sizes(a: &dyn ASource, b: &PackedB, dests: &[Dest], epi: &Epilogue) -> bool {
     let (m, k, n) = (a.rows(), b.k(), b.n());
     assert_eq!(a.k(), k, "gemm: A has {} columns, B {} rows", a.k(), k);
     if m == 0 || n == 0 {
         return false;
     }
     assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
-        "gemm: C too small"
+        dests.first().is_some_and(|d| d.first_panel == 0)
+            && dests
+                .windows(2)
+                .all(|w| w[0].first_panel < w[1].first_panel),
+        "gemm: destinations do not cover the panels in order"
+    );
+    for (i, d) in dests.iter().enumerate() {
+        let end = dests.get(i + 1).map_or(n, |e| e.first_panel * NR);
+        let cols = end.saturating_sub(d.first_panel * NR);
+        assert!(
+            cols > 0 && d.ldc >= cols && d.c.len() >= (m - 1) * d.ldc + cols,
+            "gemm: C too small"
+        );
+    }
+    assert!(
+        dests.len() == 1 || epi.residual.is_none(),
+        "gemm: a residual with several destinations"
     );
     if let Some((r, ldr, _)) = epi.residual {
         assert!(
@@ -326,10 +376,29 @@ fn check_sizes(a: &dyn ASource, b: &PackedB, c: &[f32], ldc: usize, epi: &Epilog
 /// Panics if a slice is shorter than the sizes say: the engine sizes every
 /// buffer from the plan, so a short one is a bug, not bad input.
 pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
+    gemm_to(
+        a,
+        b,
+        &mut [Dest {
+            first_panel: 0,
+            c,
+            ldc,
+        }],
+        epi,
+    )
+}
+
+/// As `gemm`, each range of panels into its own destination (in panel
+/// order, the first from panel 0; no residual then).
+pub fn gemm_to(a: &dyn ASource, b: &PackedB, dests: &mut [Dest], epi: &Epilogue) {
     let (m, k, n) = (a.rows(), b.k(), b.n());
-    if !check_sizes(a, b, c, ldc, epi) {
+    if !check_sizes(a, b, dests, epi) {
         return;
     }
+    let outs: Vec<(usize, SendPtr, usize)> = dests
+        .iter_mut()
+        .map(|d| (d.first_panel, SendPtr(d.c.as_mut_ptr()), d.ldc))
+        .collect();
     let threads = rayon::current_num_threads().max(1);
     let tiles_total = m.div_ceil(MR);
     let cap_tiles = (A_BLOCK_BYTES / (4 * k.max(1)) / MR).clamp(1, MAX_BLOCK_ROWS / MR);
@@ -356,7 +425,6 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
     let block_start = |b: usize| (b * tiles_total / row_blocks * MR).min(m);
     let per_group = panels.div_ceil(panel_groups);
     let tasks = row_blocks * panel_groups;
-    let cptr = SendPtr(c.as_mut_ptr());
     let kernel = pick_kernel();
     let run = |t: usize| {
         // Panel-group major: rayon halves the range, so each thread gets
@@ -369,8 +437,7 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
             run_block(
                 a,
                 b,
-                cptr.get(),
-                ldc,
+                &outs,
                 epi,
                 (block_start(rb), block_start(rb + 1)),
                 (j0, j1),
@@ -385,43 +452,37 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
 /// over something else, like Winograd's tile blocks).
 pub fn gemm_serial(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
     let (m, k, n) = (a.rows(), b.k(), b.n());
-    if !check_sizes(a, b, c, ldc, epi) {
+    let dest = [Dest {
+        first_panel: 0,
+        c,
+        ldc,
+    }];
+    if !check_sizes(a, b, &dest, epi) {
         return;
     }
+    let outs = [(0, SendPtr(dest[0].c.as_mut_ptr()), ldc)];
     let kernel = pick_kernel();
     let rows_per = (MAX_BLOCK_ROWS).min((A_BLOCK_BYTES / (4 * k.max(1))).max(MR) / MR * MR);
     let mut r0 = 0;
     while r0 < m {
         let r1 = (r0 + rows_per).min(m);
         // SAFETY: sizes asserted above.
-        unsafe {
-            run_block(
-                a,
-                b,
-                c.as_mut_ptr(),
-                ldc,
-                epi,
-                (r0, r1),
-                (0, n.div_ceil(NR)),
-                kernel,
-            )
-        };
+        unsafe { run_block(a, b, &outs, epi, (r0, r1), (0, n.div_ceil(NR)), kernel) };
         r0 = r1;
     }
 }
 
 /// Rows `r0..r1` of C times panels `j0..j1`: pack A's tiles once, then
-/// sweep the panels over them.
+/// sweep the panels over them. `outs` are the destinations (first panel,
+/// matrix, row stride), in panel order from panel 0.
 ///
 /// # Safety
-/// `c` (row stride `ldc`) and the epilogue's residual cover rows r0..r1 of
-/// the panels' columns; no other thread writes those tiles meanwhile.
-#[allow(clippy::too_many_arguments)]
+/// Each destination and the epilogue's residual cover rows r0..r1 of their
+/// panels' columns; no other thread writes those tiles meanwhile.
 unsafe fn run_block(
     a: &dyn ASource,
     b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
+    outs: &[(usize, SendPtr, usize)],
     epi: &Epilogue,
     (r0, r1): (usize, usize),
     (j0, j1): (usize, usize),
@@ -450,6 +511,12 @@ unsafe fn run_block(
         for j in j0..j1 {
             let bp = b.panel(j);
             let cols = NR.min(n - j * NR);
+            // The destination holding panel j, and the panel's first column
+            // in it.
+            let Some(&(first, c, ldc)) = outs.iter().rev().find(|o| o.0 <= j) else {
+                continue;
+            };
+            let c = c.get().add((j - first) * NR);
             for t in 0..tiles {
                 let m0 = r0 + t * MR;
                 let rows = MR.min(r1 - m0);
@@ -458,7 +525,7 @@ unsafe fn run_block(
                     None => (std::ptr::null(), 0, 0.0),
                 };
                 let tile = Tile {
-                    c: c.add(m0 * ldc + j * NR),
+                    c: c.add(m0 * ldc),
                     ldc,
                     rows,
                     cols,
@@ -741,6 +808,79 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn merged_weights_fill_each_destination_as_separate_gemms_would() {
+        // Three siblings of one input (64, 32 and 20 columns; the last may
+        // end inside a panel), the first written into a wider row from
+        // column 5; rows past one tile so both threads take part.
+        let (m, k) = (77, 45);
+        let a = data(m * k, 1);
+        let src = Dense {
+            a: &a,
+            m,
+            k,
+            lda: k,
+        };
+        let ns = [64, 32, 20];
+        let parts: Vec<PackedB> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| PackedB::pack(&data(k * n, 2 + i), k, n, n, 1, Some(&data(n, 9 + i))))
+            .collect();
+        let epi = Epilogue {
+            scale: 0.5,
+            residual: None,
+            act: Act::Relu,
+            slopes: None,
+        };
+        let alone: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|p| {
+                let mut c = vec![f32::NAN; m * p.n()];
+                gemm(&src, p, &mut c, p.n(), &epi);
+                c
+            })
+            .collect();
+        let refs: Vec<&PackedB> = parts.iter().collect();
+        let merged = PackedB::concat(&refs).unwrap();
+        assert_eq!(merged.n(), 116);
+        let (row, col) = (64 + 9, 5);
+        let mut wide = vec![-3.0f32; m * row];
+        let mut c1 = vec![f32::NAN; m * 32];
+        let mut c2 = vec![f32::NAN; m * 20];
+        gemm_to(
+            &src,
+            &merged,
+            &mut [
+                Dest {
+                    first_panel: 0,
+                    c: &mut wide[col..],
+                    ldc: row,
+                },
+                Dest {
+                    first_panel: 2,
+                    c: &mut c1,
+                    ldc: 32,
+                },
+                Dest {
+                    first_panel: 3,
+                    c: &mut c2,
+                    ldc: 20,
+                },
+            ],
+            &epi,
+        );
+        for r in 0..m {
+            let w = &wide[r * row..][..row];
+            assert_eq!(&w[col..col + 64], &alone[0][r * 64..][..64], "row {r}");
+            assert!(w[..col].iter().chain(&w[col + 64..]).all(|&v| v == -3.0));
+        }
+        assert_eq!(c1, alone[1]);
+        assert_eq!(c2, alone[2]);
+        // A part that ends inside a panel can only come last.
+        assert!(PackedB::concat(&[&parts[2], &parts[0]]).is_none());
     }
 
     #[test]

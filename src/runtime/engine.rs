@@ -5,6 +5,12 @@
 //! a call allocates nothing large after the first. Batches of samples run
 //! as one: their rows stack in every gemm.
 //!
+//! Before buffers are planned (`Builder::finish`), in this order: sibling
+//! 1x1 convolutions of one input become one gemm (`merge_siblings`), then
+//! convolutions whose only reader is a channel concatenation write into
+//! it in place (`concat_in_place`). Neither changes a sum: each output
+//! column is the same products in the same order.
+//!
 //! Only the hot ops have fast steps (NHWC Conv2d, MatMul, pooling, concat,
 //! activations, residual sums, L2 normalisation, reshapes); any other op
 //! runs through the reference executor's kernels one sample at a time, so

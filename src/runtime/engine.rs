@@ -1277,11 +1277,9 @@ impl Builder {
         // The columns of gemm output `v` (None: not a gemm's output, or
         // already in place).
         let gemm_cols = |steps: &[Step], v: usize| match steps.get(producer[v]) {
-            Some(
-                st @ Step::Gemm {
-                    out, into, extra, ..
-                },
-            ) if *out == v => into.is_none().then(|| step_cols(st)),
+            Some(st @ Step::Gemm { out, into, .. }) if *out == v => {
+                into.is_none().then(|| step_cols(st))
+            }
             Some(Step::Gemm { extra, .. }) => extra
                 .iter()
                 .find(|e| e.out == v && e.into.is_none())
@@ -1345,56 +1343,44 @@ impl Builder {
     /// panels (channels a multiple of 32) and it has no output written in
     /// place yet. Runs before buffers are planned.
     fn merge_siblings(&mut self) {
+        // What siblings share: the input, k, scale and activation of a
+        // 1x1 gemm with no residual, not yet merged or written in place.
+        let key = |st: &Step| match st {
+            Step::Gemm {
+                x,
+                a: GemmA::Dense { k, w },
+                scale,
+                residual: None,
+                act,
+                into: None,
+                extra,
+                ..
+            } if extra.is_empty() => Some(((*x, *k, *scale, *act), w.n())),
+            _ => None,
+        };
         let mut i = 0;
         while i < self.steps.len() {
-            let key = match &self.steps[i] {
-                Step::Gemm {
-                    x,
-                    a: GemmA::Dense { k, .. },
-                    scale,
-                    residual: None,
-                    act,
-                    into: None,
-                    extra,
-                    ..
-                } if extra.is_empty() => Some((*x, *k, *scale, *act)),
-                _ => None,
-            };
-            let Some((x, k, scale, act)) = key else {
+            let Some((kx, n)) = key(&self.steps[i]) else {
                 i += 1;
                 continue;
             };
-            let later: Vec<usize> = (i + 1..self.steps.len())
-                .filter(|&j| {
-                    matches!(
-                        &self.steps[j],
-                        Step::Gemm {
-                            x: x2,
-                            a: GemmA::Dense { k: k2, .. },
-                            scale: s2,
-                            residual: None,
-                            act: a2,
-                            into: None,
-                            extra,
-                            ..
-                        } if *x2 == x && *k2 == k && *s2 == scale && *a2 == act && extra.is_empty()
-                    )
-                })
-                .collect();
+            // The siblings after it, while every one before fills its panels.
             let mut group = vec![i];
-            for j in later {
-                let all_full = group.iter().all(|&g| match &self.steps[g] {
-                    Step::Gemm { a, .. } => a.n() % NR == 0,
-                    _ => false,
-                });
-                if all_full {
-                    group.push(j);
+            let mut full = n % NR == 0;
+            for j in i + 1..self.steps.len() {
+                match key(&self.steps[j]) {
+                    Some((kj, nj)) if kj == kx && full => {
+                        group.push(j);
+                        full = nj % NR == 0;
+                    }
+                    _ => {}
                 }
             }
             if group.len() < 2 {
                 i += 1;
                 continue;
             }
+            let (x, k, scale, act) = kx;
             let refs: Vec<&PackedB> = group
                 .iter()
                 .filter_map(|&g| match &self.steps[g] {

@@ -190,9 +190,12 @@ fn real_facenet_matches_tensorflow() {
     // The first 1x1 convolution of each branch runs in one gemm with its
     // siblings': block35 x5 (3 -> 1), block17 x10 and block8 x6 (2 -> 1),
     // Mixed_7a (3 -> 1).
+    // The 1x7 and 7x1 of block17 x10 (8x8 maps) and the 1x3 and 3x1 of
+    // block8 x6 (3x3 maps) skip the taps in their padding.
     for s in &stats {
         assert_eq!(s.concat_parts_in_place, 52, "{s:?}");
         assert_eq!(s.merged_siblings, 28, "{s:?}");
+        assert_eq!(s.line_steps, 32, "{s:?}");
     }
     assert!(stats[3].winograd_steps >= stats[0].winograd_steps);
 }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::kernels::gemm::{self, Act, Dense, Dest, Epilogue, PackedB, Patches, NR};
+use super::kernels::gemm::{self, Act, Dense, Dest, Epilogue, LinePatches, PackedB, Patches, NR};
 use super::kernels::winograd::{self, Winograd};
 use super::kernels::{self, ConvGeometry};
 use crate::error::{Error, Result};
@@ -46,6 +46,9 @@ enum GemmA {
     Dense { k: usize, w: PackedB },
     /// im2col of an NHWC image per sample (n = 1 here; scaled at run time).
     Patches(ConvGeometry, PackedB),
+    /// As `Patches`, a 1 x k or k x 1 convolution whose taps in the padding
+    /// are skipped (`gemm::LinePatches`).
+    Lines(ConvGeometry, PackedB),
     /// A 3x3 stride-1 convolution by Winograd transforms (n = 1 here).
     Winograd(ConvGeometry, Box<Winograd>),
 }
@@ -54,20 +57,20 @@ impl GemmA {
     /// Output channels.
     fn n(&self) -> usize {
         match self {
-            GemmA::Dense { w, .. } | GemmA::Patches(_, w) => w.n(),
+            GemmA::Dense { w, .. } | GemmA::Patches(_, w) | GemmA::Lines(_, w) => w.n(),
             GemmA::Winograd(g, _) => g.co,
         }
     }
     /// Multiply-adds per output row, as a direct product would do them.
     fn k(&self) -> usize {
         match self {
-            GemmA::Dense { w, .. } | GemmA::Patches(_, w) => w.k(),
+            GemmA::Dense { w, .. } | GemmA::Patches(_, w) | GemmA::Lines(_, w) => w.k(),
             GemmA::Winograd(g, _) => g.kh * g.kw * g.c,
         }
     }
     fn bytes(&self) -> usize {
         match self {
-            GemmA::Dense { w, .. } | GemmA::Patches(_, w) => w.bytes(),
+            GemmA::Dense { w, .. } | GemmA::Patches(_, w) | GemmA::Lines(_, w) => w.bytes(),
             GemmA::Winograd(_, w) => w.bytes(),
         }
     }
@@ -285,6 +288,8 @@ pub struct EngineStats {
     pub gemm_steps: usize,
     /// Of those, 3x3 convolutions by Winograd transforms.
     pub winograd_steps: usize,
+    /// Of those, 1 x k or k x 1 convolutions skipping their padding's taps.
+    pub line_steps: usize,
     pub fallback_steps: usize,
     /// Concatenation parts their gemm writes in place (no copy).
     pub concat_parts_in_place: usize,
@@ -444,7 +449,14 @@ impl Engine {
                                 w: PackedB::pack(wt, ch, co, co, 1, bias),
                             },
                             Some(t) => GemmA::Winograd(g, Box::new(Winograd::new(wt, ch, co, bias, t))),
-                            None => GemmA::Patches(g, PackedB::pack(wt, kh * kw * ci, co, co, 1, bias)),
+                            None => {
+                                let w = PackedB::pack(wt, kh * kw * ci, co, co, 1, bias);
+                                if LinePatches::suits(&g) {
+                                    GemmA::Lines(g, w)
+                                } else {
+                                    GemmA::Patches(g, w)
+                                }
+                            }
                         }
                     })?;
                     let fused = fuse_tail(&graph, here, &sole_user, &b, &mut done)?;
@@ -628,6 +640,19 @@ impl Engine {
                         s,
                         Step::Gemm {
                             a: GemmA::Winograd(..),
+                            ..
+                        }
+                    )
+                })
+                .count(),
+            line_steps: self
+                .steps
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        s,
+                        Step::Gemm {
+                            a: GemmA::Lines(..),
                             ..
                         }
                     )
@@ -833,6 +858,10 @@ impl Engine {
                     GemmA::Patches(g, w) => {
                         let g = ConvGeometry { n: g.n * n, ..*g };
                         gemm::gemm(&Patches { x: xv, g }, w, out, ldc, &epi)
+                    }
+                    GemmA::Lines(g, w) => {
+                        let g = ConvGeometry { n: g.n * n, ..*g };
+                        gemm::gemm(&LinePatches { x: xv, g }, w, out, ldc, &epi)
                     }
                     GemmA::Winograd(g, w) => {
                         let g = ConvGeometry { n: g.n * n, ..*g };

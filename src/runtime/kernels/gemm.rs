@@ -168,6 +168,22 @@ pub fn padded_columns(v: &[f32]) -> Vec<f32> {
     p
 }
 
+/// One microkernel tile of A: which rows of C it fills and which rows of B
+/// it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileRows {
+    /// Rows of the tile (at most MR).
+    pub rows: usize,
+    /// The row of C its first row fills, and how many rows of C lie from
+    /// one of its rows to the next.
+    pub first: usize,
+    pub step: usize,
+    /// The rows of B (columns of A) it multiplies: the products outside
+    /// `k0..k1` are all zero (taps in a convolution's padding).
+    pub k0: usize,
+    pub k1: usize,
+}
+
 /// Where the rows of A come from. `pack` writes rows `m0..m0+rows` (rows <=
 /// MR) as MR row-major rows of k floats, zeros for rows past `rows`.
 pub trait ASource: Sync {
@@ -178,6 +194,26 @@ pub trait ASource: Sync {
     /// in place (no packing at all).
     fn direct(&self) -> Option<(&[f32], usize)> {
         None
+    }
+    /// How many tiles cover A: by default MR consecutive rows each.
+    fn tiles(&self) -> usize {
+        self.rows().div_ceil(MR)
+    }
+    /// Tile `t` (< `tiles()`); the tiles' rows cover C's rows once each.
+    fn tile(&self, t: usize) -> TileRows {
+        let first = t * MR;
+        TileRows {
+            rows: MR.min(self.rows() - first),
+            first,
+            step: 1,
+            k0: 0,
+            k1: self.k(),
+        }
+    }
+    /// Pack tile `tile`: MR row-major rows of `k1 - k0` floats, zeros for
+    /// rows past its own.
+    fn pack_tile(&self, tile: &TileRows, dst: &mut [f32]) {
+        self.pack(tile.first, tile.rows, dst)
     }
 }
 
@@ -289,6 +325,132 @@ impl ASource for Patches<'_> {
     }
 }
 
+/// Patches of a one-dimensional convolution (1 x k or k x 1, stride 1) on
+/// a map so small that many of its taps fall in the zero padding: FaceNet's
+/// 1x7 and 7x1 on 8x8 maps (21% of their products are zeros), its 1x3 and
+/// 3x1 on 3x3 (22%). Each tile holds pixels of one line across the taps'
+/// axis, which all see the same taps inside the image, and multiplies only
+/// those: the same nonzero products in the same order as [`Patches`], so the
+/// same sums.
+pub struct LinePatches<'a> {
+    pub x: &'a [f32],
+    pub g: super::ConvGeometry,
+}
+
+impl LinePatches<'_> {
+    /// Whether `g` is such a convolution, with at least a sixth of its
+    /// products in the padding (fewer and the shorter tiles, one line
+    /// each, cost more than the zeros).
+    pub fn suits(g: &super::ConvGeometry) -> bool {
+        let simple = g.stride == [1, 1] && g.dilation == [1, 1] && (g.kh == 1) != (g.kw == 1);
+        let across = if g.kh > 1 {
+            g.pad[1] == 0 && g.ow == g.w
+        } else {
+            g.pad[0] == 0 && g.oh == g.h
+        };
+        if !simple || !across {
+            return false;
+        }
+        let (taps, len, _, _) = Self::axis(g);
+        let inside: usize = (0..len).map(|v| Self::window(g, v).len()).sum();
+        6 * inside <= 5 * taps * len
+    }
+    /// The same patches, every tap gathered.
+    fn plain(&self) -> Patches<'_> {
+        Patches {
+            x: self.x,
+            g: self.g,
+        }
+    }
+    /// (taps, output positions along the taps' axis, positions across it,
+    /// output rows from one position across to the next).
+    fn axis(g: &super::ConvGeometry) -> (usize, usize, usize, usize) {
+        if g.kh > 1 {
+            (g.kh, g.oh, g.ow, 1)
+        } else {
+            (g.kw, g.ow, g.oh, g.ow)
+        }
+    }
+    /// The taps of output position `v` (along the taps' axis) that fall
+    /// inside the input.
+    fn window(g: &super::ConvGeometry, v: usize) -> std::ops::Range<usize> {
+        let (taps, extent, pad) = if g.kh > 1 {
+            (g.kh, g.h, g.pad[0])
+        } else {
+            (g.kw, g.w, g.pad[1])
+        };
+        let t0 = pad.saturating_sub(v).min(taps);
+        let t1 = (extent + pad).saturating_sub(v).min(taps).max(t0);
+        t0..t1
+    }
+}
+
+impl ASource for LinePatches<'_> {
+    fn rows(&self) -> usize {
+        self.plain().rows()
+    }
+    fn k(&self) -> usize {
+        self.plain().k()
+    }
+    fn pack(&self, m0: usize, rows: usize, dst: &mut [f32]) {
+        self.plain().pack(m0, rows, dst)
+    }
+    fn tiles(&self) -> usize {
+        let (_, len, across, _) = Self::axis(&self.g);
+        self.g.n * len * across.div_ceil(MR)
+    }
+    fn tile(&self, t: usize) -> TileRows {
+        let g = &self.g;
+        let (_, len, across, step) = Self::axis(g);
+        let per_line = across.div_ceil(MR);
+        let (line, q) = (t / per_line, t % per_line);
+        let (b, v) = (line / len, line % len);
+        let u0 = q * MR;
+        // Along y a line is an output row (x across, one row apart); along
+        // x it is an output column (y across, ow rows apart).
+        let first = b * g.oh * g.ow
+            + if g.kh > 1 {
+                v * g.ow + u0
+            } else {
+                u0 * g.ow + v
+            };
+        let w = Self::window(g, v);
+        TileRows {
+            rows: MR.min(across - u0),
+            first,
+            step,
+            k0: w.start * g.c,
+            k1: w.end * g.c,
+        }
+    }
+    fn pack_tile(&self, tile: &TileRows, dst: &mut [f32]) {
+        let g = &self.g;
+        let (kk, c) = (tile.k1 - tile.k0, g.c);
+        let (t0, taps) = (tile.k0 / c, kk / c);
+        for r in 0..MR {
+            let d = &mut dst[r * kk..][..kk];
+            if r >= tile.rows {
+                d.fill(0.0);
+                continue;
+            }
+            let m = tile.first + r * tile.step;
+            let (b, pix) = (m / (g.oh * g.ow), m % (g.oh * g.ow));
+            let (oy, ox) = (pix / g.ow, pix % g.ow);
+            if g.kh > 1 {
+                // Taps down a column: one pixel each, a row apart.
+                for (i, dd) in d.chunks_mut(c).enumerate().take(taps) {
+                    let iy = oy + t0 + i - g.pad[0];
+                    dd.copy_from_slice(&self.x[((b * g.h + iy) * g.w + ox) * c..][..c]);
+                }
+            } else {
+                // Taps along a row: adjacent pixels, one copy.
+                let ix = ox + t0 - g.pad[1];
+                d.copy_from_slice(&self.x[((b * g.h + oy) * g.w + ix) * c..][..kk]);
+            }
+        }
+    }
+}
+
 /// One tile's destination and epilogue, as raw pointers for the kernels.
 struct Tile {
     c: *mut f32,
@@ -391,7 +553,7 @@ pub fn gemm(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilo
 /// As `gemm`, each range of panels into its own destination (in panel
 /// order, the first from panel 0; no residual then).
 pub fn gemm_to(a: &dyn ASource, b: &PackedB, dests: &mut [Dest], epi: &Epilogue) {
-    let (m, k, n) = (a.rows(), b.k(), b.n());
+    let (k, n) = (b.k(), b.n());
     if !check_sizes(a, b, dests, epi) {
         return;
     }
@@ -400,7 +562,7 @@ pub fn gemm_to(a: &dyn ASource, b: &PackedB, dests: &mut [Dest], epi: &Epilogue)
         .map(|d| (d.first_panel, SendPtr(d.c.as_mut_ptr()), d.ldc))
         .collect();
     let threads = rayon::current_num_threads().max(1);
-    let tiles_total = m.div_ceil(MR);
+    let tiles_total = a.tiles();
     let cap_tiles = (A_BLOCK_BYTES / (4 * k.max(1)) / MR).clamp(1, MAX_BLOCK_ROWS / MR);
     let panels = n.div_ceil(NR);
     let (row_blocks, panel_groups) = if tiles_total < 4 * threads && panels >= threads {
@@ -422,7 +584,7 @@ pub fn gemm_to(a: &dyn ASource, b: &PackedB, dests: &mut [Dest], epi: &Epilogue)
         };
         (rb, pg)
     };
-    let block_start = |b: usize| (b * tiles_total / row_blocks * MR).min(m);
+    let block_start = |b: usize| b * tiles_total / row_blocks;
     let per_group = panels.div_ceil(panel_groups);
     let tasks = row_blocks * panel_groups;
     let kernel = pick_kernel();
@@ -451,7 +613,7 @@ pub fn gemm_to(a: &dyn ASource, b: &PackedB, dests: &mut [Dest], epi: &Epilogue)
 /// As `gemm`, all on the calling thread (for callers that parallelise
 /// over something else, like Winograd's tile blocks).
 pub fn gemm_serial(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi: &Epilogue) {
-    let (m, k, n) = (a.rows(), b.k(), b.n());
+    let (k, n) = (b.k(), b.n());
     let dest = [Dest {
         first_panel: 0,
         c,
@@ -462,50 +624,50 @@ pub fn gemm_serial(a: &dyn ASource, b: &PackedB, c: &mut [f32], ldc: usize, epi:
     }
     let outs = [(0, SendPtr(dest[0].c.as_mut_ptr()), ldc)];
     let kernel = pick_kernel();
-    let rows_per = (MAX_BLOCK_ROWS).min((A_BLOCK_BYTES / (4 * k.max(1))).max(MR) / MR * MR);
-    let mut r0 = 0;
-    while r0 < m {
-        let r1 = (r0 + rows_per).min(m);
+    let per_block = (MAX_BLOCK_ROWS / MR).min((A_BLOCK_BYTES / (4 * k.max(1)) / MR).max(1));
+    let tiles = a.tiles();
+    let mut t0 = 0;
+    while t0 < tiles {
+        let t1 = (t0 + per_block).min(tiles);
         // SAFETY: sizes asserted above.
-        unsafe { run_block(a, b, &outs, epi, (r0, r1), (0, n.div_ceil(NR)), kernel) };
-        r0 = r1;
+        unsafe { run_block(a, b, &outs, epi, (t0, t1), (0, n.div_ceil(NR)), kernel) };
+        t0 = t1;
     }
 }
 
-/// Rows `r0..r1` of C times panels `j0..j1`: pack A's tiles once, then
+/// Tiles `t0..t1` of A times panels `j0..j1`: pack the tiles once, then
 /// sweep the panels over them. `outs` are the destinations (first panel,
 /// matrix, row stride), in panel order from panel 0.
 ///
 /// # Safety
-/// Each destination and the epilogue's residual cover rows r0..r1 of their
-/// panels' columns; no other thread writes those tiles meanwhile.
+/// Each destination and the epilogue's residual cover the rows of these
+/// tiles in their panels' columns; no other thread writes them meanwhile.
 unsafe fn run_block(
     a: &dyn ASource,
     b: &PackedB,
     outs: &[(usize, SendPtr, usize)],
     epi: &Epilogue,
-    (r0, r1): (usize, usize),
+    (t0, t1): (usize, usize),
     (j0, j1): (usize, usize),
     kernel: &Kernels,
 ) {
     let (k, n) = (b.k(), b.n());
-    let tiles = (r1 - r0).div_ceil(MR);
+    let specs: Vec<TileRows> = (t0..t1).map(|t| a.tile(t)).collect();
     A_PACK.with(|buf| {
         let mut buf = buf.borrow_mut();
         // Grown to the largest block seen, not to MAX_BLOCK_ROWS rows: the
         // A budget keeps blocks near A_BLOCK_BYTES, and each pool thread
         // holds its buffer for good (204 rows of FaceNet's k = 3456 were
         // 2.8 MB a thread, 17x what its blocks use).
-        if buf.len() < tiles * k * MR {
-            *buf = AlignedBuf::zeroed(tiles * k * MR);
+        if buf.len() < specs.len() * k * MR {
+            *buf = AlignedBuf::zeroed(specs.len() * k * MR);
         }
         let ap = buf.as_mut_slice();
         // Full tiles of a dense A are read in place; the rest is packed.
         let direct = a.direct();
-        for t in 0..tiles {
-            let m0 = r0 + t * MR;
-            if direct.is_none() || r1 - m0 < MR {
-                a.pack(m0, MR.min(r1 - m0), &mut ap[t * k * MR..][..k * MR]);
+        for (i, s) in specs.iter().enumerate() {
+            if direct.is_none() || s.rows < MR {
+                a.pack_tile(s, &mut ap[i * k * MR..][..(s.k1 - s.k0) * MR]);
             }
         }
         for j in j0..j1 {
@@ -517,17 +679,17 @@ unsafe fn run_block(
                 continue;
             };
             let c = c.get().add((j - first) * NR);
-            for t in 0..tiles {
-                let m0 = r0 + t * MR;
-                let rows = MR.min(r1 - m0);
+            for (i, s) in specs.iter().enumerate() {
                 let (res, ldr, res_scale) = match epi.residual {
-                    Some((r, ldr, s)) => (r.as_ptr().add(m0 * ldr + j * NR), ldr, s),
+                    Some((r, ldr, sc)) => {
+                        (r.as_ptr().add(s.first * ldr + j * NR), ldr * s.step, sc)
+                    }
                     None => (std::ptr::null(), 0, 0.0),
                 };
                 let tile = Tile {
-                    c: c.add(m0 * ldc),
-                    ldc,
-                    rows,
+                    c: c.add(s.first * ldc),
+                    ldc: ldc * s.step,
+                    rows: s.rows,
                     cols,
                     bias: b.bias.as_slice()[j * NR..].as_ptr(),
                     res,
@@ -537,19 +699,21 @@ unsafe fn run_block(
                     act: epi.act,
                     slope: epi
                         .slopes
-                        .map_or(std::ptr::null(), |s| s[j * NR..].as_ptr()),
+                        .map_or(std::ptr::null(), |sl| sl[j * NR..].as_ptr()),
                 };
-                let (aptr, rs, cs) = match direct {
-                    Some((d, lda)) if rows == MR => (d[m0 * lda..].as_ptr(), lda, 1),
-                    _ => (ap[t * k * MR..].as_ptr(), k, 1),
+                let kk = s.k1 - s.k0;
+                let (aptr, rs) = match direct {
+                    Some((d, lda)) if s.rows == MR => (d[s.first * lda..].as_ptr(), lda),
+                    _ => (ap[i * k * MR..].as_ptr(), kk),
                 };
-                // SAFETY: A covers MR rows x k at (rs, cs); B holds k * NR floats.
+                // SAFETY: A covers MR rows x kk at (rs, 1); B's rows k0..k1
+                // are kk * NR floats from k0 * NR.
                 let table = if cols <= 16 {
                     &kernel.narrow
                 } else {
                     &kernel.wide
                 };
-                table[rows](k, aptr, rs, cs, bp.as_ptr(), &tile);
+                table[s.rows](kk, aptr, rs, 1, bp[s.k0 * NR..].as_ptr(), &tile);
             }
         }
     });
@@ -881,6 +1045,102 @@ mod tests {
         assert_eq!(c2, alone[2]);
         // A part that ends inside a panel can only come last.
         assert!(PackedB::concat(&[&parts[2], &parts[0]]).is_none());
+    }
+
+    #[test]
+    fn line_patches_skip_only_padding_and_give_the_same_sums() {
+        use super::super::ConvGeometry;
+        // (h, w, kh, kw, pad, oh, ow): FaceNet's 1x7 and 7x1 on 8x8 and
+        // 1x3 on 3x3, a line longer than a tile (17 = 12 + 5), a 1x4 with
+        // TensorFlow's uneven SAME padding (1 before, 2 after).
+        for &(h, w, kh, kw, pad, oh, ow) in &[
+            (8, 8, 1, 7, [0, 3], 8, 8),
+            (8, 8, 7, 1, [3, 0], 8, 8),
+            (3, 3, 1, 3, [0, 1], 3, 3),
+            (17, 5, 7, 1, [3, 0], 17, 5),
+            (5, 17, 1, 7, [0, 3], 5, 17),
+            (6, 6, 1, 4, [0, 1], 6, 6),
+        ] {
+            let (n, c, co) = (2, 20, 40);
+            let g = ConvGeometry {
+                n,
+                h,
+                w,
+                c,
+                kh,
+                kw,
+                co,
+                oh,
+                ow,
+                stride: [1, 1],
+                dilation: [1, 1],
+                pad,
+            };
+            let x = data(n * h * w * c, 1);
+            let k = kh * kw * c;
+            let pb = PackedB::pack(&data(k * co, 2), k, co, co, 1, Some(&data(co, 3)));
+            let m = n * oh * ow;
+            let res = data(m * co, 4);
+            let epi = Epilogue {
+                scale: 0.5,
+                residual: Some((&res, co, 0.3)),
+                act: Act::Relu,
+                slopes: None,
+            };
+            let mut want = vec![f32::NAN; m * co];
+            gemm(&Patches { x: &x, g }, &pb, &mut want, co, &epi);
+            // Into a wider row (a concatenation's), from column 3.
+            let row = co + 7;
+            let mut got = vec![-5.0; m * row];
+            let lines = LinePatches { x: &x, g };
+            gemm(&lines, &pb, &mut got[3..], row, &epi);
+            for r in 0..m {
+                assert_eq!(
+                    &got[r * row + 3..][..co],
+                    &want[r * co..][..co],
+                    "{kh}x{kw} row {r}"
+                );
+            }
+            // Each tile skips exactly the taps in the padding.
+            let zeros: usize = (0..lines.tiles())
+                .map(|t| lines.tile(t))
+                .map(|s| s.rows * (k - (s.k1 - s.k0)))
+                .sum();
+            let padded = (0..m)
+                .map(|r| {
+                    let (oy, ox) = ((r % (oh * ow)) / ow, r % ow);
+                    (0..kh * kw)
+                        .filter(|t| {
+                            let iy = (oy + t / kw) as isize - pad[0] as isize;
+                            let ix = (ox + t % kw) as isize - pad[1] as isize;
+                            iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                        })
+                        .count()
+                        * c
+                })
+                .sum::<usize>();
+            assert_eq!(zeros, padded, "{kh}x{kw}");
+        }
+        let g = |h, w, kh, kw, pad| ConvGeometry {
+            n: 1,
+            h,
+            w,
+            c: 8,
+            kh,
+            kw,
+            co: 8,
+            oh: h,
+            ow: w,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad,
+        };
+        assert!(LinePatches::suits(&g(8, 8, 1, 7, [0, 3])));
+        assert!(LinePatches::suits(&g(8, 8, 7, 1, [3, 0])));
+        assert!(LinePatches::suits(&g(3, 3, 3, 1, [1, 0])));
+        // 17 wide: 10% padding, not worth shorter tiles; 3x3 is two axes.
+        assert!(!LinePatches::suits(&g(17, 17, 1, 7, [0, 3])));
+        assert!(!LinePatches::suits(&g(8, 8, 3, 3, [1, 1])));
     }
 
     #[test]

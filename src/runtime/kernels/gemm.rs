@@ -899,7 +899,7 @@ unsafe fn kernel_avx512<const R: usize, const V: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn mask_for(cols: usize) -> u16 {
+pub(crate) fn mask_for(cols: usize) -> u16 {
     if cols >= 16 {
         0xffff
     } else {

@@ -170,7 +170,7 @@ pub fn padded_columns(v: &[f32]) -> Vec<f32> {
 
 /// One microkernel tile of A: which rows of C it fills and which rows of B
 /// it needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TileRows {
     /// Rows of the tile (at most MR).
     pub rows: usize,
@@ -652,7 +652,12 @@ unsafe fn run_block(
     kernel: &Kernels,
 ) {
     let (k, n) = (b.k(), b.n());
-    let specs: Vec<TileRows> = (t0..t1).map(|t| a.tile(t)).collect();
+    // On the stack: Winograd runs a block's 36 small gemms per call.
+    let mut all = [TileRows::default(); MAX_BLOCK_ROWS / MR];
+    let specs = &mut all[..t1 - t0];
+    for (s, t) in specs.iter_mut().zip(t0..t1) {
+        *s = a.tile(t);
+    }
     A_PACK.with(|buf| {
         let mut buf = buf.borrow_mut();
         // Grown to the largest block seen, not to MAX_BLOCK_ROWS rows: the

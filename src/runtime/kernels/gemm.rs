@@ -186,7 +186,11 @@ pub struct TileRows {
 
 /// Where the rows of A come from. `pack` writes rows `m0..m0+rows` (rows <=
 /// MR) as MR row-major rows of k floats, zeros for rows past `rows`.
-pub trait ASource: Sync {
+///
+/// # Safety
+/// `tile` must cover each row of C exactly once over `0..tiles()`: the
+/// gemm's threads write their tiles' rows without synchronisation.
+pub unsafe trait ASource: Sync {
     fn rows(&self) -> usize;
     fn k(&self) -> usize;
     fn pack(&self, m0: usize, rows: usize, dst: &mut [f32]);
@@ -199,7 +203,8 @@ pub trait ASource: Sync {
     fn tiles(&self) -> usize {
         self.rows().div_ceil(MR)
     }
-    /// Tile `t` (< `tiles()`); the tiles' rows cover C's rows once each.
+    /// Tile `t` (< `tiles()`): see the trait's safety contract (rows
+    /// outside C are caught by an assert).
     fn tile(&self, t: usize) -> TileRows {
         let first = t * MR;
         TileRows {
@@ -239,7 +244,8 @@ pub struct Dense<'a> {
     pub lda: usize,
 }
 
-impl ASource for Dense<'_> {
+// SAFETY: the default tiles, MR consecutive rows each.
+unsafe impl ASource for Dense<'_> {
     fn rows(&self) -> usize {
         self.m
     }
@@ -262,7 +268,8 @@ pub struct Patches<'a> {
     pub g: super::ConvGeometry,
 }
 
-impl ASource for Patches<'_> {
+// SAFETY: the default tiles, MR consecutive rows each.
+unsafe impl ASource for Patches<'_> {
     fn rows(&self) -> usize {
         self.g.n * self.g.oh * self.g.ow
     }
@@ -385,7 +392,10 @@ impl LinePatches<'_> {
     }
 }
 
-impl ASource for LinePatches<'_> {
+// SAFETY: tile t is line t / per_line (sample, position along the taps'
+// axis) and its chunk t % per_line of the positions across: each output
+// pixel in exactly one (the unit test counts them).
+unsafe impl ASource for LinePatches<'_> {
     fn rows(&self) -> usize {
         self.plain().rows()
     }
@@ -655,9 +665,22 @@ unsafe fn run_block(
     // On the stack: Winograd runs a block's 36 small gemms per call.
     let mut all = [TileRows::default(); MAX_BLOCK_ROWS / MR];
     let specs = &mut all[..t1 - t0];
+    let m = a.rows();
     for (s, t) in specs.iter_mut().zip(t0..t1) {
         *s = a.tile(t);
+        // The raw writes below stay inside C (sized for m rows) only if
+        // the source's tiles do.
+        assert!(
+            (1..=MR).contains(&s.rows)
+                && s.first + (s.rows - 1) * s.step < m
+                && s.k0 <= s.k1
+                && s.k1 <= k,
+            "gemm: tile {t} {s:?} outside {m} x {k}"
+        );
     }
+    // A dense A is read in place by full tiles of consecutive rows that
+    // take every k.
+    let in_place = |s: &TileRows| s.rows == MR && s.step == 1 && s.k0 == 0 && s.k1 == k;
     A_PACK.with(|buf| {
         let mut buf = buf.borrow_mut();
         // Grown to the largest block seen, not to MAX_BLOCK_ROWS rows: the
@@ -671,7 +694,7 @@ unsafe fn run_block(
         // Full tiles of a dense A are read in place; the rest is packed.
         let direct = a.direct();
         for (i, s) in specs.iter().enumerate() {
-            if direct.is_none() || s.rows < MR {
+            if direct.is_none() || !in_place(s) {
                 a.pack_tile(s, &mut ap[i * k * MR..][..(s.k1 - s.k0) * MR]);
             }
         }
@@ -708,7 +731,7 @@ unsafe fn run_block(
                 };
                 let kk = s.k1 - s.k0;
                 let (aptr, rs) = match direct {
-                    Some((d, lda)) if s.rows == MR => (d[s.first * lda..].as_ptr(), lda),
+                    Some((d, lda)) if in_place(s) => (d[s.first * lda..].as_ptr(), lda),
                     _ => (ap[i * k * MR..].as_ptr(), kk),
                 };
                 // SAFETY: A covers MR rows x kk at (rs, 1); B's rows k0..k1
@@ -1106,6 +1129,12 @@ mod tests {
                     "{kh}x{kw} row {r}"
                 );
             }
+            // Every output row in exactly one tile.
+            let mut seen = vec![0; m];
+            for s in (0..lines.tiles()).map(|t| lines.tile(t)) {
+                (0..s.rows).for_each(|r| seen[s.first + r * s.step] += 1);
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{kh}x{kw}: {seen:?}");
             // Each tile skips exactly the taps in the padding.
             let zeros: usize = (0..lines.tiles())
                 .map(|t| lines.tile(t))

@@ -176,23 +176,26 @@ unsafe fn pixel_avx512(
                 0
             }
         });
-        let mut acc: [__m512; V] =
-            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], d.as_ptr().add(c0 + 16 * v)));
+        // Wrapping pointer steps: a masked-off vector may point past the
+        // end (its lanes are never touched).
+        let mut acc: [__m512; V] = std::array::from_fn(|v| {
+            _mm512_maskz_loadu_ps(masks[v], d.as_ptr().wrapping_add(c0 + 16 * v))
+        });
         for at in runs.clone() {
-            let mut p = x.as_ptr().add(at + c0);
+            let mut p = x.as_ptr().wrapping_add(at + c0);
             for _ in 0..n {
                 for v in 0..V {
-                    let val = _mm512_maskz_loadu_ps(masks[v], p.add(16 * v));
+                    let val = _mm512_maskz_loadu_ps(masks[v], p.wrapping_add(16 * v));
                     acc[v] = match kind {
                         PoolKind::Max => _mm512_max_ps(val, acc[v]),
                         PoolKind::Avg => _mm512_add_ps(acc[v], val),
                     };
                 }
-                p = p.add(c);
+                p = p.wrapping_add(c);
             }
         }
         for v in 0..V {
-            _mm512_mask_storeu_ps(d.as_mut_ptr().add(c0 + 16 * v), masks[v], acc[v]);
+            _mm512_mask_storeu_ps(d.as_mut_ptr().wrapping_add(c0 + 16 * v), masks[v], acc[v]);
         }
         c0 += 16 * V;
     }

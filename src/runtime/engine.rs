@@ -625,39 +625,17 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let gemms = |which: fn(&GemmA) -> bool| {
+            self.steps
+                .iter()
+                .filter(|s| matches!(s, Step::Gemm { a, .. } if which(a)))
+                .count()
+        };
         EngineStats {
             steps: self.steps.len(),
-            gemm_steps: self
-                .steps
-                .iter()
-                .filter(|s| matches!(s, Step::Gemm { .. }))
-                .count(),
-            winograd_steps: self
-                .steps
-                .iter()
-                .filter(|s| {
-                    matches!(
-                        s,
-                        Step::Gemm {
-                            a: GemmA::Winograd(..),
-                            ..
-                        }
-                    )
-                })
-                .count(),
-            line_steps: self
-                .steps
-                .iter()
-                .filter(|s| {
-                    matches!(
-                        s,
-                        Step::Gemm {
-                            a: GemmA::Lines(..),
-                            ..
-                        }
-                    )
-                })
-                .count(),
+            gemm_steps: gemms(|_| true),
+            winograd_steps: gemms(|a| matches!(a, GemmA::Winograd(..))),
+            line_steps: gemms(|a| matches!(a, GemmA::Lines(..))),
             fallback_steps: self
                 .steps
                 .iter()

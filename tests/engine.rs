@@ -191,12 +191,17 @@ fn real_facenet_matches_tensorflow() {
     // siblings': block35 x5 (3 -> 1), block17 x10 and block8 x6 (2 -> 1),
     // Mixed_7a (3 -> 1).
     // The 1x7 and 7x1 of block17 x10 (8x8 maps) and the 1x3 and 3x1 of
-    // block8 x6 (3x3 maps) skip the taps in their padding.
+    // block8 x6 (3x3 maps) skip the taps in their padding, or go through
+    // 1-D Winograd transforms: by default block17's by F(4, 7) (2.2x fewer
+    // products), not block8's (a 3-long line: 6 products against 7);
+    // without Winograd none; forced, all of them.
     for s in &stats {
         assert_eq!(s.concat_parts_in_place, 52, "{s:?}");
         assert_eq!(s.merged_siblings, 28, "{s:?}");
-        assert_eq!(s.line_steps, 32, "{s:?}");
+        assert_eq!(s.line_steps + s.line_winograd_steps, 32, "{s:?}");
     }
+    let line_winograd: Vec<usize> = stats.iter().map(|s| s.line_winograd_steps).collect();
+    assert_eq!(line_winograd, [20, 0, 32, 32]);
     assert!(stats[3].winograd_steps >= stats[0].winograd_steps);
 }
 

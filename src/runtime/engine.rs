@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 use super::kernels::gemm::{self, Act, Dense, Dest, Epilogue, LinePatches, PackedB, Patches, NR};
 use super::kernels::winograd::{self, Winograd};
+use super::kernels::winograd_line::{self, LineWinograd};
 use super::kernels::{self, ConvGeometry};
 use crate::error::{Error, Result};
 use crate::ir::{numel, Activation, DType, Graph, Layout, Node, Op, PoolKind, Tensor, Wire};
@@ -51,6 +52,8 @@ enum GemmA {
     Lines(ConvGeometry, PackedB),
     /// A 3x3 stride-1 convolution by Winograd transforms (n = 1 here).
     Winograd(ConvGeometry, Box<Winograd>),
+    /// A 1 x r or r x 1 stride-1 convolution by 1-D Winograd transforms.
+    LineWinograd(ConvGeometry, Box<LineWinograd>),
 }
 
 impl GemmA {
@@ -58,20 +61,21 @@ impl GemmA {
     fn n(&self) -> usize {
         match self {
             GemmA::Dense { w, .. } | GemmA::Patches(_, w) | GemmA::Lines(_, w) => w.n(),
-            GemmA::Winograd(g, _) => g.co,
+            GemmA::Winograd(g, _) | GemmA::LineWinograd(g, _) => g.co,
         }
     }
     /// Multiply-adds per output row, as a direct product would do them.
     fn k(&self) -> usize {
         match self {
             GemmA::Dense { w, .. } | GemmA::Patches(_, w) | GemmA::Lines(_, w) => w.k(),
-            GemmA::Winograd(g, _) => g.kh * g.kw * g.c,
+            GemmA::Winograd(g, _) | GemmA::LineWinograd(g, _) => g.kh * g.kw * g.c,
         }
     }
     fn bytes(&self) -> usize {
         match self {
             GemmA::Dense { w, .. } | GemmA::Patches(_, w) | GemmA::Lines(_, w) => w.bytes(),
             GemmA::Winograd(_, w) => w.bytes(),
+            GemmA::LineWinograd(_, w) => w.bytes(),
         }
     }
 }
@@ -290,6 +294,9 @@ pub struct EngineStats {
     pub winograd_steps: usize,
     /// Of those, 1 x k or k x 1 convolutions skipping their padding's taps.
     pub line_steps: usize,
+    /// Of those, 1 x k or k x 1 convolutions by 1-D Winograd transforms
+    /// (F(m, k), m = 2 or 4 as the Winograd tile says).
+    pub line_winograd_steps: usize,
     pub fallback_steps: usize,
     /// Concatenation parts their gemm writes in place (no copy).
     pub concat_parts_in_place: usize,
@@ -442,14 +449,25 @@ impl Engine {
                         winograd::worthwhile(&g, *t)
                             || (opts.winograd_everywhere && winograd::supports(&g))
                     });
+                    // The same tile choice for 1-D filters: F(2, r) or F(4, r).
+                    let line = opts.winograd.map(line_tile).filter(|&m| {
+                        winograd_line::worthwhile(&g, m)
+                            || (opts.winograd_everywhere && winograd_line::supports(&g, m))
+                    });
                     let a = take_packed(&mut graph, i, 1, (kh * kw * ci, co), |wt, bias| {
-                        match tile {
+                        match (tile, line) {
                             _ if pointwise => GemmA::Dense {
                                 k: ch,
                                 w: PackedB::pack(wt, ch, co, co, 1, bias),
                             },
-                            Some(t) => GemmA::Winograd(g, Box::new(Winograd::new(wt, ch, co, bias, t))),
-                            None => {
+                            (Some(t), _) => {
+                                GemmA::Winograd(g, Box::new(Winograd::new(wt, ch, co, bias, t)))
+                            }
+                            (None, Some(m)) => GemmA::LineWinograd(
+                                g,
+                                Box::new(LineWinograd::new(wt, [kh, kw], ch, co, bias, m)),
+                            ),
+                            (None, None) => {
                                 let w = PackedB::pack(wt, kh * kw * ci, co, co, 1, bias);
                                 if LinePatches::suits(&g) {
                                     GemmA::Lines(g, w)
@@ -636,6 +654,7 @@ impl Engine {
             gemm_steps: gemms(|_| true),
             winograd_steps: gemms(|a| matches!(a, GemmA::Winograd(..))),
             line_steps: gemms(|a| matches!(a, GemmA::Lines(..))),
+            line_winograd_steps: gemms(|a| matches!(a, GemmA::LineWinograd(..))),
             fallback_steps: self
                 .steps
                 .iter()
@@ -845,6 +864,10 @@ impl Engine {
                         let g = ConvGeometry { n: g.n * n, ..*g };
                         w.run(xv, &g, out, ldc, &epi)
                     }
+                    GemmA::LineWinograd(g, w) => {
+                        let g = ConvGeometry { n: g.n * n, ..*g };
+                        w.run(xv, &g, out, ldc, &epi)
+                    }
                 }
             }
             Step::Pool {
@@ -1006,6 +1029,15 @@ fn fuse_tail(
         }
     }
     Ok(f)
+}
+
+/// Outputs per tile of the 1-D Winograd transforms that go with a 2-D
+/// tile: F(2, r) with F(2x2, 3x3), F(4, r) with F(4x4, 3x3).
+fn line_tile(t: winograd::Tile) -> usize {
+    match t {
+        winograd::Tile::F2 => 2,
+        winograd::Tile::F4 => 4,
+    }
 }
 
 /// Pack the weights (input `slot` of node `i`, `k * n` values) and the

@@ -10,6 +10,7 @@ pub mod resize;
 mod shape;
 pub mod team;
 pub mod winograd;
+pub mod winograd_line;
 
 pub use conv::{
     conv2d_nhwc, conv_nchw, deconv2d_nhwc, deconv_nchw, depthwise_nhwc, matmul, ConvGeometry,

@@ -139,7 +139,7 @@ pub fn worthwhile(g: &ConvGeometry, tile: Tile) -> bool {
 }
 
 /// Channels per transform step: one AVX-512 vector.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 impl Winograd {
     /// `w` is HWIO [3, 3, c, k]; `bias` has k values when present.
@@ -201,22 +201,7 @@ impl Winograd {
             supports(g) && g.c == self.c && g.co == self.k,
             "winograd: geometry"
         );
-        assert!(epi.slopes.is_none(), "winograd: no PReLU epilogue");
-        assert!(
-            x.len() >= g.n * g.h * g.w * g.c,
-            "winograd: input too small"
-        );
-        let pixels = g.n * g.oh * g.ow;
-        assert!(
-            ldc >= self.k && (pixels == 0 || out.len() >= (pixels - 1) * ldc + self.k),
-            "winograd: output too small"
-        );
-        if let Some((r, ldr, _)) = epi.residual {
-            assert!(
-                ldr == self.k && r.len() >= pixels * self.k,
-                "winograd: residual"
-            );
-        }
+        check_sizes(x, g, out.len(), ldc, epi);
         let (m, alpha) = match self.tile {
             Tile::F2 => (K2::M, K2::ALPHA),
             Tile::F4 => (K4::M, K4::ALPHA),
@@ -226,14 +211,9 @@ impl Winograd {
         if tiles == 0 {
             return;
         }
-        let row_tiles = tiles.div_ceil(MR);
-        let threads = rayon::current_num_threads().max(1);
-        let cap = (BLOCK_BYTES / (4 * a2 * (self.c + self.k) * MR)).clamp(1, MAX_ROW_TILES);
-        let blocks = row_tiles
-            .div_ceil(cap)
-            .next_multiple_of(threads)
-            .min(row_tiles);
-        let start = |b: usize| (b * row_tiles / blocks * MR).min(tiles);
+        let split = Blocks::new(tiles, a2 * (self.c + self.k));
+        let start = |b: usize| split.start(b);
+        let blocks = split.blocks;
         let optr = SendPtr(out.as_mut_ptr());
         let run = |b: usize| {
             let job = Job {
@@ -324,21 +304,7 @@ impl Winograd {
                 c0 += w;
             }
         }
-        for (xi, u) in self.u.iter().enumerate() {
-            let a = Dense {
-                a: &v[xi * nt * c..][..nt * c],
-                m: nt,
-                k: c,
-                lda: c,
-            };
-            gemm_serial(
-                &a,
-                u,
-                &mut mm[xi * nt * k..][..nt * k],
-                k,
-                &Epilogue::default(),
-            );
-        }
+        products(&self.u, v, (c, nt * c), mm, nt);
         for t in 0..nt {
             let tile = job.t0 + t;
             let (b, ty, tx) = (tile / (th * tw), tile / tw % th, tile % tw);
@@ -351,31 +317,8 @@ impl Winograd {
                 output_chunk::<K>(&mm[t * k + k0..], nt * k, (&mut d, &mut tv, &mut y));
                 for o1 in 0..rows {
                     for o2 in 0..cols {
-                        let p = first + o1 * g.ow + o2;
                         // SAFETY: p < n*oh*ow (asserted in `run`): this tile's pixel.
-                        let dst =
-                            std::slice::from_raw_parts_mut(job.out.get().add(p * job.ldc + k0), w);
-                        let res = job.epi.residual.map(|(r, _, s)| (&r[p * k + k0..][..w], s));
-                        #[cfg(target_arch = "x86_64")]
-                        if AVX512 {
-                            finish_avx512(
-                                dst,
-                                &y[o1][o2],
-                                job.epi.scale,
-                                res,
-                                job.epi.act,
-                                &self.bias[k0..k0 + w],
-                            );
-                            continue;
-                        }
-                        finish(
-                            dst,
-                            &y[o1][o2][..w],
-                            &self.bias[k0..k0 + w],
-                            job.epi.scale,
-                            res,
-                            job.epi.act,
-                        );
+                        job.store::<AVX512>(first + o1 * g.ow + o2, k0, k, &y[o1][o2], &self.bias);
                     }
                 }
                 k0 += w;
@@ -384,19 +327,189 @@ impl Winograd {
     }
 }
 
+/// `mm[xi] = v[xi] x u[xi]` for each transformed position `xi` of `u`'s:
+/// tile t's c transformed inputs for position xi are at `v[t * strides.0 +
+/// xi * strides.1 ..]`; `mm` holds the products position by position, `nt`
+/// rows of k each.
+pub(super) fn products(
+    u: &[PackedB],
+    v: &[f32],
+    strides: (usize, usize),
+    mm: &mut [f32],
+    nt: usize,
+) {
+    for (xi, p) in u.iter().enumerate() {
+        let k = p.n();
+        product(
+            p,
+            v,
+            (strides.0, xi * strides.1),
+            &mut mm[xi * nt * k..][..nt * k],
+            nt,
+        );
+    }
+}
+
+/// One position's product: `nt` rows of c from `v[at.1 ..]`, `at.0` apart,
+/// times `u` into `mm` (`nt` rows of k).
+fn product(u: &PackedB, v: &[f32], (lda, first): (usize, usize), mm: &mut [f32], nt: usize) {
+    let (c, k) = (u.k(), u.n());
+    if nt == 0 {
+        return;
+    }
+    let a = Dense {
+        a: &v[first..first + (nt - 1) * lda + c],
+        m: nt,
+        k: c,
+        lda,
+    };
+    gemm_serial(&a, u, &mut mm[..nt * k], k, &Epilogue::default());
+}
+
+/// Panics unless `x`, an output of `out_len` floats with a pixel every
+/// `ldc`, and the epilogue fit `g` (g.co channels out) and the transforms:
+/// no PReLU (the output transform applies bias, residual and activation
+/// only), a residual of one row of g.co per pixel.
+pub(super) fn check_sizes(x: &[f32], g: &ConvGeometry, out_len: usize, ldc: usize, epi: &Epilogue) {
+    let k = g.co;
+    assert!(epi.slopes.is_none(), "winograd: no PReLU epilogue");
+    assert!(
+        x.len() >= g.n * g.h * g.w * g.c,
+        "winograd: input too small"
+    );
+    let pixels = g.n * g.oh * g.ow;
+    assert!(
+        ldc >= k && (pixels == 0 || out_len >= (pixels - 1) * ldc + k),
+        "winograd: output too small"
+    );
+    if let Some((r, ldr, _)) = epi.residual {
+        assert!(ldr == k && r.len() >= pixels * k, "winograd: residual");
+    }
+}
+
 /// One block of tiles' inputs and destination.
-struct Job<'a> {
-    x: &'a [f32],
-    g: &'a ConvGeometry,
+pub(super) struct Job<'a> {
+    pub(super) x: &'a [f32],
+    pub(super) g: &'a ConvGeometry,
     /// Floats from one output pixel to the next.
-    ldc: usize,
-    out: SendPtr,
-    epi: &'a Epilogue<'a>,
-    t0: usize,
-    t1: usize,
+    pub(super) ldc: usize,
+    pub(super) out: SendPtr,
+    pub(super) epi: &'a Epilogue<'a>,
+    pub(super) t0: usize,
+    pub(super) t1: usize,
+}
+
+impl Job<'_> {
+    /// Output pixel `p`'s channels k0.. (up to 16, fewer at the end of
+    /// `k`) = epilogue(`y` + bias).
+    ///
+    /// # Safety
+    /// `p` is an output pixel of this job's tiles (< n*oh*ow, the output
+    /// sized for it), written by no other thread; with `AVX512` the CPU has
+    /// AVX-512F.
+    #[inline(always)]
+    pub(super) unsafe fn store<const AVX512: bool>(
+        &self,
+        p: usize,
+        k0: usize,
+        k: usize,
+        y: &[f32; LANES],
+        bias: &[f32],
+    ) {
+        let w = LANES.min(k - k0);
+        let dst = std::slice::from_raw_parts_mut(self.out.get().add(p * self.ldc + k0), w);
+        let res = self
+            .epi
+            .residual
+            .map(|(r, _, s)| (&r[p * k + k0..][..w], s));
+        let (scale, act, bias) = (self.epi.scale, self.epi.act, &bias[k0..k0 + w]);
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            finish_avx512(dst, y, scale, res, act, bias);
+            return;
+        }
+        finish(dst, &y[..w], bias, scale, res, act);
+    }
+}
+
+/// How a transform's tiles split into blocks: whole MR-row gemm tiles,
+/// a block's transformed data within `BLOCK_BYTES`, as many blocks as a
+/// multiple of the threads (when there are enough).
+pub(super) struct Blocks {
+    pub(super) blocks: usize,
+    row_tiles: usize,
+    tiles: usize,
+}
+
+impl Blocks {
+    /// `floats` per tile: its transformed inputs and products together.
+    pub(super) fn new(tiles: usize, floats: usize) -> Self {
+        let row_tiles = tiles.div_ceil(MR);
+        let threads = rayon::current_num_threads().max(1);
+        let cap = (BLOCK_BYTES / (4 * floats * MR).max(1)).clamp(1, MAX_ROW_TILES);
+        let blocks = row_tiles
+            .div_ceil(cap)
+            .next_multiple_of(threads)
+            .min(row_tiles);
+        Blocks {
+            blocks,
+            row_tiles,
+            tiles,
+        }
+    }
+    /// Block `b`'s first tile (`b == blocks`: the end).
+    pub(super) fn start(&self, b: usize) -> usize {
+        (b * self.row_tiles / self.blocks * MR).min(self.tiles)
+    }
 }
 
 type Vecs = [[[f32; LANES]; 6]; 6];
+
+/// `x[at..at + w]` as one vector, zeros past `w` (a whole vector is one
+/// unaligned array read of a checked range: slice copies of a run-time
+/// length were a memcpy call each).
+#[inline(always)]
+pub(super) fn load_lanes(x: &[f32], at: usize, w: usize) -> [f32; LANES] {
+    match x.get(at..at + LANES) {
+        // SAFETY: the range is inside `x` (checked by get).
+        Some(s) if w == LANES => unsafe {
+            std::ptr::read_unaligned(s.as_ptr() as *const [f32; LANES])
+        },
+        _ => {
+            let mut v = [0.0; LANES];
+            v[..w].copy_from_slice(&x[at..at + w]);
+            v
+        }
+    }
+}
+
+/// The first `w` lanes of `r` into `dst`.
+#[inline(always)]
+pub(super) fn store_lanes(dst: &mut [f32], w: usize, r: &[f32; LANES]) {
+    match dst.get_mut(..LANES) {
+        // SAFETY: the range is inside `dst` (checked by get_mut).
+        Some(o) if w == LANES => unsafe {
+            std::ptr::write_unaligned(o.as_mut_ptr() as *mut [f32; LANES], *r)
+        },
+        _ => dst[..w].copy_from_slice(&r[..w]),
+    }
+}
+
+/// One vector of a product row from `src` on; the block's last tile may
+/// end within it (the lanes past the end are never stored: `Job::store`
+/// takes the chunk's width of them).
+#[inline(always)]
+pub(super) fn load_product(src: &[f32]) -> [f32; LANES] {
+    match src.get(..LANES) {
+        // SAFETY: the range is inside `src` (checked by get).
+        Some(s) => unsafe { std::ptr::read_unaligned(s.as_ptr() as *const [f32; LANES]) },
+        None => {
+            let mut v = [0.0; LANES];
+            v[..src.len()].copy_from_slice(src);
+            v
+        }
+    }
+}
 
 /// Transform channels c0..c0+w of one input tile (origin = sample, row,
 /// column, the latter two wrapped below zero) into `v[xi * stride ..]`,
@@ -424,21 +537,11 @@ fn input_chunk<K: Kind>(
         let iy = origin[1].wrapping_add(i);
         for (j, px) in row.iter_mut().enumerate().take(a) {
             let ix = origin[2].wrapping_add(j);
-            if iy >= g.h || ix >= g.w {
-                *px = [0.0; LANES];
+            *px = if iy >= g.h || ix >= g.w {
+                [0.0; LANES]
             } else {
-                let at = ((origin[0] * g.h + iy) * g.w + ix) * g.c + c0;
-                match x.get(at..at + LANES) {
-                    // SAFETY: the range is inside `x` (checked by get).
-                    Some(s) if w == LANES => {
-                        *px = unsafe { std::ptr::read_unaligned(s.as_ptr() as *const [f32; LANES]) }
-                    }
-                    _ => {
-                        *px = [0.0; LANES];
-                        px[..w].copy_from_slice(&x[at..at + w]);
-                    }
-                }
-            }
+                load_lanes(x, ((origin[0] * g.h + iy) * g.w + ix) * g.c + c0, w)
+            };
         }
     }
     // Rows: t[i][x2] = sum_j B^T[x2][j] d[i][j]; then columns.
@@ -450,14 +553,7 @@ fn input_chunk<K: Kind>(
     for x1 in 0..a {
         for x2 in 0..a {
             let r = comb(&K::BT[x1], a, |i| &t[i][x2]);
-            let dst = &mut v[(x1 * a + x2) * stride..];
-            match dst.get_mut(..LANES) {
-                // SAFETY: the range is inside `v` (checked by get_mut).
-                Some(o) if w == LANES => unsafe {
-                    std::ptr::write_unaligned(o.as_mut_ptr() as *mut [f32; LANES], r)
-                },
-                _ => dst[..w].copy_from_slice(&r[..w]),
-            }
+            store_lanes(&mut v[(x1 * a + x2) * stride..], w, &r);
         }
     }
 }
@@ -468,17 +564,7 @@ fn output_chunk<K: Kind>(mm: &[f32], stride: usize, (mv, t, y): (&mut Vecs, &mut
     let (a, m) = (K::ALPHA, K::M);
     for x1 in 0..a {
         for x2 in 0..a {
-            let src = &mm[(x1 * a + x2) * stride..];
-            match src.get(..LANES) {
-                // SAFETY: the range is inside `mm` (checked by get).
-                Some(s) => {
-                    mv[x1][x2] =
-                        unsafe { std::ptr::read_unaligned(s.as_ptr() as *const [f32; LANES]) }
-                }
-                // The last tile's last channels: the lanes past them are
-                // never read back (`finish` takes w of them).
-                None => mv[x1][x2][..src.len()].copy_from_slice(src),
-            }
+            mv[x1][x2] = load_product(&mm[(x1 * a + x2) * stride..]);
         }
     }
     for x1 in 0..a {
@@ -513,7 +599,7 @@ fn comb<'a>(coef: &[f32; 6], n: usize, src: impl Fn(usize) -> &'a [f32; LANES]) 
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `finish` in AVX-512 registers, masked to the chunk's lanes: the loop
@@ -584,25 +670,29 @@ fn finish(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn data(len: usize, seed: usize) -> Vec<f32> {
+    pub(in crate::runtime::kernels) fn data(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
             .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 - 500.0) / 500.0)
             .collect()
     }
 
-    /// Direct convolution in f64, NHWC x HWIO, and the sum of |terms|
-    /// (the scale float32 rounding is relative to).
-    fn direct(x: &[f32], w: &[f32], g: &ConvGeometry) -> (Vec<f64>, Vec<f64>) {
+    /// Direct convolution in f64, NHWC x HWIO (any kh x kw, stride 1), and
+    /// the sum of |terms| (the scale float32 rounding is relative to).
+    pub(in crate::runtime::kernels) fn direct(
+        x: &[f32],
+        w: &[f32],
+        g: &ConvGeometry,
+    ) -> (Vec<f64>, Vec<f64>) {
         let mut y = vec![0.0f64; g.n * g.oh * g.ow * g.co];
         let mut mag = y.clone();
         for b in 0..g.n {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
                             let iy = (oy + ky).checked_sub(g.pad[0]).filter(|&v| v < g.h);
                             let ix = (ox + kx).checked_sub(g.pad[1]).filter(|&v| v < g.w);
                             let (Some(iy), Some(ix)) = (iy, ix) else {
@@ -611,9 +701,11 @@ mod tests {
                             for ci in 0..g.c {
                                 let xv = x[((b * g.h + iy) * g.w + ix) * g.c + ci] as f64;
                                 for co in 0..g.co {
-                                    let t = xv * w[((ky * 3 + kx) * g.c + ci) * g.co + co] as f64;
-                                    y[((b * g.oh + oy) * g.ow + ox) * g.co + co] += t;
-                                    mag[((b * g.oh + oy) * g.ow + ox) * g.co + co] += t.abs();
+                                    let t =
+                                        xv * w[((ky * g.kw + kx) * g.c + ci) * g.co + co] as f64;
+                                    let o = ((b * g.oh + oy) * g.ow + ox) * g.co + co;
+                                    y[o] += t;
+                                    mag[o] += t.abs();
                                 }
                             }
                         }
@@ -622,6 +714,29 @@ mod tests {
             }
         }
         (y, mag)
+    }
+
+    /// The worst error of `out` against relu((want + bias) * 0.5 + 2 res)
+    /// (the tests' epilogue), relative to the terms' scale, and where; NaN
+    /// (an output never written) is the worst.
+    pub(in crate::runtime::kernels) fn worst(
+        out: &[f32],
+        (want, mag): (&[f64], &[f64]),
+        bias: &[f32],
+        res: &[f32],
+    ) -> (f64, usize) {
+        let k = bias.len();
+        let mut worst = (0.0f64, 0);
+        for (i, &o) in out.iter().enumerate() {
+            let w = ((want[i] + bias[i % k] as f64) * 0.5 + 2.0 * res[i] as f64).max(0.0);
+            // Relative to the terms' scale, which is what rounding
+            // follows (a direct float32 sum is ~1e-7 of it).
+            let e = (o as f64 - w).abs() / (1.0 + 0.5 * mag[i]);
+            if e.is_nan() || e > worst.0 {
+                worst = (e, i);
+            }
+        }
+        worst
     }
 
     #[test]
@@ -671,16 +786,7 @@ mod tests {
                     assert_eq!(&r[3..3 + k], &out[p * k..][..k], "{tile:?}: pixel {p}");
                     assert!(r[..3].iter().chain(&r[3 + k..]).all(|&v| v == -7.0));
                 }
-                let mut worst = (0.0f64, 0);
-                for (i, &o) in out.iter().enumerate() {
-                    let w = ((want[i] + bias[i % k] as f64) * 0.5 + 2.0 * res[i] as f64).max(0.0);
-                    // Relative to the terms' scale, which is what rounding
-                    // follows (a direct float32 sum is ~1e-7 of it).
-                    let e = (o as f64 - w).abs() / (1.0 + 0.5 * mag[i]);
-                    if e > worst.0 {
-                        worst = (e, i);
-                    }
-                }
+                let worst = worst(&out, (&want, &mag), &bias, &res);
                 eprintln!("{tile:?} {n}x{h}x{w}x{c}->{k}: worst {:.2e}", worst.0);
                 let bound = if tile == Tile::F2 { 1e-6 } else { 1e-5 };
                 assert!(

@@ -212,8 +212,6 @@ impl Winograd {
             return;
         }
         let split = Blocks::new(tiles, a2 * (self.c + self.k));
-        let start = |b: usize| split.start(b);
-        let blocks = split.blocks;
         let optr = SendPtr(out.as_mut_ptr());
         let run = |b: usize| {
             let job = Job {
@@ -222,8 +220,8 @@ impl Winograd {
                 ldc,
                 out: optr,
                 epi,
-                t0: start(b),
-                t1: start(b + 1),
+                t0: split.start(b),
+                t1: split.start(b + 1),
             };
             // The scratch is taken out of the thread-local so the work is
             // not inside a closure (closures lose the target features).
@@ -237,7 +235,7 @@ impl Winograd {
             }
             SCRATCH.with(|s| *s.borrow_mut() = scratch);
         };
-        super::team::par_for(blocks, &run);
+        super::team::par_for(split.blocks, &run);
     }
 
     /// # Safety
@@ -328,42 +326,37 @@ impl Winograd {
 }
 
 /// `mm[xi] = v[xi] x u[xi]` for each transformed position `xi` of `u`'s:
-/// tile t's c transformed inputs for position xi are at `v[t * strides.0 +
-/// xi * strides.1 ..]`; `mm` holds the products position by position, `nt`
-/// rows of k each.
+/// tile t's c transformed inputs for position xi are at `v[t * ts + xi *
+/// ps ..]` (the 2-D transforms store position by position, the 1-D ones
+/// tile by tile); `mm` holds the products position by position, `nt` rows
+/// of k each.
 pub(super) fn products(
     u: &[PackedB],
     v: &[f32],
-    strides: (usize, usize),
+    (ts, ps): (usize, usize),
     mm: &mut [f32],
     nt: usize,
 ) {
-    for (xi, p) in u.iter().enumerate() {
-        let k = p.n();
-        product(
-            p,
-            v,
-            (strides.0, xi * strides.1),
-            &mut mm[xi * nt * k..][..nt * k],
-            nt,
-        );
-    }
-}
-
-/// One position's product: `nt` rows of c from `v[at.1 ..]`, `at.0` apart,
-/// times `u` into `mm` (`nt` rows of k).
-fn product(u: &PackedB, v: &[f32], (lda, first): (usize, usize), mm: &mut [f32], nt: usize) {
-    let (c, k) = (u.k(), u.n());
     if nt == 0 {
         return;
     }
-    let a = Dense {
-        a: &v[first..first + (nt - 1) * lda + c],
-        m: nt,
-        k: c,
-        lda,
-    };
-    gemm_serial(&a, u, &mut mm[..nt * k], k, &Epilogue::default());
+    for (xi, p) in u.iter().enumerate() {
+        let (c, k) = (p.k(), p.n());
+        let first = xi * ps;
+        let a = Dense {
+            a: &v[first..first + (nt - 1) * ts + c],
+            m: nt,
+            k: c,
+            lda: ts,
+        };
+        gemm_serial(
+            &a,
+            p,
+            &mut mm[xi * nt * k..][..nt * k],
+            k,
+            &Epilogue::default(),
+        );
+    }
 }
 
 /// Panics unless `x`, an output of `out_len` floats with a pixel every

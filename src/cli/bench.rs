@@ -32,8 +32,9 @@ pub struct Args {
     /// Timed batches (after warm-up batches for 0.3 s)
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// Winograd 3x3 convolutions in the fast engine: f4 (default), f2 or
-    /// off (also FACEALL_WINOGRAD=4|2|off)
+    /// Winograd convolutions in the fast engine: f4 (default: F(4x4, 3x3)
+    /// and 1-D F(4, k) for 1 x k / k x 1), f2 (F(2x2, 3x3), F(2, k)) or off
+    /// (also FACEALL_WINOGRAD=4|2|off)
     #[arg(long)]
     winograd: Option<String>,
     /// Time MTCNN detection on these photos (MODEL is then a directory with

@@ -220,11 +220,13 @@ struct Extra {
 /// so parity can be checked with and without each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Run 3x3 stride-1 convolutions by Winograd's F(m x m, 3 x 3) (None:
-    /// as im2col gemms like every other convolution).
+    /// Run 3x3 stride-1 convolutions by Winograd's F(m x m, 3 x 3), and
+    /// 1 x k / k x 1 ones by F(m, k) where it pays (None: as im2col gemms
+    /// like every other convolution).
     pub winograd: Option<winograd::Tile>,
-    /// Use Winograd on every 3x3 stride-1 convolution, also those it is
-    /// slower for (tests: small fixtures exercise the transforms).
+    /// Use Winograd on every 3x3 stride-1 (and 1 x k / k x 1) convolution,
+    /// also those it is slower for (tests: small fixtures exercise the
+    /// transforms).
     pub winograd_everywhere: bool,
 }
 
